@@ -1,0 +1,82 @@
+"""The backend protocol: everything the training loop asks of a framework.
+
+The loop in `localtrain.train` never imports torch or mlx. It hands a backend numpy
+token arrays and a learning rate, and gets back Python floats and numpy arrays. State
+crosses the seam as plain arrays under the shared parameter names (the Hugging Face
+Llama names), so a checkpoint written by one backend loads in another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from localtrain.config import ModelConfig, TrainConfig
+
+# Optimizer moments are stored as "<parameter name>.exp_avg" / ".exp_avg_sq".
+MOMENT_SUFFIXES = ("exp_avg", "exp_avg_sq")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    loss: float
+    """Mean training loss over the step's micro-batches (nats per token)."""
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    skipped: bool = False
+    """True when a float16 loss-scale overflow skipped the update."""
+
+
+class Backend(Protocol):
+    name: str
+    device: str
+    dtype: str
+
+    def build(self, model: ModelConfig, vocab_size: int, seed: int) -> None:
+        """Create the model with freshly initialised weights (deterministic in `seed`)."""
+
+    def configure_optimizer(self, train: TrainConfig) -> None:
+        """Create AdamW: decoupled weight decay on matrices, none on norms and embeddings."""
+
+    def num_params(self) -> int:
+        """Parameters in the model, the (padded) tied embedding counted once."""
+
+    def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
+        """One optimizer step: forward/backward over each (x, y) micro-batch, clip, update."""
+
+    def token_losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """Per-token negative log-likelihood (nats), shape of `y`, in eval mode, no gradients."""
+
+    def generate(
+        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int
+    ) -> list[int]:
+        """Continue `prompt` by sampling; the same seed gives the same tokens."""
+
+    def memory_bytes(self) -> int:
+        """Memory the backend holds now (device memory, or process RSS on CPU)."""
+
+    def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(weights, optimizer moments) as float32 arrays under the shared names."""
+
+    def load_state_arrays(
+        self, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray] | None, opt_step: int
+    ) -> None:
+        """Load weights (and moments, with the optimizer's step count) saved by any backend."""
+
+    def rng_state(self) -> dict[str, Any]:
+        """Every random-generator state training depends on, JSON-serialisable."""
+
+    def set_rng_state(self, state: dict[str, Any]) -> None: ...
+
+    def extra_state(self) -> dict[str, Any]:
+        """Backend state beyond arrays (the float16 loss scale), JSON-serialisable."""
+
+    def set_extra_state(self, state: dict[str, Any]) -> None: ...
+
+    def measure_peak_flops(self) -> float:
+        """Peak matmul FLOP/s in the training dtype, measured on this device."""
+
+    def peak_key(self) -> str:
+        """What the peak depends on (device, dtype, threads), for caching the measurement."""

@@ -1,0 +1,342 @@
+"""The PyTorch backend for cpu, cuda and mps."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from localtrain.backends.base import MOMENT_SUFFIXES, StepResult
+from localtrain.backends.torch_model import LlamaLM, shared_layout
+from localtrain.config import ModelConfig, TrainConfig
+from localtrain.errors import CheckpointError, LocaltrainError
+
+TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def available_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return available_device()
+    if device == "cuda" and not torch.cuda.is_available():
+        raise LocaltrainError(
+            f"--device cuda: PyTorch {torch.__version__} sees no CUDA GPU on this machine"
+            f" (built with CUDA: {torch.version.cuda or 'no'}). Use --device cpu, or install a"
+            " CUDA build of PyTorch on a machine with an NVIDIA GPU."
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise LocaltrainError(
+            f"--device mps: PyTorch {torch.__version__} has no MPS device here (it needs Apple"
+            " silicon and macOS 12.3 or newer). Use --device cpu."
+        )
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    if dtype != "auto":
+        return dtype
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    if device == "mps":
+        return "bfloat16" if torch.backends.mps.is_macos_or_newer(14, 0) else "float32"
+    # CPUs without native bf16 (no AVX512_BF16/AMX) run bf16 autocast far slower than fp32.
+    return "float32"
+
+
+def _encode_bytes(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _decode_bytes(s: str) -> torch.Tensor:
+    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, device: str = "auto", dtype: str = "auto", threads: int = 0) -> None:
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if threads:
+            torch.set_num_threads(threads)
+        self.threads = torch.get_num_threads()
+        if self.device == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        self.model: LlamaLM | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scaler: torch.amp.GradScaler | None = None
+        self.grad_clip = 0.0
+
+    # -- model and optimizer ------------------------------------------------------------
+
+    def build(self, model: ModelConfig, vocab_size: int, seed: int) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        net = LlamaLM(model, vocab_size)
+        net.init_weights(generator)
+        self.model = net.to(self.device)
+        self.layout = shared_layout(self.model)
+        for layer in self.model.model.layers:
+            # MPS lacks some complex kernels; real arithmetic there gives the same result.
+            layer.self_attn.complex_rope = self.device != "mps"
+        # Dropout draws from the default generators, which a checkpoint saves.
+        torch.manual_seed(seed + 1)
+
+    def num_params(self) -> int:
+        assert self.model is not None
+        return sum(p.numel() for p in self.model.parameters())
+
+    def configure_optimizer(self, train: TrainConfig) -> None:
+        assert self.model is not None
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            # Matrices decay; norms (1-D) and the tied embedding do not.
+            (decay if p.dim() >= 2 and "embed_tokens" not in name else no_decay).append(p)
+        groups = [
+            {"params": decay, "weight_decay": train.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+        fused = self.device in ("cpu", "cuda")
+        self.optimizer = torch.optim.AdamW(
+            groups,
+            lr=train.lr,
+            betas=(train.beta1, train.beta2),
+            eps=train.eps,
+            fused=fused,
+            foreach=None if fused else True,
+        )
+        self.grad_clip = train.grad_clip
+        if self.dtype == "float16":
+            self.scaler = torch.amp.GradScaler(self.device)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype == "float32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device, dtype=TORCH_DTYPES[self.dtype])
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+        if self.device == "cuda":
+            return t.pin_memory().to(self.device, non_blocking=True)
+        return t.to(self.device)
+
+    # -- training and evaluation --------------------------------------------------------
+
+    def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
+        model, opt = self.model, self.optimizer
+        assert model is not None and opt is not None
+        model.train()
+        n = len(micro_batches)
+        total = torch.zeros((), device=self.device)
+        for x, y in micro_batches:
+            with self._autocast():
+                loss = model(self._tensor(x), self._tensor(y))
+            total += loss.detach()
+            scaled = loss / n
+            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+        if self.scaler:
+            self.scaler.unscale_(opt)
+        params = [p for g in opt.param_groups for p in g["params"]]
+        max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        skipped = False
+        if self.scaler:
+            scale = self.scaler.get_scale()
+            self.scaler.step(opt)
+            self.scaler.update()
+            skipped = self.scaler.get_scale() < scale
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return StepResult(loss=(total / n).item(), grad_norm=norm.item(), skipped=skipped)
+
+    @torch.no_grad()
+    def token_losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        assert self.model is not None
+        self.model.eval()
+        with self._autocast():
+            losses = self.model.token_losses(self._tensor(x), self._tensor(y))
+        return losses.float().cpu().numpy()
+
+    @torch.no_grad()
+    def generate(
+        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int
+    ) -> list[int]:
+        model = self.model
+        assert model is not None and prompt
+        model.eval()
+        # Sampling draws on the CPU from its own generator: the training RNG is untouched
+        # and the same seed gives the same text on every device.
+        generator = torch.Generator().manual_seed(seed)
+        seq_len, vocab = model.cfg.seq_len, model.vocab_size
+        out = list(prompt)
+
+        def prefill(context: list[int]) -> tuple[torch.Tensor, list, int]:
+            caches: list = [[] for _ in model.model.layers]
+            h = model.hidden(torch.tensor([context], device=self.device), 0, caches)
+            return h[:, -1], caches, len(context)
+
+        with self._autocast():
+            h, caches, pos = prefill(out[-seq_len:])
+            for i in range(max_new_tokens):
+                logits = model.logits(h)[0, :vocab].float().cpu() / temperature
+                if top_k and top_k < vocab:
+                    kth = torch.topk(logits, top_k).values[-1]
+                    logits[logits < kth] = float("-inf")
+                token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
+                out.append(token)
+                if i == max_new_tokens - 1:
+                    break
+                if pos >= seq_len:
+                    # The window is full: start again from its last half (rotary
+                    # positions are relative, so the restart changes nothing else).
+                    h, caches, pos = prefill(out[-(seq_len // 2):])
+                else:
+                    h = model.hidden(torch.tensor([[token]], device=self.device), pos, caches)[:, -1]
+                    pos += 1
+        return out[len(prompt):]
+
+    def memory_bytes(self) -> int:
+        if self.device == "cuda":
+            return int(torch.cuda.memory_allocated())
+        if self.device == "mps":
+            return int(torch.mps.driver_allocated_memory())
+        import psutil
+
+        return int(psutil.Process().memory_info().rss)
+
+    # -- state --------------------------------------------------------------------------
+
+    def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Float32 arrays under the shared names; valid until the next train_step."""
+        weights: dict[str, np.ndarray] = {}
+        moments: dict[str, np.ndarray] = {}
+        state = self.optimizer.state if self.optimizer else {}
+        for name, (p, rows) in self.layout.items():
+            weights[name] = p.detach()[rows].float().cpu().numpy()
+            if p in state and "exp_avg" in state[p]:
+                for suffix in MOMENT_SUFFIXES:
+                    moments[f"{name}.{suffix}"] = state[p][suffix][rows].float().cpu().numpy()
+        return weights, moments
+
+    def load_state_arrays(
+        self, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray] | None, opt_step: int
+    ) -> None:
+        problems = []
+        missing = sorted(set(self.layout) - set(weights))
+        unknown = sorted(set(weights) - set(self.layout))
+        if missing:
+            problems.append(f"missing tensors {missing[:3]}")
+        if unknown:
+            problems.append(f"unknown tensors {unknown[:3]}")
+        for name, (p, rows) in self.layout.items():
+            want = tuple(p.detach()[rows].shape)
+            if name in weights and tuple(weights[name].shape) != want:
+                problems.append(f"{name} has shape {tuple(weights[name].shape)}, the model needs {want}")
+        if problems:
+            raise CheckpointError(
+                "The checkpoint's weights do not fit this model: " + "; ".join(problems[:4])
+                + ". It was written for a different model shape or vocabulary; resume with the"
+                " run's own config, or start a new run."
+            )
+        opt = self.optimizer
+        with torch.no_grad():
+            for name, (p, rows) in self.layout.items():
+                p[rows] = torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).to(p.device, p.dtype)
+            if opt is None or not moments:
+                return
+            fused = bool(opt.defaults.get("fused"))
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    opt.state[p] = {
+                        "step": torch.tensor(float(opt_step), dtype=torch.float32,
+                                             device=p.device if fused else "cpu"),
+                        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    }
+            for name, (p, rows) in self.layout.items():
+                for suffix in MOMENT_SUFFIXES:
+                    key = f"{name}.{suffix}"
+                    if key not in moments:
+                        raise CheckpointError(
+                            f"The checkpoint's optimizer state lacks `{key}`: it is incomplete."
+                            " Resume from an older checkpoint, or delete this one."
+                        )
+                    value = torch.from_numpy(np.asarray(moments[key], dtype=np.float32))
+                    opt.state[p][suffix][rows] = value.to(p.device, p.dtype)
+
+    def rng_state(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"torch_cpu": _encode_bytes(torch.get_rng_state())}
+        if self.device == "cuda":
+            state["torch_cuda"] = [_encode_bytes(s) for s in torch.cuda.get_rng_state_all()]
+        if self.device == "mps":
+            state["torch_mps"] = _encode_bytes(torch.mps.get_rng_state())
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        if "torch_cpu" in state:
+            torch.set_rng_state(_decode_bytes(state["torch_cpu"]))
+        if self.device == "cuda" and "torch_cuda" in state:
+            torch.cuda.set_rng_state_all([_decode_bytes(s) for s in state["torch_cuda"]])
+        if self.device == "mps" and "torch_mps" in state:
+            torch.mps.set_rng_state(_decode_bytes(state["torch_mps"]))
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"grad_scaler": self.scaler.state_dict()} if self.scaler else {}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        if self.scaler and state.get("grad_scaler"):
+            self.scaler.load_state_dict(state["grad_scaler"])
+
+    # -- speed --------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        elif self.device == "mps":
+            torch.mps.synchronize()
+
+    def measure_peak_flops(self) -> float:
+        dtype = TORCH_DTYPES[self.dtype]
+        sizes = (1024, 2048) if self.device == "cpu" else (4096, 8192)
+        best = 0.0
+        for n in sizes:
+            a = torch.randn(n, n, device=self.device, dtype=dtype)
+            b = torch.randn(n, n, device=self.device, dtype=dtype)
+            for _ in range(2):
+                a @ b
+            self._sync()
+            iters, start = 0, time.perf_counter()
+            while True:
+                a @ b
+                iters += 1
+                if iters % 4 == 0:
+                    self._sync()
+                    elapsed = time.perf_counter() - start
+                    if elapsed > 0.4:
+                        break
+            best = max(best, 2 * n**3 * iters / elapsed)
+        return best
+
+    def peak_key(self) -> str:
+        if self.device == "cuda":
+            where = torch.cuda.get_device_name()
+        elif self.device == "mps":
+            where = "mps"
+        else:
+            where = f"cpu{os.cpu_count()}-{self.threads}threads"
+        return f"torch-{torch.__version__}-{where}-{self.dtype}"

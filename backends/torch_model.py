@@ -1,0 +1,212 @@
+"""The Llama-style decoder in PyTorch: RMSNorm, rotary positions, SwiGLU, tied embeddings.
+
+Inside a block the query/key/value projections live in one matrix and the gate/up
+projections in another, so each is one matmul; `shared_layout()` maps the shared
+parameter names every backend and checkpoint use (the Hugging Face Llama names) onto
+row ranges of these matrices.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from localtrain.config import ModelConfig
+
+
+def padded_vocab(vocab_size: int, multiple: int) -> int:
+    return -(-vocab_size // multiple) * multiple
+
+
+def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotary angles, each (seq_len, head_dim / 2)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
+    angles = torch.outer(torch.arange(seq_len, dtype=torch.float64), inv_freq)
+    return angles.cos().float(), angles.sin().float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, use_complex: bool) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, nh, hs) by the angles (T, hs/2)."""
+    if use_complex:
+        # One complex multiply is one kernel forward and backward; fastest on CPU and CUDA.
+        xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
+        rot = torch.complex(cos, sin)[:, None, :]  # (T, 1, hs/2)
+        return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
+    x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)
+    c, s = cos[:, None, :], sin[:, None, :]
+    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2)
+
+
+def interleave_rows(n_heads: int, head_dim: int) -> torch.Tensor:
+    """Row order taking the shared (rotate-half) q/k layout to the interleaved one used here.
+
+    Per head, shared row i pairs with row i + hs/2; here they sit side by side, so rope is
+    one complex multiply. internal = shared[perm].
+    """
+    half = head_dim // 2
+    within = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
+    return torch.cat([h * head_dim + within for h in range(n_heads)])
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_head, self.kv_heads, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
+        self.q_size = cfg.n_head * cfg.head_dim
+        self.kv_size = cfg.kv_heads * cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.n_embd, self.q_size + 2 * self.kv_size, bias=False)
+        self.o_proj = nn.Linear(self.q_size, cfg.n_embd, bias=False)
+        self.dropout = cfg.dropout
+        self.complex_rope = True
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        cache: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        B, T, _ = x.shape
+        nh, nkv = self.n_head, self.kv_heads
+        qkv = self.qkv_proj(x).view(B, T, nh + 2 * nkv, self.head_dim)
+        # Queries and keys rotate together: one rope for both.
+        qk = apply_rope(qkv[:, :, : nh + nkv], cos, sin, self.complex_rope)
+        q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, T, hs)
+        k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, T, hs)
+        v = qkv[:, :, nh + nkv :].transpose(1, 2)
+        causal = True
+        if cache is not None:
+            if cache:
+                k = torch.cat([cache[0], k], dim=2)
+                v = torch.cat([cache[1], v], dim=2)
+                # A single new query sees every cached key; a longer chunk is only ever
+                # fed as the prefill.
+                causal = T > 1
+            cache[:] = [k, v]
+        if nkv != nh:
+            k = k.repeat_interleave(nh // nkv, dim=1)
+            v = v.repeat_interleave(nh // nkv, dim=1)
+        y = F.scaled_dot_product_attention(
+            q, k, v, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        y = y.transpose(1, 2).reshape(B, T, self.q_size)
+        return self.o_proj(y)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.ffn = cfg.ffn_size
+        self.gate_up_proj = nn.Linear(cfg.n_embd, 2 * self.ffn, bias=False)
+        self.down_proj = nn.Linear(self.ffn, cfg.n_embd, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).split(self.ffn, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+        self.dropout = cfg.dropout
+
+    def forward(self, x, cos, sin, cache=None):
+        h = self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        x = x + F.dropout(h, self.dropout, self.training)
+        h = self.mlp(self.post_attention_layernorm(x))
+        return x + F.dropout(h, self.dropout, self.training)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(vocab_size, cfg.n_embd)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.RMSNorm(cfg.n_embd, eps=cfg.norm_eps)
+
+
+class LlamaLM(nn.Module):
+    """Decoder-only language model; the output head is the token embedding (tied)."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.model = Decoder(cfg, padded_vocab(vocab_size, cfg.pad_vocab_multiple))
+        cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+
+    def init_weights(self, generator: torch.Generator) -> None:
+        """Normal(0, init_std) matrices; residual outputs scaled by 1/sqrt(2 n_layer) as in GPT-2."""
+        std = self.cfg.init_std
+        residual_std = std / math.sqrt(2 * self.cfg.n_layer)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if p.dim() == 1:
+                    p.fill_(1.0)
+                elif name.endswith(("o_proj.weight", "down_proj.weight")):
+                    p.normal_(0.0, residual_std, generator=generator)
+                else:
+                    p.normal_(0.0, std, generator=generator)
+
+    def hidden(self, idx: torch.Tensor, start: int = 0, caches: list | None = None) -> torch.Tensor:
+        T = idx.shape[1]
+        cos = self.rope_cos[start : start + T]  # (T, hs/2)
+        sin = self.rope_sin[start : start + T]
+        x = F.dropout(self.model.embed_tokens(idx), self.cfg.dropout, self.training)
+        for i, layer in enumerate(self.model.layers):
+            x = layer(x, cos, sin, None if caches is None else caches[i])
+        return self.model.norm(x)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        # Padded rows never receive a target; they are masked out where sampled.
+        return F.linear(h, self.model.embed_tokens.weight)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of predicting `targets` from `idx`, both (B, T)."""
+        logits = self.logits(self.hidden(idx))  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
+
+    def token_losses(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-token negative log-likelihood in nats, (B, T)."""
+        logits = self.logits(self.hidden(idx)).float()
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
+
+
+Layout = dict[str, tuple[nn.Parameter, torch.Tensor | slice]]
+
+
+def shared_layout(model: LlamaLM) -> Layout:
+    """Shared parameter name -> (parameter, its rows) in the fused, interleaved layout.
+
+    The rows are a slice, or for q/k an index tensor: `param[rows]` is the shared tensor.
+    """
+    cfg = model.cfg
+    q, kv, ffn = cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.ffn_size
+    q_rows = interleave_rows(cfg.n_head, cfg.head_dim)
+    k_rows = q + interleave_rows(cfg.kv_heads, cfg.head_dim)
+    whole = slice(None)
+    layout: Layout = {"model.embed_tokens.weight": (model.model.embed_tokens.weight, whole)}
+    for i, layer in enumerate(model.model.layers):
+        pre = f"model.layers.{i}."
+        qkv = layer.self_attn.qkv_proj.weight
+        layout[pre + "self_attn.q_proj.weight"] = (qkv, q_rows)
+        layout[pre + "self_attn.k_proj.weight"] = (qkv, k_rows)
+        layout[pre + "self_attn.v_proj.weight"] = (qkv, slice(q + kv, q + 2 * kv))
+        layout[pre + "self_attn.o_proj.weight"] = (layer.self_attn.o_proj.weight, whole)
+        gate_up = layer.mlp.gate_up_proj.weight
+        layout[pre + "mlp.gate_proj.weight"] = (gate_up, slice(0, ffn))
+        layout[pre + "mlp.up_proj.weight"] = (gate_up, slice(ffn, 2 * ffn))
+        layout[pre + "mlp.down_proj.weight"] = (layer.mlp.down_proj.weight, whole)
+        layout[pre + "input_layernorm.weight"] = (layer.input_layernorm.weight, whole)
+        layout[pre + "post_attention_layernorm.weight"] = (layer.post_attention_layernorm.weight, whole)
+    layout["model.norm.weight"] = (model.model.norm.weight, whole)
+    return layout

@@ -1,0 +1,5 @@
+import sys
+
+from localtrain.cli import main
+
+sys.exit(main())

@@ -1,0 +1,550 @@
+"""Run configuration: dataclasses for model / data / train / run, presets and overrides.
+
+Precedence is defaults < preset TOML < command-line overrides. Every field carries a
+docstring; the same text is the help shown by the CLI and the dashboard. Validation
+collects every problem and raises one `ConfigError` listing them all.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import hashlib
+import json
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, get_args, get_origin, get_type_hints
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+from localtrain.errors import ConfigError
+
+TOKENIZER_TYPES = ("bpe", "unigram", "char")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+BACKENDS = ("torch",)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of the Llama-style decoder."""
+
+    n_layer: int = 6
+    """Number of transformer blocks."""
+    n_head: int = 8
+    """Number of attention heads; must divide `n_embd`."""
+    n_kv_head: int = 0
+    """Key/value heads for grouped-query attention; 0 means one per attention head."""
+    n_embd: int = 256
+    """Width of the residual stream (hidden size)."""
+    intermediate_size: int = 0
+    """Hidden width of the SwiGLU feed-forward; 0 means 8/3 of `n_embd` rounded up to 64."""
+    seq_len: int = 256
+    """Context length in tokens: the length of every training sequence."""
+    rope_theta: float = 10000.0
+    """Base of the rotary position frequencies."""
+    norm_eps: float = 1e-5
+    """Epsilon inside RMSNorm."""
+    dropout: float = 0.0
+    """Dropout on attention weights and residual branches while training (0 disables)."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of weight matrices."""
+    pad_vocab_multiple: int = 64
+    """Embedding rows are padded to a multiple of this for faster matmuls (1 disables)."""
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_head or self.n_head
+
+    @property
+    def ffn_size(self) -> int:
+        if self.intermediate_size:
+            return self.intermediate_size
+        return -(-(8 * self.n_embd) // (3 * 64)) * 64
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the text comes from and how it becomes tokens."""
+
+    source: str = "python-stdlib"
+    """A named source (python-stdlib, tinyshakespeare, wikitext-103, enwiki) or a path to a file or directory."""
+    include: list[str] = field(default_factory=list)
+    """Glob patterns (relative to a directory source) of files to read; empty reads every text file."""
+    exclude: list[str] = field(default_factory=list)
+    """Glob patterns of files or directories to skip inside a directory source."""
+    val_fraction: float = 0.1
+    """Share of the corpus bytes held out for validation, chosen by document."""
+    document_bytes: int = 65536
+    """A file longer than this is cut at line breaks into documents of about this size for the split."""
+    tokenizer: str = "bpe"
+    """Sentencepiece model type: bpe, unigram or char."""
+    vocab_size: int = 4096
+    """Tokenizer vocabulary size for bpe/unigram (a char vocabulary is sized by the corpus)."""
+    character_coverage: float = 0.9995
+    """Share of the sample's characters the vocabulary must cover; rarer characters become bytes or <unk>."""
+    tokenizer_sample_bytes: int = 20_000_000
+    """Upper bound on the bytes of text the tokenizer is trained on (a reproducible sample)."""
+    cache_dir: str = ""
+    """Where prepared token files are cached; empty means $LOCALTRAIN_CACHE or ~/.cache/localtrain."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimisation: batch, schedule, stopping, evaluation, samples and checkpoints."""
+
+    batch_size: int = 32
+    """Sequences per optimizer step (micro_batch_size x grad_accum_steps)."""
+    micro_batch_size: int = 0
+    """Sequences per forward/backward pass; 0 means the whole batch at once."""
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: use max_tokens)."""
+    max_tokens: int = 0
+    """Stop after this many training tokens (0: use max_steps)."""
+    max_time: float = 0.0
+    """Stop after this many minutes of training in this process (0: no limit)."""
+    lr: float = 3e-4
+    """Peak learning rate, reached after warmup."""
+    min_lr_ratio: float = 0.1
+    """The cosine schedule ends at this fraction of the peak learning rate."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from 0 to the peak learning rate."""
+    weight_decay: float = 0.1
+    """Decoupled AdamW weight decay on weight matrices (never on norms or embeddings)."""
+    beta1: float = 0.9
+    """AdamW first-moment decay."""
+    beta2: float = 0.95
+    """AdamW second-moment decay."""
+    eps: float = 1e-8
+    """AdamW epsilon."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this value (0 disables)."""
+    dtype: str = "auto"
+    """Compute dtype: auto, float32, bfloat16 or float16 (auto: bfloat16/float16 on GPUs, float32 on CPU)."""
+    eval_every: int = 250
+    """Evaluate on the validation split every this many steps (0 disables)."""
+    eval_batches: int = 20
+    """Micro-batches of validation data per evaluation."""
+    sample_every: int = 250
+    """Generate live samples every this many steps (0 disables)."""
+    sample_prompts: list[str] = field(default_factory=lambda: ["\n"])
+    """Prompts the live samples continue."""
+    sample_tokens: int = 128
+    """Tokens generated per live sample."""
+    temperature: float = 0.8
+    """Sampling temperature for live samples."""
+    top_k: int = 50
+    """Sample only among the k most likely tokens (0: all)."""
+    checkpoint_every: int = 1000
+    """Write a checkpoint every this many steps (one is also written at the end and on interrupt)."""
+    keep_checkpoints: int = 3
+    """Keep this many newest checkpoints; older ones are deleted (best/ is kept apart)."""
+    early_stop_patience: int = 0
+    """Stop after this many evaluations without a better val loss (0 disables)."""
+    early_stop_min_delta: float = 0.0
+    """A val loss must improve by more than this to count as better."""
+    log_every: int = 10
+    """Steps between plain log lines on a non-terminal console."""
+    seed: int = 1337
+    """Seed for initialisation, data order, dropout and samples."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where the run lives and what it runs on."""
+
+    preset: str = "python-stdlib"
+    """The preset this configuration started from."""
+    run_dir: str = ""
+    """The run directory; empty means runs/<preset>-<date-time>."""
+    device: str = "auto"
+    """cpu, cuda, mps or auto (the best available)."""
+    backend: str = "torch"
+    """Training backend."""
+    threads: int = 0
+    """CPU threads for the torch backend (0: all cores)."""
+    overrides: list[str] = field(default_factory=list)
+    """The command-line overrides this run was started with, as key=value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes the trained model (model, data and train sections)."""
+        d = self.to_dict()
+        payload = json.dumps({k: d[k] for k in ("model", "data", "train")}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def model_fingerprint(self) -> str:
+        """Hash of what a checkpoint's tensors depend on: the model shape and the data/tokenizer."""
+        d = self.to_dict()
+        payload = json.dumps({k: d[k] for k in ("model", "data")}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def explicit_keys(self) -> set[str]:
+        """Dotted keys the user set on the command line."""
+        return {o.split("=", 1)[0] for o in self.run.overrides}
+
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.model.seq_len
+
+    def total_steps(self) -> int:
+        """Optimizer steps the schedule spans: max_steps, or max_tokens in steps."""
+        if self.train.max_steps:
+            return self.train.max_steps
+        return -(-self.train.max_tokens // self.tokens_per_step())
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "train": TrainConfig,
+    "run": RunConfig,
+}
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a config dataclass, read from its source."""
+    import inspect
+
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = nxt.value.value.strip()
+    return docs
+
+
+def all_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def presets_dir() -> Path:
+    return Path(str(resources.files("localtrain.configs")))
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" Did you mean `{close[0]}`?" if close else ""
+
+
+def _unknown_key_problem(key: str, where: str) -> str:
+    keys = all_keys()
+    section, _, name = key.partition(".")
+    names = sorted({k.split(".")[1] for k in keys})
+    found = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not found and not name:
+        # A bare field name such as `lr`: find the section that owns it.
+        close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+        found = [k for k in keys if close and k.endswith("." + close[0])]
+    if not found and section in SECTIONS:
+        close = difflib.get_close_matches(name, [f.name for f in dataclasses.fields(SECTIONS[section])], n=1, cutoff=0.5)
+        found = [f"{section}.{close[0]}"] if close else []
+    if not found and section not in SECTIONS:
+        close = difflib.get_close_matches(section, list(SECTIONS), n=1, cutoff=0.5)
+        found = [f"{close[0]}.{name}"] if close and f"{close[0]}.{name}" in keys else []
+    hint = (
+        f" Did you mean `{found[0]}`?"
+        if found
+        else " Keys are written section.name, like `train.lr`; `localtrain config --keys` lists them all."
+    )
+    return f"`{key}` ({where}) is not a configuration key.{hint}"
+
+
+def _coerce(key: str, value: Any, typ: Any, from_text: bool) -> tuple[Any, str | None]:
+    """Convert `value` to `typ`; return (value, problem)."""
+    if get_origin(typ) is list:
+        if from_text:
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = tomllib.loads(f"v = {text}")["v"]
+                except tomllib.TOMLDecodeError as exc:
+                    return None, f"`{key}` = {value!r}: not a TOML list ({exc})."
+            else:
+                value = [text] if text else []
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            return None, f"`{key}` = {value!r}: must be a list of strings, like [\"a\", \"b\"]."
+        return list(value), None
+    if typ is bool:
+        if isinstance(value, bool):
+            return value, None
+        if from_text and value.strip().lower() in ("true", "1", "yes", "on"):
+            return True, None
+        if from_text and value.strip().lower() in ("false", "0", "no", "off"):
+            return False, None
+        return None, f"`{key}` = {value!r}: must be true or false."
+    if typ is int:
+        if isinstance(value, bool):
+            return None, f"`{key}` = {value!r}: must be a whole number."
+        if isinstance(value, int):
+            return value, None
+        try:
+            number = float(value.replace("_", "")) if from_text else float(value)
+        except (TypeError, ValueError, AttributeError):
+            return None, f"`{key}` = {value!r}: must be a whole number."
+        if not number.is_integer():
+            return None, f"`{key}` = {value!r}: must be a whole number."
+        return int(number), None
+    if typ is float:
+        if isinstance(value, bool):
+            return None, f"`{key}` = {value!r}: must be a number."
+        if isinstance(value, (int, float)):
+            return float(value), None
+        try:
+            return float(value.replace("_", "")) if from_text else float(value), None
+        except (TypeError, ValueError, AttributeError):
+            return None, f"`{key}` = {value!r}: must be a number."
+    if typ is str:
+        if isinstance(value, str):
+            return value, None
+        return None, f"`{key}` = {value!r}: must be a string."
+    raise AssertionError(f"unsupported field type {typ!r}")
+
+
+def _apply(
+    values: dict[str, dict[str, Any]],
+    key: str,
+    raw: Any,
+    where: str,
+    from_text: bool,
+    problems: list[str],
+) -> None:
+    section, _, name = key.partition(".")
+    cls = SECTIONS.get(section)
+    hints = get_type_hints(cls) if cls else {}
+    if cls is None or name not in hints or "." in name:
+        problems.append(_unknown_key_problem(key, where))
+        return
+    value, problem = _coerce(key, raw, hints[name], from_text)
+    if problem:
+        problems.append(f"{problem} (from {where})")
+    else:
+        values[section][name] = value
+
+
+def _flatten_toml(doc: dict[str, Any], where: str, problems: list[str]) -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for section, table in doc.items():
+        if not isinstance(table, dict):
+            problems.append(_unknown_key_problem(section, where))
+            continue
+        for name, value in table.items():
+            items.append((f"{section}.{name}", value))
+    return items
+
+
+def load_preset(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """Read a preset by name (configs/NAME.toml) or a TOML file by path."""
+    path = Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        if not path.is_file():
+            raise ConfigError([f"`--preset {name_or_path}`: no such file. Give a preset name ({', '.join(preset_names())}) or the path of a TOML file."])
+    else:
+        path = presets_dir() / f"{name_or_path}.toml"
+        if not path.is_file():
+            names = preset_names()
+            raise ConfigError([
+                f"`--preset {name_or_path}` is not a preset.{_did_you_mean(name_or_path, names)}"
+                f" Presets are: {', '.join(names)}."
+            ])
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8")), str(path)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"`{path}` is not valid TOML: {exc}. Fix the file or pick another preset."]) from exc
+
+
+def parse_override(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError([f"`--set {text}`: an override is written key=value, like `--set train.lr=3e-4`."])
+    return key.strip(), value
+
+
+def resolve(
+    preset: str = "python-stdlib",
+    overrides: list[str] | None = None,
+    base: dict[str, Any] | None = None,
+) -> Config:
+    """Build a validated Config from a preset (or a base TOML dict) and `key=value` overrides."""
+    problems: list[str] = []
+    values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
+    if base is None:
+        doc, where = load_preset(preset)
+    else:
+        doc, where = base, "the run's config.toml"
+    for key, raw in _flatten_toml(doc, where, problems):
+        _apply(values, key, raw, where, from_text=False, problems=problems)
+    overrides = list(overrides or [])
+    for text in overrides:
+        try:
+            key, raw = parse_override(text)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
+        _apply(values, key, raw, f"override `{text}`", from_text=True, problems=problems)
+    if base is None:
+        values["run"].setdefault("preset", Path(preset).stem if preset.endswith(".toml") else preset)
+    recorded = list(values["run"].get("overrides", []))
+    values["run"]["overrides"] = recorded + [o for o in overrides if not o.startswith("run.overrides")]
+    config = Config(**{s: SECTIONS[s](**values[s]) for s in SECTIONS})
+    # Range checks run even when some values did not parse, so that every problem is
+    # reported at once; keys that did not parse are not checked again.
+    failed = {p.split("`")[1] for p in problems if p.startswith("`")}
+    problems += [p for p in check(config) if p.split("`")[1] not in failed]
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def validate(config: Config) -> None:
+    """Raise one ConfigError listing every problem `check` finds."""
+    problems = check(config)
+    if problems:
+        raise ConfigError(problems)
+
+
+def check(config: Config) -> list[str]:
+    """The problems with the ranges and relations of the fields, each naming key, value and fix."""
+    p: list[str] = []
+    m, d, t, r = config.model, config.data, config.train, config.run
+
+    def need(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
+        if not ok:
+            p.append(f"`{key}` = {value!r}: {rule}. {fix}")
+
+    need(m.n_layer >= 1, "model.n_layer", m.n_layer, "must be at least 1", "Set --set model.n_layer=6.")
+    need(m.n_head >= 1, "model.n_head", m.n_head, "must be at least 1", "Set --set model.n_head=8.")
+    need(m.n_embd >= 8, "model.n_embd", m.n_embd, "must be at least 8", "Set --set model.n_embd=256.")
+    if m.n_head >= 1 and m.n_embd >= 8:
+        need(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd,
+             f"must be a multiple of model.n_head={m.n_head}", "Change either so that n_embd / n_head is whole.")
+        if m.n_embd % m.n_head == 0:
+            need(m.head_dim % 2 == 0, "model.n_embd", m.n_embd,
+                 f"gives an odd head size {m.head_dim}, which rotary positions cannot use",
+                 "Make n_embd / n_head even.")
+        need(m.n_kv_head >= 0 and (m.n_kv_head == 0 or m.n_head % m.n_kv_head == 0), "model.n_kv_head",
+             m.n_kv_head, f"must be 0 or divide model.n_head={m.n_head}", "Set --set model.n_kv_head=0.")
+    need(m.intermediate_size >= 0, "model.intermediate_size", m.intermediate_size, "must be 0 or positive",
+         "Use 0 for the default of 8/3 x n_embd.")
+    need(m.seq_len >= 4, "model.seq_len", m.seq_len, "must be at least 4", "Set --set model.seq_len=256.")
+    need(m.rope_theta > 0, "model.rope_theta", m.rope_theta, "must be positive", "The usual value is 10000.")
+    need(0 < m.norm_eps < 1, "model.norm_eps", m.norm_eps, "must be between 0 and 1", "The usual value is 1e-5.")
+    need(0 <= m.dropout < 1, "model.dropout", m.dropout, "must be in [0, 1)", "Use 0.0 to disable dropout.")
+    need(m.init_std > 0, "model.init_std", m.init_std, "must be positive", "The usual value is 0.02.")
+    need(m.pad_vocab_multiple >= 1, "model.pad_vocab_multiple", m.pad_vocab_multiple, "must be at least 1",
+         "Use 1 for no padding or 64.")
+
+    need(bool(d.source.strip()), "data.source", d.source, "must name a source or a path",
+         "Pass --data PATH or a named source.")
+    need(0 < d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "must be in (0, 0.5]",
+         "The usual value is 0.1.")
+    need(d.document_bytes >= 1024, "data.document_bytes", d.document_bytes, "must be at least 1024",
+         "The default is 65536.")
+    need(d.tokenizer in TOKENIZER_TYPES, "data.tokenizer", d.tokenizer,
+         f"must be one of {', '.join(TOKENIZER_TYPES)}" + _did_you_mean(d.tokenizer, list(TOKENIZER_TYPES)),
+         "Pick one of them.")
+    need(16 <= d.vocab_size <= 2**31 - 1, "data.vocab_size", d.vocab_size, "must be at least 16",
+         "Typical values are 4096 to 50304.")
+    need(0.5 < d.character_coverage <= 1.0, "data.character_coverage", d.character_coverage,
+         "must be in (0.5, 1]", "Use 1.0 for small alphabets, 0.9995 for big ones.")
+    need(d.tokenizer_sample_bytes >= 10_000, "data.tokenizer_sample_bytes", d.tokenizer_sample_bytes,
+         "must be at least 10000", "The default is 20000000.")
+
+    need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be at least 1", "Set --set train.batch_size=32.")
+    need(t.micro_batch_size >= 0, "train.micro_batch_size", t.micro_batch_size, "must be 0 or positive",
+         "Use 0 to run the whole batch at once.")
+    if t.batch_size >= 1 and t.micro_batch_size > 0:
+        need(t.batch_size % t.micro_batch_size == 0, "train.micro_batch_size", t.micro_batch_size,
+             f"must divide train.batch_size={t.batch_size}", "Pick a divisor of the batch size.")
+    need(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be 0 or positive", "Use --max-steps N.")
+    need(t.max_tokens >= 0, "train.max_tokens", t.max_tokens, "must be 0 or positive", "Use --set train.max_tokens=N.")
+    need(t.max_steps > 0 or t.max_tokens > 0, "train.max_steps", t.max_steps,
+         "and train.max_tokens are both 0, so the schedule has no length",
+         "Pass --max-steps N or --set train.max_tokens=N.")
+    need(t.max_time >= 0, "train.max_time", t.max_time, "must be 0 or positive (minutes)", "Use --max-time 30.")
+    need(t.lr > 0, "train.lr", t.lr, "must be greater than 0", "Try --set train.lr=3e-4.")
+    need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]", "The usual value is 0.1.")
+    need(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, "must be 0 or positive", "Try 100.")
+    need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be 0 or positive", "The usual value is 0.1.")
+    need(0 <= t.beta1 < 1, "train.beta1", t.beta1, "must be in [0, 1)", "The usual value is 0.9.")
+    need(0 <= t.beta2 < 1, "train.beta2", t.beta2, "must be in [0, 1)", "The usual value is 0.95.")
+    need(t.eps > 0, "train.eps", t.eps, "must be positive", "The usual value is 1e-8.")
+    need(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, "must be 0 or positive", "Use 1.0, or 0 to disable.")
+    need(t.dtype in DTYPES, "train.dtype", t.dtype, f"must be one of {', '.join(DTYPES)}"
+         + _did_you_mean(t.dtype, list(DTYPES)), "Use auto unless you know better.")
+    for key in ("eval_every", "sample_every", "checkpoint_every", "early_stop_patience"):
+        value = getattr(t, key)
+        need(value >= 0, f"train.{key}", value, "must be 0 or positive", "Use 0 to disable.")
+    need(t.eval_batches >= 1, "train.eval_batches", t.eval_batches, "must be at least 1", "Try 20.")
+    need(t.sample_tokens >= 1, "train.sample_tokens", t.sample_tokens, "must be at least 1", "Try 128.")
+    need(t.temperature > 0, "train.temperature", t.temperature, "must be positive", "Try 0.8.")
+    need(t.top_k >= 0, "train.top_k", t.top_k, "must be 0 or positive", "Use 0 to sample from all tokens.")
+    need(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be at least 1", "Try 3.")
+    need(t.early_stop_min_delta >= 0, "train.early_stop_min_delta", t.early_stop_min_delta, "must be 0 or positive",
+         "Try 0.")
+    need(t.log_every >= 1, "train.log_every", t.log_every, "must be at least 1", "Try 10.")
+    need(t.seed >= 0, "train.seed", t.seed, "must be 0 or positive", "Use --seed N.")
+    if t.early_stop_patience and not t.eval_every:
+        p.append("`train.early_stop_patience` is set but `train.eval_every` = 0, so no evaluation ever runs. "
+                 "Set --set train.eval_every=250 or disable early stopping.")
+
+    need(r.device in DEVICES, "run.device", r.device, f"must be one of {', '.join(DEVICES)}"
+         + _did_you_mean(r.device, list(DEVICES)), "Use --device cpu|cuda|mps.")
+    need(r.backend in BACKENDS, "run.backend", r.backend, f"must be one of {', '.join(BACKENDS)}",
+         "Use --set run.backend=torch.")
+    need(r.threads >= 0, "run.threads", r.threads, "must be 0 or positive", "Use 0 for all cores.")
+    return p
+
+
+def to_toml(config: Config) -> str:
+    import tomli_w
+
+    return tomli_w.dumps(config.to_dict(), multiline_strings=False)
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"`{path}` could not be read as TOML: {exc}."]) from exc
+
+
+def diff(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """Dotted keys whose values differ between two configs, with (old, new)."""
+    a, b = old.to_dict(), new.to_dict()
+    return [
+        (f"{s}.{k}", a[s][k], b[s][k])
+        for s in SECTIONS
+        for k in a[s]
+        if a[s][k] != b[s][k]
+    ]

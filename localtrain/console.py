@@ -1,0 +1,152 @@
+"""The headless console: a live progress line on a terminal, plain log lines elsewhere.
+
+It is one more reader of the event stream; nothing here affects training.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+from localtrain import events as ev
+
+
+def human(n: float, unit: str = "") -> str:
+    for div, suffix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= div:
+            return f"{n / div:.1f}{suffix}{unit}"
+    return f"{n:.0f}{unit}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None or seconds != seconds or seconds < 0:
+        return "?"
+    s = int(seconds)
+    h, m = divmod(s, 3600)
+    m, s = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def describe(event: ev.Event) -> str | None:
+    """One plain line for an event, or None for events shown only as progress."""
+    if isinstance(event, ev.Plan):
+        resumed = f" | resumed from step {event.resumed_from}" if event.resumed_from is not None else ""
+        return (
+            f"plan: {event.backend} on {event.device} ({event.dtype}, {event.threads} threads) |"
+            f" {human(event.params)} params | vocab {event.vocab_size} | batch {event.batch_size} x"
+            f" {event.seq_len} tokens = micro {event.micro_batch_size} x accum {event.grad_accum_steps} |"
+            f" {event.total_steps} steps | data {human(event.train_tokens)} train / {human(event.val_tokens)}"
+            f" val tokens | peak {human(event.peak_flops, 'FLOP/s')}{resumed}"
+        )
+    if isinstance(event, ev.Prepare):
+        return f"data: {event.message}"
+    if isinstance(event, ev.Step):
+        return (
+            f"step {event.step}/{event.total_steps} | loss {event.loss:.4f} | lr {event.lr:.2e} |"
+            f" {human(event.tokens_per_s)} tok/s | MFU {event.mfu:.1%} | ETA {duration(event.eta_s)}"
+        )
+    if isinstance(event, ev.Eval):
+        best = " (best)" if event.is_best else ""
+        return (
+            f"eval step {event.step} | val loss {event.val_loss:.4f} | ppl {event.val_ppl:.2f} |"
+            f" {event.val_bpb:.3f} bits/byte{best}"
+        )
+    if isinstance(event, ev.Sample):
+        return f"sample step {event.step} | {event.prompt!r} ->\n{event.prompt}{event.text}"
+    if isinstance(event, ev.Checkpoint):
+        return f"checkpoint step {event.step} ({event.reason}): {event.path} ({human(event.bytes, 'B')}, {event.seconds:.2f} s)"
+    if isinstance(event, ev.Warning):
+        return f"warning: {event.message}"
+    if isinstance(event, ev.Error):
+        return f"error: {event.message}"
+    if isinstance(event, ev.Done):
+        best = f" | best val loss {event.best_val_loss:.4f}" if event.best_val_loss is not None else ""
+        return f"done ({event.reason}) at step {event.step} | {human(event.tokens)} tokens | {duration(event.elapsed_s)}{best}"
+    if isinstance(event, ev.Download):
+        return f"download: {event.url} {human(event.bytes, 'B')} at {human(event.bytes_per_s, 'B/s')}"
+    return None
+
+
+class ConsoleView:
+    """Renders events to a terminal (live) or to a plain stream (one line per event)."""
+
+    def __init__(self, stream: IO[str] | None = None, log_every: int = 10, live: bool | None = None) -> None:
+        self.stream = stream or sys.stdout
+        self.log_every = log_every
+        self.live_mode = self.stream.isatty() if live is None else live
+        self.console = Console(file=self.stream, highlight=False, soft_wrap=True)
+        self.live: Live | None = None
+        self.last_step: ev.Step | None = None
+        self.last_eval: ev.Eval | None = None
+        self.plan: ev.Plan | None = None
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Plan):
+            self.plan = event
+        if isinstance(event, ev.Eval):
+            self.last_eval = event
+        if not self.live_mode:
+            self._plain(event)
+        else:
+            self._live(event)
+
+    def _plain(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Step) and event.step % self.log_every and event.step != event.total_steps:
+            return
+        line = describe(event)
+        if line is not None:
+            print(line, file=self.stream, flush=True)
+
+    # -- live terminal ---------------------------------------------------------------------
+
+    def _status(self) -> Group:
+        s, e = self.last_step, self.last_eval
+        bar = ProgressBar(total=max(1, s.total_steps if s else 1), completed=s.step if s else 0, width=30)
+        grid = Table.grid(padding=(0, 1))
+        fields = [bar]
+        if s:
+            fields.append(Text(f"step {s.step}/{s.total_steps}  loss {s.loss:.4f}"))
+        if e:
+            fields.append(Text(f"val ppl {e.val_ppl:.2f}  {e.val_bpb:.3f} bpb"))
+        if s:
+            fields.append(Text(f"{human(s.tokens_per_s)} tok/s  MFU {s.mfu:.1%}  ETA {duration(s.eta_s)}"))
+        grid.add_row(*fields)
+        return Group(grid)
+
+    def _live(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Step):
+            self.last_step = event
+            if self.live is None:
+                self.live = Live(self._status(), console=self.console, refresh_per_second=4, transient=True)
+                self.live.start()
+            else:
+                self.live.update(self._status())
+            return
+        if isinstance(event, ev.Sample):
+            self.console.print(Panel(
+                Text(event.prompt, style="bold") + Text(event.text),
+                title=f"sample at step {event.step}", title_align="left", expand=False,
+            ))
+        elif isinstance(event, ev.Done):
+            self.close()
+            self.console.print(describe(event) or "")
+            return
+        else:
+            line = describe(event)
+            if line is not None:
+                style = "yellow" if isinstance(event, ev.Warning) else "red" if isinstance(event, ev.Error) else None
+                self.console.print(line, style=style)
+        if self.live is not None:
+            self.live.update(self._status())
+
+    def close(self) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None

@@ -1,0 +1,298 @@
+"""Where the text comes from: resolving a source, listing its files and reading them.
+
+A source is a named corpus (only `python-stdlib` lives on every machine) or a path to
+a file or a directory. A directory is walked in sorted order and filtered with the
+config's include/exclude globs; every file becomes one or more `Document`s, and the
+train/validation split is drawn by document so the same text never lands in both.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import os
+import stat
+import sysconfig
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+from localtrain.config import DataConfig
+from localtrain.errors import DataError
+from localtrain.events import Emit, Prepare, Warning
+
+# Named corpora that a later download feature will fetch; today they must be given as a path.
+DOWNLOADABLE = {
+    "tinyshakespeare": "the `input.txt` file of Karpathy's char-rnn tinyshakespeare",
+    "wikitext-103": "the WikiText-103 raw text files (wiki.train.raw and friends)",
+    "enwiki": "a Wikipedia dump or a folder of extracted article text",
+}
+SKIPPED_NAMES_SHOWN = 5
+
+
+@dataclass(frozen=True)
+class Document:
+    """One unit of the train/validation split: a file or a piece of a long file."""
+
+    key: str
+    text: str
+
+
+@dataclass
+class Corpus:
+    """The documents read from a source, with counts for reports and errors."""
+
+    root: Path
+    documents: list[Document]
+    files: int
+    bytes: int
+    skipped: list[str]
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file that matched the include/exclude globs, as listed before reading it."""
+
+    relpath: str
+    path: Path
+    size: int
+    mtime_ns: int
+
+
+def resolve_source(data: DataConfig) -> tuple[Path, list[str], list[str]]:
+    """The path of `data.source` on this machine, with the include and exclude globs to apply."""
+    name = data.source.strip()
+    if name == "python-stdlib":
+        return Path(sysconfig.get_paths()["stdlib"]), list(data.include), list(data.exclude)
+    lowered = name.lower()
+    downloadable = lowered in DOWNLOADABLE or lowered.startswith(("hf:", "http://", "https://"))
+    if downloadable and not Path(name).expanduser().exists():
+        what = DOWNLOADABLE.get(lowered, "a local copy of it")
+        raise DataError(
+            f"The data source `{name}` is not on this machine, and downloading it is not available "
+            f"yet in this version of localtrain. Download it yourself and pass `--data PATH` to the "
+            f"local copy ({what})."
+        )
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"The data source `{name}` is not a named source and the path `{path}` does not exist. "
+            f"Check the path, or pass `--data PATH` to a text file or a directory of text files."
+        )
+    return path, list(data.include), list(data.exclude)
+
+
+def matches(relpath: str, pattern: str) -> bool:
+    """Whether a relative POSIX path matches one glob.
+
+    `fnmatch` against the whole path (where `*` also crosses `/`), and, for a pattern
+    without `/`, against the name of the file or of any directory above it; a pattern
+    that matches a directory matches everything under it.
+    """
+    pattern = pattern.strip().rstrip("/")
+    if not pattern:
+        return False
+    parts = relpath.split("/")
+    plain = "/" not in pattern
+    for i in range(1, len(parts) + 1):
+        if fnmatchcase("/".join(parts[:i]), pattern) or (plain and fnmatchcase(parts[i - 1], pattern)):
+            return True
+    return False
+
+
+def _selected(relpath: str, include: list[str], exclude: list[str]) -> bool:
+    if include and not any(matches(relpath, p) for p in include):
+        return False
+    return not any(matches(relpath, p) for p in exclude)
+
+
+def _pruned(reldir: str, exclude: list[str]) -> bool:
+    # A pattern ending in `*` that matches "dir/" matches every path under it, so the
+    # walk can skip the directory (site-packages under the stdlib holds torch).
+    probe = reldir + "/"
+    patterns = [p.strip() for p in exclude]
+    return any(matches(reldir, p) or (p.endswith("*") and fnmatchcase(probe, p)) for p in patterns)
+
+
+def list_files(root: Path, include: list[str], exclude: list[str]) -> list[SourceFile]:
+    """The files of a source that the globs select, in sorted order, without reading them.
+
+    A file source is that one file (globs do not apply). A directory is walked through
+    symlinked directories once each; hidden entries and `__pycache__` are skipped.
+    """
+    if root.is_file():
+        st = root.stat()
+        return [SourceFile(root.name, root, st.st_size, st.st_mtime_ns)]
+    found: list[SourceFile] = []
+    seen: set[object] = set()
+
+    def walk(directory: Path, reldir: str) -> None:
+        try:
+            st = directory.stat()
+        except OSError:
+            return
+        # Some filesystems report inode 0 for everything; the resolved path stands in there.
+        identity = (st.st_dev, st.st_ino) if st.st_ino else os.path.realpath(directory)
+        if identity in seen:
+            return  # a symlink loop, or a second link to a directory already read
+        seen.add(identity)
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            return
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name == "__pycache__":
+                continue
+            rel = f"{reldir}/{entry.name}" if reldir else entry.name
+            try:
+                est = entry.stat()  # follows symlinks; a dangling one is skipped
+            except OSError:
+                continue
+            if stat.S_ISDIR(est.st_mode):
+                if not _pruned(rel, exclude):
+                    walk(Path(entry.path), rel)
+            elif stat.S_ISREG(est.st_mode) and _selected(rel, include, exclude):
+                found.append(SourceFile(rel, Path(entry.path), est.st_size, est.st_mtime_ns))
+
+    walk(root, "")
+    found.sort(key=lambda f: f.relpath)
+    return found
+
+
+def decode_text(raw: bytes) -> str | None:
+    """UTF-8 text with newlines normalised to `\\n` and no BOM; None for binary or non-UTF-8 bytes."""
+    if b"\x00" in raw:
+        return None
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8) :]
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text
+
+
+def cut_text(text: str, document_bytes: int) -> list[str]:
+    """Pieces of about `document_bytes` UTF-8 bytes each, cut after line breaks.
+
+    A single line longer than that is cut at character boundaries, so a file without
+    newlines still splits into documents of a bounded size.
+    """
+    if len(text.encode("utf-8")) <= document_bytes:
+        return [text]
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        n = len(line.encode("utf-8"))
+        if current and size + n > document_bytes:
+            pieces.append("".join(current))
+            current, size = [], 0
+        if n > document_bytes:
+            # Characters are at most 4 bytes, so this many of them never exceed the bound.
+            step = max(1, document_bytes // 4)
+            pieces.extend(line[i : i + step] for i in range(0, len(line), step))
+            continue
+        current.append(line)
+        size += n
+    if current:
+        pieces.append("".join(current))
+    return pieces
+
+
+def read_corpus(data: DataConfig, emit: Emit, files: list[SourceFile] | None = None) -> Corpus:
+    """Read the source into documents; emit a `Prepare(stage="read")` event.
+
+    `files` is the listing from `list_files` when the caller already has one.
+    """
+    root, include, exclude = resolve_source(data)
+    if files is None:
+        files = list_files(root, include, exclude)
+    documents: list[Document] = []
+    skipped: list[str] = []
+    total = 0
+    for f in files:
+        try:
+            raw = f.path.read_bytes()
+        except OSError as exc:
+            raise DataError(
+                f"The file `{f.path}` of the data source could not be read ({exc.strerror or exc}). "
+                f"Check its permissions, or exclude it with --set data.exclude='[\"{f.relpath}\"]'."
+            ) from exc
+        text = decode_text(raw)
+        if text is None:
+            skipped.append(f.relpath)
+            continue
+        for i, piece in enumerate(cut_text(text, data.document_bytes)):
+            if piece.strip():
+                documents.append(Document(f"{f.relpath}#{i}", piece))
+                total += len(piece.encode("utf-8"))
+    if skipped:
+        shown = ", ".join(skipped[:SKIPPED_NAMES_SHOWN]) + (", ..." if len(skipped) > SKIPPED_NAMES_SHOWN else "")
+        emit(Warning(
+            message=f"Skipped {len(skipped)} file(s) of `{root}` that are not UTF-8 text or contain NUL bytes: {shown}.",
+            code="skipped_files",
+        ))
+    if not documents and not root.is_dir():
+        what = "is not UTF-8 text or contains NUL bytes" if skipped else "is empty or whitespace only"
+        raise DataError(
+            f"The data source `{root}` has no text to train on: the file {what}. Point --data at a "
+            f"UTF-8 text file or a directory of them."
+        )
+    if not documents:
+        raise DataError(
+            f"The data source `{root}` has no text to train on: {len(files)} file(s) matched the "
+            f"include/exclude patterns (include {include or 'everything'}, exclude {exclude or 'nothing'}), "
+            f"{len(skipped)} of them were skipped as not UTF-8 text or containing NUL bytes, and the rest "
+            f"were empty or whitespace only. Point --data at a directory of UTF-8 text, or change "
+            f"data.include / data.exclude (for example --set data.include='[\"*.txt\"]')."
+        )
+    emit(Prepare(
+        stage="read",
+        message=f"Read {len(files) - len(skipped)} files ({total:,} bytes) from {root} into {len(documents)} documents.",
+        files=len(files) - len(skipped),
+        documents=len(documents),
+        bytes=total,
+        skipped=len(skipped),
+    ))
+    return Corpus(root, documents, len(files) - len(skipped), total, skipped)
+
+
+def _order_key(doc: Document) -> bytes:
+    return hashlib.sha256(doc.key.encode("utf-8")).digest()
+
+
+def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Document], list[Document]]:
+    """Deterministic train/validation split by document.
+
+    Documents are taken into validation in the order of the sha256 of their key until
+    the validation bytes reach `val_fraction` of the total; both splits keep corpus order
+    and both are non-empty.
+    """
+    sizes = [len(d.text.encode("utf-8")) for d in docs]
+    total = sum(sizes)
+    if len(docs) < 2:
+        raise DataError(
+            f"The corpus has {len(docs)} document(s) ({total:,} bytes), but a train and a validation "
+            f"split need at least 2. Set a smaller data.document_bytes (for example "
+            f"--set data.document_bytes=4096) so long files are cut into several documents, or give more text."
+        )
+    target = val_fraction * total
+    order = sorted(range(len(docs)), key=lambda i: _order_key(docs[i]))
+    val_ids: set[int] = set()
+    val_bytes = 0
+    for i in order[:-1]:  # the last one always stays in train
+        val_ids.add(i)
+        val_bytes += sizes[i]
+        if val_bytes >= target:
+            break
+    train = [d for i, d in enumerate(docs) if i not in val_ids]
+    val = [d for i, d in enumerate(docs) if i in val_ids]
+    return train, val
+
+
+def sample_order(docs: list[Document]) -> list[Document]:
+    """Documents in the reproducible order the tokenizer sample is drawn in (sha256 of key)."""
+    return sorted(docs, key=_order_key)

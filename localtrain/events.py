@@ -1,0 +1,222 @@
+"""The typed event stream every consumer reads, and its JSONL writer and reader.
+
+A run appends one JSON object a line to `events.jsonl` in its run directory and flushes
+each line as it is written, so the console, the dashboard, tests and any later reader
+see the same events, also from another process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterator
+
+
+@dataclass
+class Event:
+    kind: ClassVar[str] = "event"
+    time: float = field(default_factory=time.time, kw_only=True)
+
+    def to_json(self) -> str:
+        # Strict JSON: a non-finite float (a diverged loss) is written as null.
+        obj = {
+            k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in dataclasses.asdict(self).items()
+        }
+        return json.dumps({"type": self.kind, **obj}, allow_nan=False)
+
+
+@dataclass
+class Plan(Event):
+    """How the run will train: backend, shapes, batch and schedule."""
+
+    kind: ClassVar[str] = "plan"
+    backend: str
+    device: str
+    dtype: str
+    params: int
+    vocab_size: int
+    seq_len: int
+    batch_size: int
+    micro_batch_size: int
+    grad_accum_steps: int
+    tokens_per_step: int
+    total_steps: int
+    flops_per_token: float
+    peak_flops: float
+    threads: int
+    train_tokens: int
+    val_tokens: int
+    resumed_from: int | None = None
+
+
+@dataclass
+class Prepare(Event):
+    """Progress of data preparation."""
+
+    kind: ClassVar[str] = "prepare"
+    stage: str
+    message: str
+    files: int = 0
+    documents: int = 0
+    bytes: int = 0
+    skipped: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    cached: bool = False
+
+
+@dataclass
+class Download(Event):
+    kind: ClassVar[str] = "download"
+    url: str
+    bytes: int
+    total: int | None
+    bytes_per_s: float
+    eta_s: float | None
+
+
+@dataclass
+class Step(Event):
+    kind: ClassVar[str] = "step"
+    step: int
+    total_steps: int
+    loss: float
+    lr: float
+    grad_norm: float
+    tokens: int
+    tokens_per_s: float
+    mfu: float
+    step_time_s: float
+    elapsed_s: float
+    eta_s: float
+    memory_bytes: int
+
+
+@dataclass
+class Eval(Event):
+    kind: ClassVar[str] = "eval"
+    step: int
+    val_loss: float
+    val_ppl: float
+    val_bpb: float
+    val_tokens: int
+    val_bytes: int
+    best_val_loss: float
+    is_best: bool
+
+
+@dataclass
+class Sample(Event):
+    kind: ClassVar[str] = "sample"
+    step: int
+    prompt: str
+    text: str
+    tokens: int
+
+
+@dataclass
+class Checkpoint(Event):
+    kind: ClassVar[str] = "checkpoint"
+    step: int
+    path: str
+    reason: str
+    bytes: int
+    seconds: float
+
+
+@dataclass
+class Warning(Event):  # noqa: A001 - the event's name in the stream
+    kind: ClassVar[str] = "warning"
+    message: str
+    code: str = ""
+
+
+@dataclass
+class Error(Event):
+    kind: ClassVar[str] = "error"
+    message: str
+
+
+@dataclass
+class Done(Event):
+    kind: ClassVar[str] = "done"
+    reason: str
+    step: int
+    tokens: int
+    elapsed_s: float
+    best_val_loss: float | None
+    checkpoint: str | None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls for cls in (Plan, Prepare, Download, Step, Eval, Sample, Checkpoint, Warning, Error, Done)
+}
+
+Emit = Callable[[Event], None]
+
+
+def from_dict(obj: dict[str, Any]) -> Event | None:
+    """The typed event for one decoded line; None for a type this version does not know."""
+    cls = EVENT_TYPES.get(obj.get("type", ""))
+    if cls is None:
+        return None
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in obj.items() if k in names})
+
+
+class EventWriter:
+    """Appends events to a JSONL file, one flushed line each."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def __call__(self, event: Event) -> None:
+        self._file.write(event.to_json() + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def read_new(path: Path, offset: int = 0) -> tuple[list[Event], int]:
+    """Events written after byte `offset`, and the offset to read from next time.
+
+    A last line still being written (no newline yet) is left for the next call.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read()
+    except FileNotFoundError:
+        return [], offset
+    end = data.rfind(b"\n") + 1
+    events: list[Event] = []
+    for line in data[:end].splitlines():
+        if not line.strip():
+            continue
+        try:
+            event = from_dict(json.loads(line))
+        except (json.JSONDecodeError, TypeError):
+            continue
+        if event is not None:
+            events.append(event)
+    return events, offset + end
+
+
+def read_events(path: Path) -> list[Event]:
+    return read_new(path)[0]
+
+
+def iter_kind(events: list[Event], kind: type[Event]) -> Iterator[Any]:
+    return (e for e in events if isinstance(e, kind))
+
+
+def latest_steps(events: list[Event]) -> dict[int, Step]:
+    """Step events by step number; after a resume, the latest run of a step wins."""
+    return {e.step: e for e in iter_kind(events, Step)}

@@ -1,0 +1,78 @@
+"""Perplexity, bits per byte, model FLOPs and MFU, and the cached matmul peak."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from pathlib import Path
+from typing import Callable
+
+from localtrain.config import ModelConfig
+
+LN2 = math.log(2.0)
+
+
+def perplexity(mean_nats: float) -> float:
+    """exp of the mean loss; capped so a diverged loss stays a finite number."""
+    return math.exp(min(mean_nats, 700.0))
+
+
+def bits_per_byte(total_nats: float, total_bytes: int) -> float:
+    """Tokenizer-independent loss: total nats / (ln 2 x UTF-8 bytes of the predicted text)."""
+    return total_nats / (LN2 * total_bytes) if total_bytes else float("nan")
+
+
+def params_count(model: ModelConfig, vocab_rows: int) -> int:
+    """Parameters of the decoder; the tied embedding (padded rows included) counted once."""
+    d, kv = model.n_embd, model.kv_heads * model.head_dim
+    attn = d * d + 2 * d * kv + d * d  # q, k, v, o
+    mlp = 3 * d * model.ffn_size
+    return model.n_layer * (attn + mlp + 2 * d) + d + vocab_rows * d
+
+
+def flops_per_token(model: ModelConfig, vocab_rows: int) -> float:
+    """Training FLOPs per token (forward + backward): 6N + 12 L d T, as in PaLM's appendix B.
+
+    N counts the tied embedding once: its lookup is free but the same matrix is the
+    output projection, a real matmul.
+    """
+    n = params_count(model, vocab_rows)
+    return 6.0 * n + 12.0 * model.n_layer * model.n_embd * model.seq_len
+
+
+def mfu(flops_token: float, tokens_per_s: float, peak_flops: float) -> float:
+    return flops_token * tokens_per_s / peak_flops if peak_flops > 0 else 0.0
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cached_peak_flops(cache_dir: Path, key: str, measure: Callable[[], float]) -> tuple[float, bool]:
+    """The peak for `key` from `cache_dir/peak_flops.json`, measuring it once if absent.
+
+    Returns (flops, was_cached).
+    """
+    path = cache_dir / "peak_flops.json"
+    full_key = f"{platform.node()}|{cpu_name()}|{key}"
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if isinstance(table.get(full_key), (int, float)) and table[full_key] > 0:
+        return float(table[full_key]), True
+    flops = measure()
+    table[full_key] = flops
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+    return flops, False

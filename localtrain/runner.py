@@ -1,0 +1,291 @@
+"""One `localtrain run`: resolve the config and run directory, prepare data, train.
+
+This is the glue between the CLI and the parts: it owns the run directory (its lock,
+config.toml, plan.json, events.jsonl), fans events out to their readers, and turns
+SIGINT/SIGTERM into a clean stop with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import fcntl
+import json
+import os
+import shutil
+import signal
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from localtrain import checkpoint, config as cfg, events as ev, metrics
+from localtrain.errors import CheckpointError, LocaltrainError
+
+CONFIG_FILE = "config.toml"
+RUNS_ROOT = Path("runs")
+
+
+@dataclass
+class RunRequest:
+    """What the user asked for on the command line."""
+
+    preset: str | None = None
+    overrides: list[str] = dataclasses.field(default_factory=list)
+    run_dir: str | None = None
+    resume: bool | str = False
+    """False: a new run; True: continue an existing one; "auto": continue if possible; or a path."""
+
+
+@dataclass
+class Setup:
+    config: cfg.Config
+    run_dir: Path
+    resume: bool | str
+    changes: list[tuple[str, object, object]]
+
+
+def find_latest_run(root: Path, preset: str | None) -> Path | None:
+    """The most recently updated run directory under `root` (of `preset`, if given)."""
+    candidates = []
+    if root.is_dir():
+        for d in root.iterdir():
+            conf = d / CONFIG_FILE
+            if not conf.is_file():
+                continue
+            if preset is not None:
+                try:
+                    if cfg.read_toml(conf).get("run", {}).get("preset") != preset:
+                        continue
+                except LocaltrainError:
+                    continue
+            stamp = max((d / n).stat().st_mtime for n in (CONFIG_FILE, "events.jsonl") if (d / n).exists())
+            candidates.append((stamp, d))
+    return max(candidates)[1] if candidates else None
+
+
+def _locate_resume(request: RunRequest) -> Path | None:
+    if isinstance(request.resume, str) and request.resume != "auto":
+        path = Path(request.resume).expanduser()
+        if path.name.startswith(checkpoint.PREFIX) and path.parent.name == "checkpoints":
+            path = path.parent.parent
+        if not (path / CONFIG_FILE).is_file():
+            raise CheckpointError(
+                f"--resume {request.resume}: {path} is not a run directory (it has no {CONFIG_FILE})."
+                " Give a run directory such as runs/python-stdlib-20260101-120000 or one of its"
+                " checkpoints/step-N directories."
+            )
+        return path
+    if request.run_dir:
+        path = Path(request.run_dir).expanduser()
+        return path if (path / CONFIG_FILE).is_file() else None
+    return find_latest_run(RUNS_ROOT, request.preset)
+
+
+def setup(request: RunRequest) -> Setup:
+    """Resolve the configuration and run directory, checking what is already on disk."""
+    if request.resume:
+        run_dir = _locate_resume(request)
+        if run_dir is None and request.resume != "auto":
+            where = request.run_dir or f"{RUNS_ROOT}/"
+            raise CheckpointError(
+                f"--resume: there is no run to resume in {where}. Start one with `localtrain run`,"
+                " or pass --resume auto to start fresh when there is none."
+            )
+        if run_dir is not None:
+            return _setup_resume(request, run_dir)
+    config = cfg.resolve(request.preset or "python-stdlib", request.overrides)
+    check_source(config)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(request.run_dir or config.run.run_dir or RUNS_ROOT / f"{config.run.preset}-{stamp}")
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=str(run_dir)))
+    conf = run_dir / CONFIG_FILE
+    if conf.is_file():
+        old = cfg.resolve(base=cfg.read_toml(conf))
+        if old.fingerprint() != config.fingerprint():
+            changed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cfg.diff(old, config)
+                                if not k.startswith("run."))
+            raise LocaltrainError(
+                f"The run directory {run_dir} holds a run with a different configuration ({changed})."
+                " Nothing was changed. Pass --resume to continue that run as it was configured,"
+                " or choose a new directory with --run-dir."
+            )
+        if checkpoint.complete_checkpoints(run_dir):
+            raise LocaltrainError(
+                f"The run directory {run_dir} already has checkpoints. Nothing was changed. Pass"
+                " --resume to continue it, or choose a new directory with --run-dir."
+            )
+    return Setup(config, run_dir, False, [])
+
+
+def _setup_resume(request: RunRequest, run_dir: Path) -> Setup:
+    old = cfg.resolve(base=cfg.read_toml(run_dir / CONFIG_FILE))
+    if request.preset and request.preset != old.run.preset:
+        raise LocaltrainError(
+            f"--preset {request.preset}: the run in {run_dir} was started from preset"
+            f" {old.run.preset!r}. Drop --preset to resume it, or start a new run without --resume."
+        )
+    config = cfg.resolve(base=old.to_dict(), overrides=request.overrides)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=str(run_dir)))
+    changes = [c for c in cfg.diff(old, config) if c[0] not in ("run.overrides", "run.run_dir")]
+    frozen = [c for c in changes if c[0].startswith(("model.", "data."))]
+    if frozen:
+        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in frozen)
+        raise LocaltrainError(
+            f"Cannot resume {run_dir} with a different model or data ({listed}): its checkpoints"
+            " were trained with the original. Drop those overrides to resume, or start a new run."
+        )
+    return Setup(config, run_dir, request.resume, changes)
+
+
+def check_source(config: cfg.Config) -> None:
+    """Fail on a missing or unavailable data source before anything is written."""
+    from localtrain.data.sources import resolve_source
+
+    resolve_source(config.data)
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One process per run directory: a second `localtrain run` on it fails at once."""
+    path = run_dir / ".lock"
+    f = open(path, "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "another process"
+        f.close()
+        raise LocaltrainError(
+            f"The run directory {run_dir} is in use by {holder}. Wait for it to finish, stop it,"
+            " or choose another --run-dir."
+        ) from None
+    f.truncate(0)
+    f.write(f"localtrain process {os.getpid()}")
+    f.flush()
+    try:
+        yield
+    finally:
+        f.truncate(0)
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def make_backend(config: cfg.Config):  # -> Backend
+    from localtrain.backends.torch_backend import TorchBackend
+
+    return TorchBackend(config.run.device, config.train.dtype, config.run.threads)
+
+
+class Fanout:
+    def __init__(self, *sinks: ev.Emit) -> None:
+        self.sinks = list(sinks)
+
+    def __call__(self, event: ev.Event) -> None:
+        for sink in self.sinks:
+            sink(event)
+
+
+def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
+    """Prepare data, build the backend, restore a checkpoint if resuming, and train."""
+    from localtrain.data.loader import check_train_size
+    from localtrain.data.prepare import cache_root, prepare
+    from localtrain.train import StopFlag, TrainData, Trainer
+
+    config, run_dir = s.config, s.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(run_dir):
+        write_atomic(run_dir / CONFIG_FILE, cfg.to_toml(config))
+        writer = ev.EventWriter(run_dir / "events.jsonl")
+        emit = Fanout(writer, *([console] if console else []))
+        try:
+            for key, old, new in s.changes:
+                emit(ev.Warning(message=f"Resuming with {key} changed from {old!r} to {new!r}.",
+                                code="config_changed"))
+            checkpoint.remove_stale_temps(run_dir)
+            loaded = None
+            if s.resume:
+                loaded = checkpoint.load_latest(run_dir, emit)
+                if loaded is None and s.resume != "auto":
+                    raise CheckpointError(
+                        f"--resume: {run_dir} has no complete checkpoint that verifies (see the"
+                        " warnings above for any that were skipped). Start again without --resume,"
+                        " or with --resume auto."
+                    )
+                if loaded is not None and loaded.state.get("model_fingerprint") != config.model_fingerprint():
+                    raise CheckpointError(
+                        f"{loaded.path} was written for a different model or data configuration than"
+                        f" {run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
+                    )
+            prepared = prepare(config.data, emit, explicit=config.explicit_keys(), threads=config.run.threads)
+            tokenizer = prepared.tokenizer()
+            if loaded is not None and loaded.state.get("tokenizer_sha256") != tokenizer.sha256:
+                raise CheckpointError(
+                    f"The tokenizer prepared now ({prepared.tokenizer_path}) differs from the one"
+                    f" {loaded.path} was trained with, so its token ids would mean other text (did"
+                    " the source files change?). Start a new run on the current data."
+                )
+            shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.model")
+            micro = config.train.micro_batch_size or config.train.batch_size
+            check_train_size(prepared.train_tokens, config.model.seq_len, micro)
+
+            backend = make_backend(config)
+            backend.build(config.model, prepared.vocab_size, config.train.seed)
+            backend.configure_optimizer(config.train)
+            data = TrainData(
+                train_tokens=prepared.load("train"), val_tokens=prepared.load("val"),
+                token_bytes=tokenizer.token_bytes(), encode=tokenizer.encode, decode=tokenizer.decode,
+                eos_id=tokenizer.eos_id, tokenizer_sha256=tokenizer.sha256, vocab_size=prepared.vocab_size,
+            )
+            peak, _ = metrics.cached_peak_flops(
+                cache_root(config.data), backend.peak_key(), backend.measure_peak_flops
+            )
+            stop = StopFlag()
+            trainer = Trainer(config, backend, data, run_dir, emit, peak, stop)
+            if loaded is not None:
+                trainer.restore(loaded)
+            plan = ev.Plan(
+                backend=backend.name, device=backend.device, dtype=backend.dtype,
+                params=backend.num_params(), vocab_size=prepared.vocab_size, seq_len=config.model.seq_len,
+                batch_size=config.train.batch_size, micro_batch_size=trainer.micro_batch_size,
+                grad_accum_steps=trainer.grad_accum_steps, tokens_per_step=config.tokens_per_step(),
+                total_steps=trainer.total_steps, flops_per_token=trainer.flops_per_token, peak_flops=peak,
+                threads=getattr(backend, "threads", 0), train_tokens=prepared.train_tokens,
+                val_tokens=prepared.val_tokens,
+                resumed_from=trainer.state.step if loaded is not None else None,
+            )
+            write_atomic(run_dir / "plan.json", json.dumps(json.loads(plan.to_json()), indent=1) + "\n")
+            emit(plan)
+            with stop_on_signals(stop):
+                return trainer.run()
+        except LocaltrainError as exc:
+            emit(ev.Error(message=str(exc)))
+            raise
+        finally:
+            writer.close()
+
+
+@contextmanager
+def stop_on_signals(stop) -> Iterator[None]:
+    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one aborts."""
+
+    def handler(signum: int, frame: object) -> None:
+        if stop.requested:
+            raise KeyboardInterrupt
+        stop.request("interrupted")
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)

@@ -1,0 +1,275 @@
+"""The training loop: schedule, accumulation, evaluation, samples, checkpoints, stopping.
+
+It imports no framework. It drives a backend through `localtrain.backends.base.Backend`
+and reports everything as events; it never prints.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from localtrain import checkpoint, events as ev, metrics
+from localtrain.backends.base import Backend
+from localtrain.config import Config, TrainConfig
+from localtrain.data.loader import Cursor, TrainWindows, eval_windows
+from localtrain.errors import LocaltrainError
+
+
+def lr_at(step: int, train: TrainConfig, total_steps: int) -> float:
+    """Learning rate for the update that follows `step` completed updates."""
+    peak = train.lr
+    floor = peak * train.min_lr_ratio
+    # 1) linear warmup
+    if step < train.warmup_steps:
+        return peak * (step + 1) / (train.warmup_steps + 1)
+    # 2) past the end of the schedule, stay at the floor
+    if step >= total_steps:
+        return floor
+    # 3) cosine from peak down to the floor
+    ratio = (step - train.warmup_steps) / max(1, total_steps - train.warmup_steps)
+    return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (peak - floor)
+
+
+@dataclass
+class TrainData:
+    """What the loop needs of the prepared corpus and its tokenizer."""
+
+    train_tokens: np.ndarray
+    val_tokens: np.ndarray
+    token_bytes: np.ndarray
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    eos_id: int
+    tokenizer_sha256: str
+    vocab_size: int
+
+
+@dataclass
+class StopFlag:
+    """Set by a signal handler (or a controller); the loop stops after the current step."""
+
+    requested: bool = False
+    reason: str = "interrupted"
+
+    def request(self, reason: str = "interrupted") -> None:
+        self.requested, self.reason = True, reason
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    tokens: int = 0
+    cursor: Cursor = (0, 0)
+    elapsed_s: float = 0.0
+    best_val_loss: float | None = None
+    best_step: int | None = None
+    evals_since_best: int = 0
+    last_checkpoint_step: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TrainingDiverged(LocaltrainError):
+    exit_code = 1
+
+
+class Trainer:
+    def __init__(
+        self,
+        config: Config,
+        backend: Backend,
+        data: TrainData,
+        run_dir: Path,
+        emit: ev.Emit,
+        peak_flops: float,
+        stop: StopFlag | None = None,
+    ) -> None:
+        self.config, self.backend, self.data = config, backend, data
+        self.run_dir, self.emit, self.peak_flops = run_dir, emit, peak_flops
+        self.stop = stop or StopFlag()
+        t = config.train
+        self.micro_batch_size = t.micro_batch_size or t.batch_size
+        self.grad_accum_steps = t.batch_size // self.micro_batch_size
+        self.total_steps = config.total_steps()
+        self.windows = TrainWindows(data.train_tokens, config.model.seq_len, t.seed)
+        self.val_batches = eval_windows(data.val_tokens, config.model.seq_len, t.eval_batches, self.micro_batch_size)
+        self.flops_per_token = metrics.flops_per_token(config.model, vocab_rows(config, data.vocab_size))
+        self.state = LoopState()
+
+    # -- state ---------------------------------------------------------------------------
+
+    def restore(self, loaded: checkpoint.Loaded) -> None:
+        s = loaded.state
+        self.backend.load_state_arrays(loaded.weights, loaded.moments, int(s["optimizer_step"]))
+        self.backend.set_rng_state(s["rng"])
+        self.backend.set_extra_state(s.get("backend", {}).get("extra", {}))
+        self.state = LoopState(
+            step=int(s["step"]),
+            tokens=int(s["tokens"]),
+            cursor=(int(s["cursor"][0]), int(s["cursor"][1])),
+            elapsed_s=float(s["elapsed_s"]),
+            best_val_loss=s.get("best_val_loss"),
+            best_step=s.get("best_step"),
+            evals_since_best=int(s.get("evals_since_best", 0)),
+            last_checkpoint_step=int(s["step"]),
+        )
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        st, b = self.state, self.backend
+        return {
+            "step": st.step,
+            "tokens": st.tokens,
+            "cursor": list(st.cursor),
+            "elapsed_s": st.elapsed_s,
+            "best_val_loss": st.best_val_loss,
+            "best_step": st.best_step,
+            "evals_since_best": st.evals_since_best,
+            "optimizer_step": st.step,
+            "rng": b.rng_state(),
+            "backend": {"name": b.name, "device": b.device, "dtype": b.dtype, "extra": b.extra_state()},
+            "schedule": {
+                "lr": lr_at(st.step, self.config.train, self.total_steps),
+                "warmup_steps": self.config.train.warmup_steps,
+                "total_steps": self.total_steps,
+                "min_lr_ratio": self.config.train.min_lr_ratio,
+            },
+            "seed": self.config.train.seed,
+            "config_fingerprint": self.config.fingerprint(),
+            "model_fingerprint": self.config.model_fingerprint(),
+            "tokenizer_sha256": self.data.tokenizer_sha256,
+            "vocab_size": self.data.vocab_size,
+        }
+
+    def save_checkpoint(self, reason: str) -> Path:
+        start = time.perf_counter()
+        weights, moments = self.backend.state_arrays()
+        path, size = checkpoint.save(
+            self.run_dir, self.state.step, weights, moments, self.checkpoint_state(),
+            self.config.train.keep_checkpoints,
+        )
+        self.state.last_checkpoint_step = self.state.step
+        self.emit(ev.Checkpoint(step=self.state.step, path=str(path), reason=reason, bytes=size,
+                                seconds=time.perf_counter() - start))
+        return path
+
+    # -- evaluation and samples ----------------------------------------------------------
+
+    def evaluate(self) -> ev.Eval:
+        nats, count, nbytes = 0.0, 0, 0
+        for x, y in self.val_batches:
+            losses = self.backend.token_losses(x, y)
+            nats += float(losses.astype(np.float64).sum())
+            count += losses.size
+            nbytes += int(self.data.token_bytes[y.astype(np.int64)].sum())
+        loss = nats / count
+        st, t = self.state, self.config.train
+        is_best = st.step > 0 and (
+            st.best_val_loss is None or loss < st.best_val_loss - t.early_stop_min_delta
+        )
+        if is_best:
+            st.best_val_loss, st.best_step, st.evals_since_best = loss, st.step, 0
+        elif st.step > 0:
+            st.evals_since_best += 1
+        event = ev.Eval(
+            step=st.step, val_loss=loss, val_ppl=metrics.perplexity(loss),
+            val_bpb=metrics.bits_per_byte(nats, nbytes), val_tokens=count, val_bytes=nbytes,
+            best_val_loss=st.best_val_loss if st.best_val_loss is not None else loss, is_best=is_best,
+        )
+        self.emit(event)
+        if is_best:
+            weights, _ = self.backend.state_arrays()
+            checkpoint.save_best(self.run_dir, weights, {**self.checkpoint_state(), "val_loss": loss})
+        return event
+
+    def sample(self) -> None:
+        t = self.config.train
+        for i, prompt in enumerate(t.sample_prompts):
+            ids = self.data.encode(prompt) or [self.data.eos_id]
+            seed = t.seed * 1_000_003 + self.state.step * 101 + i
+            out = self.backend.generate(ids, t.sample_tokens, t.temperature, t.top_k, seed)
+            if self.data.eos_id in out:
+                out = out[: out.index(self.data.eos_id)]
+            self.emit(ev.Sample(step=self.state.step, prompt=prompt, text=self.data.decode(out), tokens=len(out)))
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self) -> ev.Done:
+        t, st = self.config.train, self.state
+        started, first_step, base_elapsed = time.perf_counter(), st.step, st.elapsed_s
+        deadline = started + t.max_time * 60 if t.max_time else None
+        tokens_per_step = t.batch_size * self.config.model.seq_len
+        if st.step == 0 and t.eval_every:
+            self.evaluate()
+        reason = "complete"
+        tok_s_avg: float | None = None
+        while st.step < self.total_steps:
+            if self.stop.requested:
+                reason = self.stop.reason
+                self.emit(ev.Warning(message=f"Stop requested: checkpointing at step {st.step} and"
+                                     " exiting.", code="stopping"))
+                break
+            if deadline is not None and time.perf_counter() >= deadline:
+                reason = "max_time"
+                break
+            lr = lr_at(st.step, t, self.total_steps)
+            micro = []
+            cursor = st.cursor
+            for _ in range(self.grad_accum_steps):
+                x, y, cursor = self.windows.take(cursor, self.micro_batch_size)
+                micro.append((x, y))
+            step_start = time.perf_counter()
+            result = self.backend.train_step(micro, lr)
+            step_time = time.perf_counter() - step_start
+            if not math.isfinite(result.loss):
+                self.emit(ev.Error(message=f"The loss became {result.loss} at step {st.step + 1}."))
+                raise TrainingDiverged(
+                    f"Training diverged: the loss became {result.loss} at step {st.step + 1} (learning"
+                    f" rate {lr:.3g}). Nothing after step {st.last_checkpoint_step or 0} was saved."
+                    " Resume from the last checkpoint with a lower peak rate, e.g. --resume --set"
+                    f" train.lr={t.lr / 3:.2g}, or with more warmup steps."
+                )
+            st.step += 1
+            st.tokens += tokens_per_step
+            st.cursor = cursor
+            now = time.perf_counter()
+            st.elapsed_s = base_elapsed + (now - started)
+            tok_s = tokens_per_step / step_time
+            tok_s_avg = tok_s if tok_s_avg is None else 0.9 * tok_s_avg + 0.1 * tok_s
+            # The ETA uses this process's mean wall time per step, evaluations included.
+            per_step = (now - started) / (st.step - first_step)
+            self.emit(ev.Step(
+                step=st.step, total_steps=self.total_steps, loss=result.loss, lr=lr,
+                grad_norm=result.grad_norm, tokens=st.tokens, tokens_per_s=tok_s_avg,
+                mfu=metrics.mfu(self.flops_per_token, tok_s_avg, self.peak_flops),
+                step_time_s=step_time, elapsed_s=st.elapsed_s,
+                eta_s=per_step * (self.total_steps - st.step), memory_bytes=self.backend.memory_bytes(),
+            ))
+            last = st.step == self.total_steps
+            if t.eval_every and (st.step % t.eval_every == 0 or last):
+                self.evaluate()
+            if t.sample_every and st.step % t.sample_every == 0:
+                self.sample()
+            if t.checkpoint_every and st.step % t.checkpoint_every == 0:
+                self.save_checkpoint("periodic")
+            if t.early_stop_patience and st.evals_since_best >= t.early_stop_patience:
+                reason = "early_stop"
+                break
+        st.elapsed_s = base_elapsed + (time.perf_counter() - started)
+        if st.last_checkpoint_step != st.step:
+            path: str | None = str(self.save_checkpoint("interrupt" if reason == "interrupted" else "final"))
+        else:
+            path = str(self.run_dir / "checkpoints" / checkpoint.step_dir_name(st.step))
+        done = ev.Done(reason=reason, step=st.step, tokens=st.tokens, elapsed_s=st.elapsed_s,
+                       best_val_loss=st.best_val_loss, checkpoint=path)
+        self.emit(done)
+        return done
+
+
+def vocab_rows(config: Config, vocab_size: int) -> int:
+    m = config.model.pad_vocab_multiple
+    return -(-vocab_size // m) * m

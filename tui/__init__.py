@@ -1,0 +1,1 @@
+"""The Textual dashboard (opened by `localtrain` with no subcommand)."""
