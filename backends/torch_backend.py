@@ -55,6 +55,11 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return "float32"
 
 
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    # A copy: a view would change under the next optimizer step.
+    return t.float().cpu().numpy().copy() if t.device.type == "cpu" else t.float().cpu().numpy()
+
+
 def _encode_bytes(t: torch.Tensor) -> str:
     return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
 
@@ -66,9 +71,10 @@ def _decode_bytes(s: str) -> torch.Tensor:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, device: str = "auto", dtype: str = "auto", threads: int = 0) -> None:
+    def __init__(self, device: str = "auto", dtype: str = "auto", threads: int = 0, compile: str = "off") -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        self.compile = compile == "on" or (compile == "auto" and self.device == "cuda")
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
@@ -87,10 +93,12 @@ class TorchBackend:
         net = LlamaLM(model, vocab_size)
         net.init_weights(generator)
         self.model = net.to(self.device)
+        # Only the training forward is compiled; evaluation and generation (whose shapes
+        # change token by token) run the same module eagerly.
+        self.train_model = torch.compile(self.model) if self.compile else self.model
         self.layout = shared_layout(self.model)
-        for layer in self.model.model.layers:
-            # MPS lacks some complex kernels; real arithmetic there gives the same result.
-            layer.self_attn.complex_rope = self.device != "mps"
+        # MPS lacks some complex kernels; real arithmetic there gives the same result.
+        self.model.complex_rope = self.device != "mps"
         # Dropout draws from the default generators, which a checkpoint saves.
         torch.manual_seed(seed + 1)
 
@@ -135,7 +143,7 @@ class TorchBackend:
     # -- training and evaluation --------------------------------------------------------
 
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
-        model, opt = self.model, self.optimizer
+        model, opt = self.train_model, self.optimizer
         assert model is not None and opt is not None
         model.train()
         n = len(micro_batches)
@@ -222,15 +230,15 @@ class TorchBackend:
     # -- state --------------------------------------------------------------------------
 
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Float32 arrays under the shared names; valid until the next train_step."""
+        """Float32 copies under the shared names."""
         weights: dict[str, np.ndarray] = {}
         moments: dict[str, np.ndarray] = {}
         state = self.optimizer.state if self.optimizer else {}
         for name, (p, rows) in self.layout.items():
-            weights[name] = p.detach()[rows].float().cpu().numpy()
+            weights[name] = _to_numpy(p.detach()[rows])
             if p in state and "exp_avg" in state[p]:
                 for suffix in MOMENT_SUFFIXES:
-                    moments[f"{name}.{suffix}"] = state[p][suffix][rows].float().cpu().numpy()
+                    moments[f"{name}.{suffix}"] = _to_numpy(state[p][suffix][rows])
         return weights, moments
 
     def load_state_arrays(
@@ -314,9 +322,11 @@ class TorchBackend:
         dtype = TORCH_DTYPES[self.dtype]
         sizes = (1024, 2048) if self.device == "cpu" else (4096, 8192)
         best = 0.0
+        # A private generator: the default one drives dropout and is part of the run's state.
+        gen = torch.Generator().manual_seed(0)
         for n in sizes:
-            a = torch.randn(n, n, device=self.device, dtype=dtype)
-            b = torch.randn(n, n, device=self.device, dtype=dtype)
+            a = torch.randn(n, n, generator=gen).to(self.device, dtype)
+            b = torch.randn(n, n, generator=gen).to(self.device, dtype)
             for _ in range(2):
                 a @ b
             self._sync()

@@ -28,12 +28,15 @@ def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor
     return angles.cos().float(), angles.sin().float()
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, use_complex: bool) -> torch.Tensor:
-    """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, nh, hs) by the angles (T, hs/2)."""
-    if use_complex:
-        # One complex multiply is one kernel forward and backward; fastest on CPU and CUDA.
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: torch.Tensor | None) -> torch.Tensor:
+    """Rotate interleaved pairs (x[2i], x[2i+1]) of x: (B, T, nh, hs) by the angles (T, hs/2).
+
+    With `rot` = cos + i sin as a complex (T, 1, hs/2) tensor the rotation is one complex
+    multiply, one kernel forward and backward: fastest on CPU and CUDA. Without it
+    (MPS lacks some complex kernels) the same rotation runs in real arithmetic.
+    """
+    if rot is not None:
         xc = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))
-        rot = torch.complex(cos, sin)[:, None, :]  # (T, 1, hs/2)
         return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
     x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)
     c, s = cos[:, None, :], sin[:, None, :]
@@ -41,13 +44,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, use_comple
 
 
 def interleave_rows(n_heads: int, head_dim: int) -> torch.Tensor:
-    """Row order taking the shared (rotate-half) q/k layout to the interleaved one used here.
+    """Where each row of the shared (rotate-half) q/k layout sits in the interleaved one.
 
-    Per head, shared row i pairs with row i + hs/2; here they sit side by side, so rope is
-    one complex multiply. internal = shared[perm].
+    Per head, shared row i pairs with row i + hs/2; here the pair sits side by side at
+    rows 2i and 2i + 1, so rope is one complex multiply. shared[j] = internal[rows[j]].
     """
     half = head_dim // 2
-    within = torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).flatten()
+    within = torch.cat([torch.arange(half) * 2, torch.arange(half) * 2 + 1])
     return torch.cat([h * head_dim + within for h in range(n_heads)])
 
 
@@ -60,23 +63,21 @@ class Attention(nn.Module):
         self.qkv_proj = nn.Linear(cfg.n_embd, self.q_size + 2 * self.kv_size, bias=False)
         self.o_proj = nn.Linear(self.q_size, cfg.n_embd, bias=False)
         self.dropout = cfg.dropout
-        self.complex_rope = True
 
     def forward(
         self,
         x: torch.Tensor,
-        cos: torch.Tensor,
-        sin: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
         cache: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
         nh, nkv = self.n_head, self.kv_heads
         qkv = self.qkv_proj(x).view(B, T, nh + 2 * nkv, self.head_dim)
+        # split (not slicing): its backward is one concatenation, not zero-filled copies.
+        qk, v = qkv.split([nh + nkv, nkv], dim=2)
         # Queries and keys rotate together: one rope for both.
-        qk = apply_rope(qkv[:, :, : nh + nkv], cos, sin, self.complex_rope)
-        q = qk[:, :, :nh].transpose(1, 2)  # (B, nh, T, hs)
-        k = qk[:, :, nh:].transpose(1, 2)  # (B, nkv, T, hs)
-        v = qkv[:, :, nh + nkv :].transpose(1, 2)
+        q, k = apply_rope(qk, *rope).split([nh, nkv], dim=2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hs)
         causal = True
         if cache is not None:
             if cache:
@@ -117,8 +118,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         self.dropout = cfg.dropout
 
-    def forward(self, x, cos, sin, cache=None):
-        h = self.self_attn(self.input_layernorm(x), cos, sin, cache)
+    def forward(self, x, rope, cache=None):
+        h = self.self_attn(self.input_layernorm(x), rope, cache)
         x = x + F.dropout(h, self.dropout, self.training)
         h = self.mlp(self.post_attention_layernorm(x))
         return x + F.dropout(h, self.dropout, self.training)
@@ -143,6 +144,8 @@ class LlamaLM(nn.Module):
         cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_rot", torch.complex(cos, sin)[:, None, :], persistent=False)
+        self.complex_rope = True
 
     def init_weights(self, generator: torch.Generator) -> None:
         """Normal(0, init_std) matrices; residual outputs scaled by 1/sqrt(2 n_layer) as in GPT-2."""
@@ -159,11 +162,14 @@ class LlamaLM(nn.Module):
 
     def hidden(self, idx: torch.Tensor, start: int = 0, caches: list | None = None) -> torch.Tensor:
         T = idx.shape[1]
-        cos = self.rope_cos[start : start + T]  # (T, hs/2)
-        sin = self.rope_sin[start : start + T]
+        rope = (
+            self.rope_cos[start : start + T],  # (T, hs/2)
+            self.rope_sin[start : start + T],
+            self.rope_rot[start : start + T] if self.complex_rope else None,  # (T, 1, hs/2)
+        )
         x = F.dropout(self.model.embed_tokens(idx), self.cfg.dropout, self.training)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, cos, sin, None if caches is None else caches[i])
+            x = layer(x, rope, None if caches is None else caches[i])
         return self.model.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

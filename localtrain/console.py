@@ -39,7 +39,8 @@ def describe(event: ev.Event) -> str | None:
     if isinstance(event, ev.Plan):
         resumed = f" | resumed from step {event.resumed_from}" if event.resumed_from is not None else ""
         return (
-            f"plan: {event.backend} on {event.device} ({event.dtype}, {event.threads} threads) |"
+            f"plan: {event.backend} on {event.device} ({event.dtype}, {event.threads} threads"
+            f"{', compiled' if event.compiled else ''}) |"
             f" {human(event.params)} params | vocab {event.vocab_size} | batch {event.batch_size} x"
             f" {event.seq_len} tokens = micro {event.micro_batch_size} x accum {event.grad_accum_steps} |"
             f" {event.total_steps} steps | data {human(event.train_tokens)} train / {human(event.val_tokens)}"

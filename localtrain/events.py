@@ -49,6 +49,7 @@ class Plan(Event):
     flops_per_token: float
     peak_flops: float
     threads: int
+    compiled: bool
     train_tokens: int
     val_tokens: int
     resumed_from: int | None = None

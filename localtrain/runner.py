@@ -46,12 +46,12 @@ class Setup:
 
 
 def find_latest_run(root: Path, preset: str | None) -> Path | None:
-    """The most recently updated run directory under `root` (of `preset`, if given)."""
+    """The most recently updated resumable run under `root` (of `preset`, if given)."""
     candidates = []
     if root.is_dir():
         for d in root.iterdir():
             conf = d / CONFIG_FILE
-            if not conf.is_file():
+            if not conf.is_file() or not checkpoint.complete_checkpoints(d):
                 continue
             if preset is not None:
                 try:
@@ -96,15 +96,13 @@ def setup(request: RunRequest) -> Setup:
             return _setup_resume(request, run_dir)
     config = cfg.resolve(request.preset or "python-stdlib", request.overrides)
     check_source(config)
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(request.run_dir or config.run.run_dir or RUNS_ROOT / f"{config.run.preset}-{stamp}")
+    run_dir = Path(request.run_dir or config.run.run_dir or new_run_dir(config.run.preset))
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=str(run_dir)))
     conf = run_dir / CONFIG_FILE
     if conf.is_file():
         old = cfg.resolve(base=cfg.read_toml(conf))
         if old.fingerprint() != config.fingerprint():
-            changed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in cfg.diff(old, config)
-                                if not k.startswith("run."))
+            changed = describe_changes([c for c in cfg.diff(old, config) if not c[0].startswith("run.")])
             raise LocaltrainError(
                 f"The run directory {run_dir} holds a run with a different configuration ({changed})."
                 " Nothing was changed. Pass --resume to continue that run as it was configured,"
@@ -116,6 +114,21 @@ def setup(request: RunRequest) -> Setup:
                 " --resume to continue it, or choose a new directory with --run-dir."
             )
     return Setup(config, run_dir, False, [])
+
+
+def new_run_dir(preset: str) -> Path:
+    """runs/<preset>-<date-time>, with a suffix if two runs start in the same second."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = RUNS_ROOT / f"{preset}-{stamp}", 1
+    while path.exists():
+        n += 1
+        path = RUNS_ROOT / f"{preset}-{stamp}-{n}"
+    return path
+
+
+def describe_changes(changes: list[tuple[str, object, object]], limit: int = 8) -> str:
+    shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:limit])
+    return shown + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
 def _setup_resume(request: RunRequest, run_dir: Path) -> Setup:
@@ -130,7 +143,7 @@ def _setup_resume(request: RunRequest, run_dir: Path) -> Setup:
     changes = [c for c in cfg.diff(old, config) if c[0] not in ("run.overrides", "run.run_dir")]
     frozen = [c for c in changes if c[0].startswith(("model.", "data."))]
     if frozen:
-        listed = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in frozen)
+        listed = describe_changes(frozen)
         raise LocaltrainError(
             f"Cannot resume {run_dir} with a different model or data ({listed}): its checkpoints"
             " were trained with the original. Drop those overrides to resume, or start a new run."
@@ -183,7 +196,7 @@ def write_atomic(path: Path, text: str) -> None:
 def make_backend(config: cfg.Config):  # -> Backend
     from localtrain.backends.torch_backend import TorchBackend
 
-    return TorchBackend(config.run.device, config.train.dtype, config.run.threads)
+    return TorchBackend(config.run.device, config.train.dtype, config.run.threads, config.run.compile)
 
 
 class Fanout:
@@ -226,6 +239,8 @@ def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
                         f"{loaded.path} was written for a different model or data configuration than"
                         f" {run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
                     )
+            # The device is checked before the data is prepared: an unavailable one fails fast.
+            backend = make_backend(config)
             prepared = prepare(config.data, emit, explicit=config.explicit_keys(), threads=config.run.threads)
             tokenizer = prepared.tokenizer()
             if loaded is not None and loaded.state.get("tokenizer_sha256") != tokenizer.sha256:
@@ -238,7 +253,6 @@ def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
             micro = config.train.micro_batch_size or config.train.batch_size
             check_train_size(prepared.train_tokens, config.model.seq_len, micro)
 
-            backend = make_backend(config)
             backend.build(config.model, prepared.vocab_size, config.train.seed)
             backend.configure_optimizer(config.train)
             data = TrainData(
@@ -259,7 +273,8 @@ def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
                 batch_size=config.train.batch_size, micro_batch_size=trainer.micro_batch_size,
                 grad_accum_steps=trainer.grad_accum_steps, tokens_per_step=config.tokens_per_step(),
                 total_steps=trainer.total_steps, flops_per_token=trainer.flops_per_token, peak_flops=peak,
-                threads=getattr(backend, "threads", 0), train_tokens=prepared.train_tokens,
+                threads=getattr(backend, "threads", 0), compiled=getattr(backend, "compile", False),
+                train_tokens=prepared.train_tokens,
                 val_tokens=prepared.val_tokens,
                 resumed_from=trainer.state.step if loaded is not None else None,
             )

@@ -1,0 +1,96 @@
+"""Shared fixtures: an isolated cache, a small real code corpus, and a CLI runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Modules copied from this Python's standard library: ~300 KB of real code.
+CORPUS_MODULES = [
+    "argparse.py", "textwrap.py", "string.py", "heapq.py", "bisect.py", "fnmatch.py", "glob.py",
+    "shlex.py", "queue.py", "copy.py", "dataclasses.py", "functools.py", "enum.py", "csv.py",
+]
+
+# A model small enough that a step takes milliseconds on two cores.
+TINY = [
+    "model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.seq_len=32",
+    "data.tokenizer=char", "data.character_coverage=1.0", "data.document_bytes=4096",
+    "train.batch_size=8", "train.eval_batches=2", "train.eval_every=10", "train.sample_every=10",
+    "train.sample_tokens=16", "train.warmup_steps=5", "train.lr=3e-3", "train.checkpoint_every=10",
+    "train.log_every=1",
+]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never read or write the user's ~/.cache/localtrain."""
+    monkeypatch.setenv("LOCALTRAIN_CACHE", str(cache_dir))
+
+
+@pytest.fixture(scope="session")
+def code_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("code")
+    for name in CORPUS_MODULES:
+        (root / name).write_bytes((STDLIB / name).read_bytes())
+    return root
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    path = SHARED_DATA / "tinyshakespeare" / "input.txt"
+    if not path.is_file():
+        pytest.skip(f"needs ../shared/data beside the repository ({path} is absent)")
+    return path
+
+
+def cli_env(cache: Path) -> dict[str, str]:
+    return {**os.environ, "LOCALTRAIN_CACHE": str(cache), "PYTHONUNBUFFERED": "1"}
+
+
+def localtrain(args: list[str], cwd: Path, cache: Path, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the real CLI in a subprocess and wait for it."""
+    return subprocess.run(
+        [sys.executable, "-m", "localtrain", *args], cwd=cwd, env=cli_env(cache),
+        capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def start_localtrain(args: list[str], cwd: Path, cache: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "localtrain", *args], cwd=cwd, env=cli_env(cache),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def wait_for(predicate, timeout: float = 120, proc: subprocess.Popen | None = None) -> None:
+    """Poll every millisecond until `predicate()` holds; fail if `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            out, err = proc.communicate()
+            raise AssertionError(f"process exited with {proc.returncode} first:\n{out}\n{err}")
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.001)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [arg for o in overrides for arg in ("--set", o)]

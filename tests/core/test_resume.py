@@ -1,0 +1,121 @@
+"""Exact resume with real processes: SIGKILL at a random moment, a kill during a
+checkpoint write, and SIGINT/SIGTERM leaving a complete checkpoint."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, localtrain, read_jsonl, sets, start_localtrain, wait_for
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """Per-step losses; after a resume the re-run of a step replaces the killed one's."""
+    return {e["step"]: e["loss"] for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "step"}
+
+
+def last_step_written(run_dir: Path) -> int:
+    path = run_dir / "events.jsonl"
+    if not path.exists():
+        return 0
+    steps = [e["step"] for e in read_jsonl_tolerant(path) if e["type"] == "step"]
+    return max(steps, default=0)
+
+
+def read_jsonl_tolerant(path: Path) -> list[dict]:
+    import json
+
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line still being written
+    return out
+
+
+def test_sigkill_after_a_checkpoint_then_resume_is_exact(tmp_path, code_corpus, cache_dir) -> None:
+    n = 20
+    args = ["run", "--data", str(code_corpus), "--max-steps", str(2 * n), *sets(TINY + ["model.dropout=0.1"])]
+    straight = localtrain([*args, "--run-dir", "straight"], tmp_path, cache_dir)
+    assert straight.returncode == 0, straight.stderr
+
+    killed_dir = tmp_path / "killed"
+    proc = start_localtrain([*args, "--run-dir", "killed"], tmp_path, cache_dir)
+    wait_for(lambda: (killed_dir / "checkpoints" / f"step-{n:08d}" / "COMPLETE").exists(), proc=proc)
+    # A random moment after step N's checkpoint: once a random later step has run.
+    target = random.Random().randint(n + 1, 2 * n - 4)
+    wait_for(lambda: last_step_written(killed_dir) >= target, proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    done_before = [e for e in read_jsonl_tolerant(killed_dir / "events.jsonl") if e["type"] == "done"]
+    assert done_before == []
+
+    resumed = localtrain(["run", "--resume", "--run-dir", "killed"], tmp_path, cache_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    plan = [e for e in read_jsonl(killed_dir / "events.jsonl") if e["type"] == "plan"][-1]
+    assert plan["resumed_from"] >= n
+
+    a, b = step_losses(tmp_path / "straight"), step_losses(killed_dir)
+    assert sorted(a) == sorted(b) == list(range(1, 2 * n + 1))
+    assert a == b  # identical floats, every step
+    final = f"checkpoints/step-{2 * n:08d}/model.safetensors"
+    assert (tmp_path / "straight" / final).read_bytes() == (killed_dir / final).read_bytes()
+
+
+def test_a_kill_during_a_checkpoint_write_leaves_it_ignored(tmp_path, code_corpus, cache_dir) -> None:
+    # A wider model makes a checkpoint take long enough to be caught half-written.
+    shape = TINY + ["model.n_embd=256", "model.n_head=4", "model.n_layer=6", "train.batch_size=2",
+                    "train.checkpoint_every=2", "train.eval_every=0", "train.sample_every=0"]
+    args = ["run", "--data", str(code_corpus), "--max-steps", "6", *sets(shape)]
+    straight = localtrain([*args, "--run-dir", "straight"], tmp_path, cache_dir)
+    assert straight.returncode == 0, straight.stderr
+
+    run_dir = tmp_path / "killed"
+    ckpts = run_dir / "checkpoints"
+    proc = start_localtrain([*args, "--run-dir", "killed"], tmp_path, cache_dir)
+    wait_for(lambda: (ckpts / "step-00000002" / "COMPLETE").exists(), proc=proc)
+    wait_for(lambda: any(p.startswith(".tmp-step-00000004") for p in os.listdir(ckpts)), proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    temps = [p for p in ckpts.iterdir() if p.name.startswith(".tmp-")]
+    assert len(temps) == 1 and not (temps[0] / "COMPLETE").exists()
+    assert not (ckpts / "step-00000004").exists()
+
+    resumed = localtrain(["run", "--resume", "--run-dir", "killed"], tmp_path, cache_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    plan = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "plan"][-1]
+    assert plan["resumed_from"] == 2
+    assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
+    final = "checkpoints/step-00000006/model.safetensors"
+    assert (tmp_path / "straight" / final).read_bytes() == (run_dir / final).read_bytes()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_checkpoints_and_exits_zero(tmp_path, code_corpus, cache_dir, sig) -> None:
+    run_dir = tmp_path / "run"
+    proc = start_localtrain(
+        ["run", "--data", str(code_corpus), "--max-steps", "100000", "--run-dir", "run", *sets(TINY)],
+        tmp_path, cache_dir,
+    )
+    wait_for(lambda: last_step_written(run_dir) >= 15, proc=proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    events = read_jsonl(run_dir / "events.jsonl")
+    done = events[-1]
+    assert done["type"] == "done" and done["reason"] == "interrupted"
+    last = Path(done["checkpoint"])
+    assert last.name == f"step-{done['step']:08d}" and (tmp_path / last / "COMPLETE").exists()
+    assert f"Continue with: localtrain run --resume --run-dir run" in out
+    # It resumes from exactly there.
+    again = localtrain(["run", "--resume", "--run-dir", "run", "--max-steps", str(done["step"] + 3)],
+                       tmp_path, cache_dir)
+    assert again.returncode == 0, again.stderr
+    plans = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "plan"]
+    assert plans[-1]["resumed_from"] == done["step"]
