@@ -97,8 +97,9 @@ class TorchBackend:
         # change token by token) run the same module eagerly.
         self.train_model = torch.compile(self.model) if self.compile else self.model
         self.layout = shared_layout(self.model)
-        # MPS lacks some complex kernels; real arithmetic there gives the same result.
-        self.model.complex_rope = self.device != "mps"
+        # MPS lacks some complex kernels, and the compiler cannot fuse complex arithmetic;
+        # real arithmetic gives the same rotation there.
+        self.model.complex_rope = self.device != "mps" and not self.compile
         # Dropout draws from the default generators, which a checkpoint saves.
         torch.manual_seed(seed + 1)
 
@@ -172,7 +173,7 @@ class TorchBackend:
         opt.zero_grad(set_to_none=True)
         return StepResult(loss=(total / n).item(), grad_norm=norm.item(), skipped=skipped)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def token_losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         assert self.model is not None
         self.model.eval()
@@ -180,7 +181,7 @@ class TorchBackend:
             losses = self.model.token_losses(self._tensor(x), self._tensor(y))
         return losses.float().cpu().numpy()
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(
         self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int
     ) -> list[int]:

@@ -45,7 +45,7 @@ class ModelConfig:
     n_embd: int = 256
     """Width of the residual stream (hidden size)."""
     intermediate_size: int = 0
-    """Hidden width of the SwiGLU feed-forward; 0 means 8/3 of `n_embd` rounded up to 64."""
+    """Hidden width of the SwiGLU feed-forward; 0 means 8/3 of `n_embd` rounded up to 32."""
     seq_len: int = 256
     """Context length in tokens: the length of every training sequence."""
     rope_theta: float = 10000.0
@@ -71,7 +71,8 @@ class ModelConfig:
     def ffn_size(self) -> int:
         if self.intermediate_size:
             return self.intermediate_size
-        return -(-(8 * self.n_embd) // (3 * 64)) * 64
+        # As many weights as a 4x GELU MLP, rounded to a multiple of 32 for the matmuls.
+        return -(-(8 * self.n_embd) // (3 * 32)) * 32
 
 
 @dataclass(frozen=True)
