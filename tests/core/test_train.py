@@ -1,0 +1,121 @@
+"""The loop's stopping rules, evaluation bookkeeping, divergence, and the console."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, read_jsonl, sets
+from localtrain import events as ev
+from localtrain.cli import main
+from localtrain.console import ConsoleView
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch) -> Path:
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run(code_corpus: Path, *extra: str) -> int:
+    return main(["run", "--data", str(code_corpus), "--run-dir", "r", "--plain", *sets(TINY), *extra])
+
+
+def test_max_tokens_sets_the_schedule_length(in_tmp, code_corpus, capsys) -> None:
+    # 8 sequences x 32 tokens = 256 tokens a step: 2,560 tokens are 10 steps.
+    assert run(code_corpus, "--set", "train.max_steps=0", "--set", "train.max_tokens=2560") == 0
+    events = read_jsonl(in_tmp / "r" / "events.jsonl")
+    plan = next(e for e in events if e["type"] == "plan")
+    assert plan["total_steps"] == 10 and plan["tokens_per_step"] == 256
+    assert events[-1]["type"] == "done" and events[-1]["step"] == 10 and events[-1]["tokens"] == 2560
+
+
+def test_max_time_stops_with_a_checkpoint(in_tmp, code_corpus, capsys) -> None:
+    assert run(code_corpus, "--max-steps", "1000000", "--max-time", "0.03") == 0
+    done = read_jsonl(in_tmp / "r" / "events.jsonl")[-1]
+    assert done["reason"] == "max_time" and 0 < done["step"] < 1_000_000
+    assert (in_tmp / done["checkpoint"] / "COMPLETE").exists()
+    assert "Continue with: localtrain run --resume --run-dir r" in capsys.readouterr().out
+
+
+def test_early_stopping_after_patience_evaluations(in_tmp, code_corpus, capsys) -> None:
+    # A learning rate too small to move the val loss by the required 0.5 nats.
+    assert run(code_corpus, "--max-steps", "50", "--set", "train.lr=1e-9", "--set", "train.eval_every=1",
+               "--set", "train.early_stop_patience=3", "--set", "train.early_stop_min_delta=0.5") == 0
+    events = read_jsonl(in_tmp / "r" / "events.jsonl")
+    evals = [e for e in events if e["type"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 1, 2, 3, 4]
+    assert [e["is_best"] for e in evals] == [False, True, False, False, False]
+    assert events[-1]["reason"] == "early_stop" and events[-1]["step"] == 4
+    best = (in_tmp / "r" / "best" / "state.json").read_text()
+    assert '"step": 1' in best
+
+
+def test_best_tracks_the_lowest_val_loss(in_tmp, code_corpus, capsys) -> None:
+    assert run(code_corpus, "--max-steps", "30") == 0
+    events = read_jsonl(in_tmp / "r" / "events.jsonl")
+    evals = [e for e in events if e["type"] == "eval" and e["step"] > 0]
+    lowest = min(evals, key=lambda e: e["val_loss"])
+    assert lowest["is_best"] and events[-1]["best_val_loss"] == lowest["val_loss"]
+    import json
+
+    state = json.loads((in_tmp / "r" / "best" / "state.json").read_text())
+    assert state["step"] == lowest["step"] and state["val_loss"] == lowest["val_loss"]
+    # bits per byte is the same loss over the bytes of the predicted text.
+    e = evals[-1]
+    assert e["val_bpb"] == pytest.approx(e["val_loss"] * e["val_tokens"] / (e["val_bytes"] * 0.6931471805599453))
+
+
+def test_a_diverging_run_stops_with_a_clear_error(in_tmp, code_corpus, capsys) -> None:
+    code = run(code_corpus, "--max-steps", "20", "--set", "train.lr=1e39", "--set", "train.warmup_steps=0")
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Training diverged: the loss became nan at step" in err and "--set train.lr=" in err
+    events = read_jsonl(in_tmp / "r" / "events.jsonl")
+    assert events[-1]["type"] == "error"
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_mixed_precision_runs_and_resumes(in_tmp, code_corpus, capsys, dtype) -> None:
+    assert run(code_corpus, "--max-steps", "10", "--set", f"train.dtype={dtype}") == 0
+    plan = next(e for e in read_jsonl(in_tmp / "r" / "events.jsonl") if e["type"] == "plan")
+    assert plan["dtype"] == dtype
+    import json
+
+    state = json.loads((in_tmp / "r" / "checkpoints" / "step-00000010" / "state.json").read_text())
+    assert ("grad_scaler" in state["backend"]["extra"]) == (dtype == "float16")
+    assert main(["run", "--resume", "--run-dir", "r", "--max-steps", "12", "--plain"]) == 0
+    assert read_jsonl(in_tmp / "r" / "events.jsonl")[-1]["step"] == 12
+
+
+def test_the_live_console_draws_progress_samples_and_the_end() -> None:
+    out = io.StringIO()
+    view = ConsoleView(stream=out, live=True)
+    view(ev.Step(step=5, total_steps=10, loss=2.5, lr=1e-3, grad_norm=1.0, tokens=80, tokens_per_s=1234.0,
+                 mfu=0.42, step_time_s=0.1, elapsed_s=0.5, eta_s=0.5, memory_bytes=0))
+    view(ev.Eval(step=5, val_loss=2.0, val_ppl=7.39, val_bpb=1.5, val_tokens=8, val_bytes=20,
+                 best_val_loss=2.0, is_best=True))
+    view(ev.Sample(step=5, prompt="def ", text="main():", tokens=3))
+    view(ev.Done(reason="complete", step=10, tokens=160, elapsed_s=1.0, best_val_loss=2.0, checkpoint="c"))
+    text = out.getvalue()
+    assert "sample at step 5" in text and "def main():" in text
+    assert "val loss 2.0000" in text and "ppl 7.39" in text
+    assert "done (complete) at step 10" in text
+    assert view.live is None
+
+
+def test_plain_console_logs_every_n_steps() -> None:
+    out = io.StringIO()
+    view = ConsoleView(stream=out, log_every=5, live=False)
+    for n in range(1, 13):
+        view(ev.Step(step=n, total_steps=12, loss=1.0, lr=1e-3, grad_norm=1.0, tokens=n, tokens_per_s=1.0,
+                     mfu=0.0, step_time_s=0.1, elapsed_s=0.1, eta_s=0.1, memory_bytes=0))
+    lines = out.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["5/12", "10/12", "12/12"]
+
+
+def test_no_subcommand_prints_help(capsys) -> None:
+    assert main([]) == 0
+    assert "run" in capsys.readouterr().out
