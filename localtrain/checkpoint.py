@@ -19,7 +19,6 @@ import hashlib
 import json
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,9 +209,3 @@ def load_latest(run_dir: Path, emit: ev.Emit) -> Loaded | None:
         except CheckpointError as exc:
             emit(ev.Warning(message=f"Skipping checkpoint {path.name}: {exc}", code="checkpoint_skipped"))
     return None
-
-
-def timed_save(*args: Any, **kwargs: Any) -> tuple[Path, int, float]:
-    start = time.perf_counter()
-    path, size = save(*args, **kwargs)
-    return path, size, time.perf_counter() - start

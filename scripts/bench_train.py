@@ -2,9 +2,13 @@
 
 Prints the measured matmul peak, tokens/s and MFU of the training step (4 layers,
 4 heads, 128 wide, context 64, micro-batch 12), eager and compiled, and their ratios to
-a reference. With --full PATH it also runs the whole 2,000-step tiny-shakespeare preset
-on that file (the real CLI, in a subprocess) and reports its wall time, mean tokens/s
-and final validation loss.
+a reference. A shared 2-core machine's speed drifts by tens of percent from minute to
+minute, so the script also times, in alternating rounds, the training step of a plain
+GPT-2 block of the same shape (LayerNorm, learned positions, 4x GELU MLP, SDPA, AdamW):
+nanoGPT's architecture and step, written out here as the baseline. With --full PATH it
+also runs the whole 2,000-step tiny-shakespeare preset on that file (the real CLI, in a
+subprocess) and reports its wall time, mean tokens/s, final validation loss and when
+the validation loss first reached the reference's final one.
 
 The reference figures default to nanoGPT's eager fp32 CPU recipe as quoted for these
 2-core machines; pass --ref-* with figures measured on the machine at hand.
@@ -23,6 +27,97 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+
+class GPT2Block:
+    """Builds the baseline: a GPT-2 model of the tiny-shakespeare shape and its train step."""
+
+    def __init__(self, vocab: int, n_layer: int, n_head: int, n_embd: int, seq_len: int) -> None:
+        import torch
+        import torch.nn as nn
+        import torch.nn.functional as F
+
+        class Block(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.ln1, self.ln2 = nn.LayerNorm(n_embd, bias=False), nn.LayerNorm(n_embd, bias=False)
+                self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
+                self.proj = nn.Linear(n_embd, n_embd, bias=False)
+                self.fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
+                self.out = nn.Linear(4 * n_embd, n_embd, bias=False)
+
+            def forward(self, x):
+                B, T, C = x.shape
+                q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+                q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
+                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+                return x + self.out(F.gelu(self.fc(self.ln2(x))))
+
+        class GPT(nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.wte, self.wpe = nn.Embedding(vocab, n_embd), nn.Embedding(seq_len, n_embd)
+                self.blocks = nn.ModuleList(Block() for _ in range(n_layer))
+                self.ln_f = nn.LayerNorm(n_embd, bias=False)
+
+            def forward(self, idx, targets):
+                x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
+                for block in self.blocks:
+                    x = block(x)
+                logits = self.ln_f(x) @ self.wte.weight.T
+                return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+        torch.manual_seed(0)
+        self.model = GPT()
+        decay = [p for p in self.model.parameters() if p.dim() >= 2]
+        rest = [p for p in self.model.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
+                                     lr=1e-3, betas=(0.9, 0.99))
+        self.params = sum(p.numel() for p in self.model.parameters())
+
+    def train_step(self, x, y) -> None:
+        import torch
+
+        loss = self.model(torch.from_numpy(x.astype("int64")), torch.from_numpy(y.astype("int64")))
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+
+def alternate(rounds: int, steps: int) -> tuple[float, float, float, int]:
+    """Median tokens/s of localtrain's eager step and the GPT-2 baseline, timed in turns."""
+    from localtrain.backends.torch_backend import TorchBackend
+    from localtrain.config import resolve
+
+    config = resolve("tiny-shakespeare")
+    m = config.model
+    ours = TorchBackend("cpu", "float32")
+    ours.build(m, 65, 0)
+    ours.configure_optimizer(config.train)
+    base = GPT2Block(65, m.n_layer, m.n_head, m.n_embd, m.seq_len)
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 65, (config.train.batch_size, m.seq_len + 1)).astype(np.uint16)
+    x, y = data[:, :-1], data[:, 1:]
+    tokens = x.size
+    for _ in range(20):
+        ours.train_step([(x, y)], 1e-3)
+        base.train_step(x, y)
+    ratios, a_all, b_all = [], [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            ours.train_step([(x, y)], 1e-3)
+        a = tokens * steps / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(steps):
+            base.train_step(x, y)
+        b = tokens * steps / (time.perf_counter() - start)
+        ratios.append(a / b)
+        a_all.append(a)
+        b_all.append(b)
+    return statistics.median(a_all), statistics.median(b_all), statistics.median(ratios), base.params
 
 
 def measure_step(compile_: bool, steps: int) -> dict:
@@ -77,7 +172,9 @@ def full_run(path: Path, compile_: bool) -> dict:
     evals = [e for e in events if e["type"] == "eval"]
     done = events[-1]
     tokens = steps[-1]["tokens"]
+    start_time = next(e for e in events if e["type"] == "plan")["time"]
     return {
+        "evals": [(e["step"], e["val_loss"], e["time"] - start_time) for e in evals],
         "wall_s": wall,
         "train_s": done["elapsed_s"],
         "mean_tok_s": tokens / sum(e["step_time_s"] for e in steps),
@@ -91,6 +188,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300, help="timed steps per variant")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    ap.add_argument("--rounds", type=int, default=7, help="alternating rounds against the GPT-2 baseline")
     ap.add_argument("--full", type=Path, metavar="INPUT_TXT", help="also run the 2,000-step preset on this file")
     ap.add_argument("--ref-tok-s", type=float, default=12_000.0, help="reference tokens/s")
     ap.add_argument("--ref-val-loss", type=float, default=1.886, help="reference val loss after 2,000 steps")
@@ -115,6 +213,10 @@ def main() -> None:
     for name, r, mfu in rows:
         print(f"{name:10} {r['median_tok_s']:15,.0f} {r['mean_tok_s']:13,.0f} {mfu:7.1%} "
               f"{r['median_tok_s'] / args.ref_tok_s:12.2f}x {r['warmup_s']:10.1f}")
+    ours, base, ratio, base_params = alternate(args.rounds, 100)
+    print()
+    print(f"alternating {args.rounds} rounds of 100 steps: localtrain eager {ours:,.0f} tok/s, GPT-2 baseline"
+          f" ({base_params:,} params) {base:,.0f} tok/s; median per-round ratio {ratio:.2f}x")
     for name, comp in variants if args.full else []:
         f = full_run(args.full, comp)
         print()
@@ -126,6 +228,10 @@ def main() -> None:
         print(f"  final val loss {f['final_val_loss']:.4f} ({f['final_val_bpb']:.3f} bits/byte over"
               f" {f['val_tokens']:,} val tokens) vs reference {args.ref_val_loss:.3f}:"
               f" {args.ref_val_loss - f['final_val_loss']:+.3f} nats better")
+        reached = next(((s, v, t) for s, v, t in f["evals"] if v <= args.ref_val_loss), None)
+        if reached:
+            print(f"  val loss first at or below {args.ref_val_loss:.3f} at step {reached[0]}"
+                  f" ({reached[1]:.4f}), {reached[2]:.1f} s after the plan")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,7 @@ def test_a_stop_signal_checkpoints_and_exits_zero(tmp_path, code_corpus, cache_d
     assert done["type"] == "done" and done["reason"] == "interrupted"
     last = Path(done["checkpoint"])
     assert last.name == f"step-{done['step']:08d}" and (tmp_path / last / "COMPLETE").exists()
-    assert f"Continue with: localtrain run --resume --run-dir run" in out
+    assert "Continue with: localtrain run --resume --run-dir run" in out
     # It resumes from exactly there.
     again = localtrain(["run", "--resume", "--run-dir", "run", "--max-steps", str(done["step"] + 3)],
                        tmp_path, cache_dir)
