@@ -27,6 +27,7 @@ import numpy as np
 
 from localtrain import events as ev
 from localtrain.errors import CheckpointError
+from localtrain.files import fsync_dir, write_synced
 
 FORMAT = 1
 PREFIX = "step-"
@@ -48,21 +49,6 @@ def step_dir_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -75,7 +61,7 @@ def _save_tensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save
 
     data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"format": "localtrain"})
-    _write_file(path, data)
+    write_synced(path, data)
 
 
 def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[str, Any]) -> int:
@@ -89,9 +75,9 @@ def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[
         _save_tensors(tmp / name, arrays)
         manifest[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
     state = {**state, "format": FORMAT, "files": manifest}
-    _write_file(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
-    _write_file(tmp / MARKER, b"")
-    _fsync_dir(tmp)
+    write_synced(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
+    write_synced(tmp / MARKER, b"")
+    fsync_dir(tmp)
     if final.exists():
         # Only a replaced best/ or an identical re-save of the same step reaches here.
         old = final.parent / f".old-{final.name}-{os.getpid()}"
@@ -100,7 +86,7 @@ def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     return sum(m["bytes"] for m in manifest.values())
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 from pathlib import Path
 from typing import Callable
 
 from localtrain.config import ModelConfig
+from localtrain.files import write_atomic
 
 LN2 = math.log(2.0)
 
@@ -72,7 +72,5 @@ def cached_peak_flops(cache_dir: Path, key: str, measure: Callable[[], float]) -
     flops = measure()
     table[full_key] = flops
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(table, indent=1, sort_keys=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(table, indent=1, sort_keys=True))
     return flops, False

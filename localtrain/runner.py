@@ -21,6 +21,7 @@ from typing import Iterator
 
 from localtrain import checkpoint, config as cfg, events as ev, metrics
 from localtrain.errors import CheckpointError, LocaltrainError
+from localtrain.files import write_atomic
 
 CONFIG_FILE = "config.toml"
 RUNS_ROOT = Path("runs")
@@ -182,15 +183,6 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         f.truncate(0)
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def make_backend(config: cfg.Config):  # -> Backend

@@ -39,6 +39,7 @@ from localtrain.data.sources import (
 from localtrain.data.tokenizer import Tokenizer, tokenizer_settings, train_tokenizer
 from localtrain.errors import DataError
 from localtrain.events import Emit, Prepare
+from localtrain.files import fsync_dir, write_synced
 
 FORMAT_VERSION = 1
 KEY_FIELDS = (
@@ -179,7 +180,7 @@ def prepare(
             tokens=train_tokens + val_tokens,
             seconds=time.perf_counter() - encode_start,
         ))
-        _write_synced(tmp / "tokenizer.model", tok.model_bytes)
+        write_synced(tmp / "tokenizer.model", tok.model_bytes)
         meta = {
             "format": FORMAT_VERSION,
             "cache_key": key,
@@ -203,7 +204,7 @@ def prepare(
             "data": {k: getattr(data, k) for k in KEY_FIELDS},
         }
         # meta.json is written last: a directory without it is never taken for a finished one.
-        _write_synced(tmp / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
+        write_synced(tmp / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
         _publish(tmp, final)
     finally:
         if tmp.exists():
@@ -264,13 +265,6 @@ def _batches(docs: list[Document]) -> list[list[Document]]:
     return batches
 
 
-def _write_synced(path: Path, payload: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _publish(tmp: Path, final: Path) -> None:
     try:
         os.rename(tmp, final)
@@ -280,12 +274,7 @@ def _publish(tmp: Path, final: Path) -> None:
         # A directory without meta.json is not a finished preparation (one removed by hand).
         shutil.rmtree(final, ignore_errors=True)
         os.rename(tmp, final)
-    if sys.platform != "win32":
-        fd = os.open(final.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fsync_dir(final.parent)
 
 
 def _clean_stale_temps(parent: Path) -> None:
