@@ -28,7 +28,7 @@ from localtrain.errors import ConfigError
 TOKENIZER_TYPES = ("bpe", "unigram", "char")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-BACKENDS = ("torch",)
+BACKENDS = ("torch", "mlx")
 SWITCHES = ("auto", "on", "off")
 
 
@@ -172,7 +172,7 @@ class RunConfig:
     device: str = "auto"
     """cpu, cuda, mps or auto (the best available)."""
     backend: str = "torch"
-    """Training backend."""
+    """Training framework: torch (cpu, cuda, mps) or mlx (Apple silicon; CPU elsewhere)."""
     threads: int = 0
     """CPU threads for the torch backend (0: all cores)."""
     compile: str = "auto"

@@ -63,6 +63,8 @@ def describe(event: ev.Event) -> str | None:
         return f"sample step {event.step} | {event.prompt!r} ->\n{event.prompt}{event.text}"
     if isinstance(event, ev.Checkpoint):
         return f"checkpoint step {event.step} ({event.reason}): {event.path} ({human(event.bytes, 'B')}, {event.seconds:.2f} s)"
+    if isinstance(event, ev.Status):
+        return f"status: {event.state}" + (f" ({event.message})" if event.message else "")
     if isinstance(event, ev.Warning):
         return f"warning: {event.message}"
     if isinstance(event, ev.Error):

@@ -131,6 +131,15 @@ class Checkpoint(Event):
 
 
 @dataclass
+class Status(Event):
+    """The run's state changed: running, paused (by a controller), or stopping."""
+
+    kind: ClassVar[str] = "status"
+    state: str
+    message: str = ""
+
+
+@dataclass
 class Warning(Event):  # noqa: A001 - the event's name in the stream
     kind: ClassVar[str] = "warning"
     message: str
@@ -155,7 +164,8 @@ class Done(Event):
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.kind: cls for cls in (Plan, Prepare, Download, Step, Eval, Sample, Checkpoint, Warning, Error, Done)
+    cls.kind: cls
+    for cls in (Plan, Prepare, Download, Step, Eval, Sample, Checkpoint, Status, Warning, Error, Done)
 }
 
 Emit = Callable[[Event], None]

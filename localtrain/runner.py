@@ -186,9 +186,15 @@ def run_lock(run_dir: Path) -> Iterator[None]:
 
 
 def make_backend(config: cfg.Config):  # -> Backend
+    """The backend `run.backend` names, built with the run's device, dtype, threads and compile."""
+    args = (config.run.device, config.train.dtype, config.run.threads, config.run.compile)
+    if config.run.backend == "mlx":
+        from localtrain.backends.mlx_backend import MLXBackend
+
+        return MLXBackend(*args)
     from localtrain.backends.torch_backend import TorchBackend
 
-    return TorchBackend(config.run.device, config.train.dtype, config.run.threads, config.run.compile)
+    return TorchBackend(*args)
 
 
 class Fanout:
@@ -202,6 +208,7 @@ class Fanout:
 
 def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
     """Prepare data, build the backend, restore a checkpoint if resuming, and train."""
+    from localtrain.control import ControlFile
     from localtrain.data.loader import check_train_size
     from localtrain.data.prepare import cache_root, prepare
     from localtrain.train import StopFlag, TrainData, Trainer
@@ -256,7 +263,7 @@ def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
                 cache_root(config.data), backend.peak_key(), backend.measure_peak_flops
             )
             stop = StopFlag()
-            trainer = Trainer(config, backend, data, run_dir, emit, peak, stop)
+            trainer = Trainer(config, backend, data, run_dir, emit, peak, stop, ControlFile(run_dir))
             if loaded is not None:
                 trainer.restore(loaded)
             plan = ev.Plan(

@@ -61,6 +61,12 @@ class StopFlag:
         self.requested, self.reason = True, reason
 
 
+Control = Callable[[], list[str]]
+"""Returns the commands a controller sent since the last call: "pause", "resume",
+"sample", "checkpoint" or "stop". The loop calls it between steps."""
+CONTROL_COMMANDS = ("pause", "resume", "sample", "checkpoint", "stop")
+
+
 @dataclass
 class LoopState:
     step: int = 0
@@ -88,10 +94,12 @@ class Trainer:
         emit: ev.Emit,
         peak_flops: float,
         stop: StopFlag | None = None,
+        control: Control | None = None,
     ) -> None:
         self.config, self.backend, self.data = config, backend, data
         self.run_dir, self.emit, self.peak_flops = run_dir, emit, peak_flops
         self.stop = stop or StopFlag()
+        self.control = control
         t = config.train
         self.micro_batch_size = t.micro_batch_size or t.batch_size
         self.grad_accum_steps = t.batch_size // self.micro_batch_size
@@ -196,6 +204,34 @@ class Trainer:
                 out = out[: out.index(self.data.eos_id)]
             self.emit(ev.Sample(step=self.state.step, prompt=prompt, text=self.data.decode(out), tokens=len(out)))
 
+    # -- control -------------------------------------------------------------------------
+
+    def obey_controller(self) -> float:
+        """Carry out the controller's commands; returns the seconds spent paused."""
+        if self.control is None:
+            return 0.0
+        paused_at: float | None = None
+        while True:
+            for command in self.control():
+                if command == "sample":
+                    self.sample()
+                elif command == "checkpoint":
+                    if self.state.last_checkpoint_step != self.state.step:
+                        self.save_checkpoint("requested")
+                elif command == "stop":
+                    self.stop.request("interrupted")
+                elif command == "pause" and paused_at is None:
+                    paused_at = time.perf_counter()
+                    self.emit(ev.Status(state="paused", message=f"Paused after step {self.state.step}."))
+                elif command == "resume" and paused_at is not None:
+                    self.emit(ev.Status(state="running", message=f"Continuing from step {self.state.step}."))
+                    return time.perf_counter() - paused_at
+            if paused_at is None:
+                return 0.0
+            if self.stop.requested:
+                return time.perf_counter() - paused_at
+            time.sleep(0.1)
+
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> ev.Done:
@@ -203,11 +239,16 @@ class Trainer:
         started, first_step, base_elapsed = time.perf_counter(), st.step, st.elapsed_s
         deadline = started + t.max_time * 60 if t.max_time else None
         tokens_per_step = t.batch_size * self.config.model.seq_len
+        self.emit(ev.Status(state="running", message=f"Training from step {st.step} to {self.total_steps}."))
         if st.step == 0 and t.eval_every:
             self.evaluate()
         reason = "complete"
         tok_s_avg: float | None = None
         while st.step < self.total_steps:
+            paused_s = self.obey_controller()
+            started += paused_s
+            if deadline is not None:
+                deadline += paused_s
             if self.stop.requested:
                 reason = self.stop.reason
                 self.emit(ev.Warning(message=f"Stop requested: checkpointing at step {st.step} and"

@@ -23,6 +23,7 @@ def test_every_event_round_trips(tmp_path) -> None:
                 best_val_loss=2.0, is_best=True),
         ev.Sample(step=1, prompt="def ", text="f():", tokens=3),
         ev.Checkpoint(step=1, path="p", reason="periodic", bytes=10, seconds=0.1),
+        ev.Status(state="paused", message="by a controller"),
         ev.Warning(message="careful", code="c"),
         ev.Error(message="bad"),
         ev.Done(reason="complete", step=5, tokens=80, elapsed_s=1.0, best_val_loss=2.0, checkpoint="p"),

@@ -119,3 +119,40 @@ def test_a_stop_signal_checkpoints_and_exits_zero(tmp_path, code_corpus, cache_d
     assert again.returncode == 0, again.stderr
     plans = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "plan"]
     assert plans[-1]["resumed_from"] == done["step"]
+
+
+def test_the_control_file_pauses_samples_checkpoints_and_stops(tmp_path, code_corpus, cache_dir) -> None:
+    import time
+
+    from localtrain.control import send
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    send(run_dir, "stop")  # written before the run: never replayed
+    proc = start_localtrain(
+        ["run", "--data", str(code_corpus), "--max-steps", "100000", "--run-dir", "run",
+         *sets(TINY + ["train.sample_every=0", "train.checkpoint_every=0"])],
+        tmp_path, cache_dir,
+    )
+    wait_for(lambda: last_step_written(run_dir) >= 5, proc=proc)
+    send(run_dir, "pause")
+    wait_for(lambda: any(e.get("state") == "paused" for e in read_jsonl_tolerant(run_dir / "events.jsonl")), proc=proc)
+    paused_at = last_step_written(run_dir)
+    time.sleep(0.5)
+    assert last_step_written(run_dir) == paused_at  # no step while paused
+    send(run_dir, "sample")
+    send(run_dir, "checkpoint")
+    wait_for(lambda: any(e["type"] == "checkpoint" for e in read_jsonl_tolerant(run_dir / "events.jsonl")), proc=proc)
+    send(run_dir, "resume")
+    wait_for(lambda: last_step_written(run_dir) >= paused_at + 5, proc=proc)
+    send(run_dir, "stop")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    events = read_jsonl(run_dir / "events.jsonl")
+    samples = [e for e in events if e["type"] == "sample"]
+    ckpts = [e for e in events if e["type"] == "checkpoint"]
+    assert samples and all(s["step"] == paused_at for s in samples)
+    assert ckpts[0]["step"] == paused_at and ckpts[0]["reason"] == "requested"
+    assert [e["state"] for e in events if e["type"] == "status"] == ["running", "paused", "running"]
+    assert events[-1]["type"] == "done" and events[-1]["reason"] == "interrupted"
+    assert ckpts[-1]["reason"] == "interrupt" and ckpts[-1]["step"] == events[-1]["step"]
