@@ -19,6 +19,22 @@ from localtrain.config import ModelConfig, TrainConfig
 MOMENT_SUFFIXES = ("exp_avg", "exp_avg_sq")
 
 
+class OutOfMemory(Exception):
+    """A training step ran out of device (or host) memory; gradients were cleared.
+
+    The loop answers by halving the micro-batch and doubling the accumulation.
+    """
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a framework error means memory ran out (CUDA, MPS, Metal, or the CPU allocator)."""
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or any(
+        marker in text
+        for marker in ("out of memory", "can't allocate memory", "not enough memory", "failed to allocate")
+    )
+
+
 @dataclass(frozen=True)
 class StepResult:
     loss: float

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from localtrain.backends.base import MOMENT_SUFFIXES, StepResult
+from localtrain.backends.base import MOMENT_SUFFIXES, OutOfMemory, StepResult, is_out_of_memory
 from localtrain.backends.torch_model import LlamaLM, shared_layout
 from localtrain.config import ModelConfig, TrainConfig
 from localtrain.errors import CheckpointError, LocaltrainError
@@ -130,6 +130,34 @@ class TorchBackend:
         if self.dtype == "float16":
             self.scaler = torch.amp.GradScaler(self.device)
 
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them."""
+        assert self.model is not None
+        self.model.checkpointing = on
+
+    def set_memory_limit(self, limit_bytes: int) -> None:
+        """Cap the memory training may take: allocations beyond it fail as out-of-memory.
+
+        CUDA and MPS cap their caching allocators. On a CPU the process's address space
+        is capped at what it maps now plus what the budget leaves beyond its resident
+        memory, so the run backs off (or stops) instead of swapping the machine.
+        """
+        if self.device == "cpu":
+            import resource
+
+            import psutil
+
+            info = psutil.Process().memory_info()
+            _, hard = resource.getrlimit(resource.RLIMIT_AS)
+            soft = info.vms + max(0, limit_bytes - info.rss)
+            resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+        elif self.device == "cuda":
+            total = torch.cuda.get_device_properties(0).total_memory
+            torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total))
+        elif self.device == "mps":
+            total = torch.mps.recommended_max_memory()
+            torch.mps.set_per_process_memory_fraction(min(2.0, limit_bytes / total))
+
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == "float32":
             return contextlib.nullcontext()
@@ -144,6 +172,21 @@ class TorchBackend:
     # -- training and evaluation --------------------------------------------------------
 
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
+        try:
+            return self._train_step(micro_batches, lr)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # Drop what the failed step accumulated so a retry starts clean.
+            assert self.optimizer is not None
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.device == "cuda":
+                torch.cuda.empty_cache()
+            elif self.device == "mps":
+                torch.mps.empty_cache()
+            raise OutOfMemory(str(exc).splitlines()[0]) from None
+
+    def _train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
         model, opt = self.train_model, self.optimizer
         assert model is not None and opt is not None
         model.train()

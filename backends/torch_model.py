@@ -12,6 +12,7 @@ import math
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 import torch.nn.functional as F
 
 from localtrain.config import ModelConfig
@@ -146,6 +147,7 @@ class LlamaLM(nn.Module):
         self.register_buffer("rope_sin", sin, persistent=False)
         self.register_buffer("rope_rot", torch.complex(cos, sin)[:, None, :], persistent=False)
         self.complex_rope = True
+        self.checkpointing = False
 
     def init_weights(self, generator: torch.Generator) -> None:
         """Normal(0, init_std) matrices; residual outputs scaled by 1/sqrt(2 n_layer) as in GPT-2."""
@@ -169,7 +171,12 @@ class LlamaLM(nn.Module):
         )
         x = F.dropout(self.model.embed_tokens(idx), self.cfg.dropout, self.training)
         for i, layer in enumerate(self.model.layers):
-            x = layer(x, rope, None if caches is None else caches[i])
+            if self.checkpointing and self.training and caches is None:
+                # Keep only the block's input; its activations are recomputed (with the
+                # same dropout masks) during the backward pass.
+                x = torch.utils.checkpoint.checkpoint(layer, x, rope, use_reentrant=False)
+            else:
+                x = layer(x, rope, None if caches is None else caches[i])
         return self.model.norm(x)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -28,7 +28,7 @@ from localtrain.errors import ConfigError
 TOKENIZER_TYPES = ("bpe", "unigram", "char")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
-BACKENDS = ("torch", "mlx")
+BACKENDS = ("auto", "torch", "mlx")
 SWITCHES = ("auto", "on", "off")
 
 
@@ -112,7 +112,7 @@ class TrainConfig:
     max_steps: int = 0
     """Stop after this many optimizer steps (0: use max_tokens)."""
     max_tokens: int = 0
-    """Stop after this many training tokens (0: use max_steps)."""
+    """Stop after this many training tokens (0 with max_steps 0: 20 tokens per parameter)."""
     max_time: float = 0.0
     """Stop after this many minutes of training in this process (0: no limit)."""
     lr: float = 3e-4
@@ -171,10 +171,12 @@ class RunConfig:
     """The run directory; empty means runs/<preset>-<date-time>."""
     device: str = "auto"
     """cpu, cuda, mps or auto (the best available)."""
-    backend: str = "torch"
-    """Training framework: torch (cpu, cuda, mps) or mlx (Apple silicon; CPU elsewhere)."""
+    backend: str = "auto"
+    """Training framework: torch (cpu, cuda, mps), mlx, or auto (MLX on Apple silicon when installed, else torch)."""
     threads: int = 0
     """CPU threads for the torch backend (0: all cores)."""
+    memory_budget: str = "auto"
+    """Memory the run may use, e.g. 6GB; auto: free GPU memory, the unified-memory working set, or available RAM minus headroom."""
     compile: str = "auto"
     """torch.compile the training step: on, off, or auto (on for CUDA; on a CPU it costs ~15 s up front)."""
     overrides: list[str] = field(default_factory=list)
@@ -210,11 +212,12 @@ class Config:
     def tokens_per_step(self) -> int:
         return self.train.batch_size * self.model.seq_len
 
-    def total_steps(self) -> int:
-        """Optimizer steps the schedule spans: max_steps, or max_tokens in steps."""
+    def total_steps(self, params: int = 0) -> int:
+        """Optimizer steps the schedule spans: max_steps, max_tokens in steps, or 20 tokens per parameter."""
         if self.train.max_steps:
             return self.train.max_steps
-        return -(-self.train.max_tokens // self.tokens_per_step())
+        tokens = self.train.max_tokens or 20 * params
+        return max(1, -(-tokens // self.tokens_per_step()))
 
 
 SECTIONS: dict[str, type] = {

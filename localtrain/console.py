@@ -44,7 +44,9 @@ def describe(event: ev.Event) -> str | None:
             f" {human(event.params)} params | vocab {event.vocab_size} | batch {event.batch_size} x"
             f" {event.seq_len} tokens = micro {event.micro_batch_size} x accum {event.grad_accum_steps} |"
             f" {event.total_steps} steps | data {human(event.train_tokens)} train / {human(event.val_tokens)}"
-            f" val tokens | peak {human(event.peak_flops, 'FLOP/s')}{resumed}"
+            f" val tokens | matmul peak {human(event.peak_flops, 'FLOP/s')} | memory ~{human(event.predicted_peak_bytes, 'B')}"
+            f" of {human(event.budget_bytes, 'B')}{' (activation checkpointing)' if event.activation_checkpointing else ''}"
+            f"{resumed}"
         )
     if isinstance(event, ev.Prepare):
         return f"data: {event.message}"

@@ -53,6 +53,11 @@ class Plan(Event):
     train_tokens: int
     val_tokens: int
     resumed_from: int | None = None
+    activation_checkpointing: bool = False
+    predicted_peak_bytes: int = 0
+    budget_bytes: int = 0
+    predicted_tokens_per_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass

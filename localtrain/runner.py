@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from localtrain import checkpoint, config as cfg, events as ev, metrics
+from localtrain import calibration, checkpoint, config as cfg, events as ev, hardware, metrics, planner
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import write_atomic
 
@@ -44,6 +44,20 @@ class Setup:
     run_dir: Path
     resume: bool | str
     changes: list[tuple[str, object, object]]
+    machine: hardware.Machine | None = None
+    plan: planner.Plan | None = None
+    """The plan made before the data exists (the vocabulary estimated): memory and disk checked."""
+
+
+def preflight(s: Setup) -> Setup:
+    """Probe the machine and plan: a run that cannot fit the memory or the disk fails now,
+    before anything is downloaded or written."""
+    from localtrain.data.prepare import cache_root
+
+    machine = hardware.probe(s.run_dir.parent, cache_root(s.config.data))
+    planned = planner.plan(s.config, machine)
+    planner.check_plan(planned, machine)
+    return dataclasses.replace(s, machine=machine, plan=planned)
 
 
 def find_latest_run(root: Path, preset: str | None) -> Path | None:
@@ -114,7 +128,7 @@ def setup(request: RunRequest) -> Setup:
                 f"The run directory {run_dir} already has checkpoints. Nothing was changed. Pass"
                 " --resume to continue it, or choose a new directory with --run-dir."
             )
-    return Setup(config, run_dir, False, [])
+    return preflight(Setup(config, run_dir, False, []))
 
 
 def new_run_dir(preset: str) -> Path:
@@ -149,7 +163,7 @@ def _setup_resume(request: RunRequest, run_dir: Path) -> Setup:
             f"Cannot resume {run_dir} with a different model or data ({listed}): its checkpoints"
             " were trained with the original. Drop those overrides to resume, or start a new run."
         )
-    return Setup(config, run_dir, request.resume, changes)
+    return preflight(Setup(config, run_dir, request.resume, changes))
 
 
 def check_source(config: cfg.Config) -> None:
@@ -185,16 +199,23 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         f.close()
 
 
-def make_backend(config: cfg.Config):  # -> Backend
-    """The backend `run.backend` names, built with the run's device, dtype, threads and compile."""
-    args = (config.run.device, config.train.dtype, config.run.threads, config.run.compile)
-    if config.run.backend == "mlx":
+def backend_class(name: str) -> type:
+    """The backend class for a name: "mlx" or "torch"."""
+    if name == "mlx":
         from localtrain.backends.mlx_backend import MLXBackend
 
-        return MLXBackend(*args)
+        return MLXBackend
     from localtrain.backends.torch_backend import TorchBackend
 
-    return TorchBackend(*args)
+    return TorchBackend
+
+
+def make_backend(config: cfg.Config, plan=None):  # -> Backend
+    """The backend the plan chose (or the config names), with its device, dtype, threads, compile."""
+    if plan is not None:
+        return backend_class(plan.backend)(plan.device, plan.dtype, config.run.threads, config.run.compile)
+    backend = "torch" if config.run.backend == "auto" else config.run.backend
+    return backend_class(backend)(config.run.device, config.train.dtype, config.run.threads, config.run.compile)
 
 
 class Fanout:
@@ -238,8 +259,11 @@ def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
                         f"{loaded.path} was written for a different model or data configuration than"
                         f" {run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
                     )
+            if s.plan is None or s.machine is None:
+                s = preflight(s)
+            machine = s.machine
             # The device is checked before the data is prepared: an unavailable one fails fast.
-            backend = make_backend(config)
+            backend = make_backend(config, s.plan)
             prepared = prepare(config.data, emit, explicit=config.explicit_keys(), threads=config.run.threads)
             tokenizer = prepared.tokenizer()
             if loaded is not None and loaded.state.get("tokenizer_sha256") != tokenizer.sha256:
@@ -249,9 +273,6 @@ def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
                     " the source files change?). Start a new run on the current data."
                 )
             shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.model")
-            micro = config.train.micro_batch_size or config.train.batch_size
-            check_train_size(prepared.train_tokens, config.model.seq_len, micro)
-
             backend.build(config.model, prepared.vocab_size, config.train.seed)
             backend.configure_optimizer(config.train)
             data = TrainData(
@@ -262,22 +283,25 @@ def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
             peak, _ = metrics.cached_peak_flops(
                 cache_root(config.data), backend.peak_key(), backend.measure_peak_flops
             )
+            # The plan again, now with the tokenizer's real vocabulary.
+            planned = planner.plan(config, machine, vocab_size=prepared.vocab_size, peak_flops=peak)
+            measured = calibration.cached(planned, config, machine, cache_root(config.data))
+            if measured is not None:
+                planned = planner.plan(config, machine, prepared.vocab_size, peak, measured)
+            planner.check_plan(planned, machine)
+            check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
+            if planned.activation_checkpointing:
+                backend.set_activation_checkpointing(True)
+            if config.run.memory_budget != "auto":
+                backend.set_memory_limit(planned.budget_bytes)
             stop = StopFlag()
-            trainer = Trainer(config, backend, data, run_dir, emit, peak, stop, ControlFile(run_dir))
+            trainer = Trainer(config, backend, data, run_dir, emit, peak, stop, ControlFile(run_dir),
+                              micro_batch_size=planned.micro_batch_size, total_steps=planned.total_steps)
             if loaded is not None:
                 trainer.restore(loaded)
-            plan = ev.Plan(
-                backend=backend.name, device=backend.device, dtype=backend.dtype,
-                params=backend.num_params(), vocab_size=prepared.vocab_size, seq_len=config.model.seq_len,
-                batch_size=config.train.batch_size, micro_batch_size=trainer.micro_batch_size,
-                grad_accum_steps=trainer.grad_accum_steps, tokens_per_step=config.tokens_per_step(),
-                total_steps=trainer.total_steps, flops_per_token=trainer.flops_per_token, peak_flops=peak,
-                threads=getattr(backend, "threads", 0), compiled=getattr(backend, "compile", False),
-                train_tokens=prepared.train_tokens,
-                val_tokens=prepared.val_tokens,
-                resumed_from=trainer.state.step if loaded is not None else None,
-            )
-            write_atomic(run_dir / "plan.json", json.dumps(json.loads(plan.to_json()), indent=1) + "\n")
+            plan = plan_event(planned, backend, trainer, prepared, loaded)
+            write_atomic(run_dir / "plan.json", json.dumps({**planned.to_dict(), **json.loads(plan.to_json())},
+                                                           indent=1, default=str) + "\n")
             emit(plan)
             with stop_on_signals(stop):
                 return trainer.run()
@@ -286,6 +310,23 @@ def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
             raise
         finally:
             writer.close()
+
+
+def plan_event(planned, backend, trainer, prepared, loaded) -> ev.Plan:
+    """The `plan` event: what the planner chose and what this process actually runs with."""
+    return ev.Plan(
+        backend=backend.name, device=backend.device, dtype=backend.dtype,
+        params=backend.num_params(), vocab_size=prepared.vocab_size, seq_len=trainer.config.model.seq_len,
+        batch_size=planned.batch_size, micro_batch_size=trainer.micro_batch_size,
+        grad_accum_steps=trainer.grad_accum_steps, tokens_per_step=planned.tokens_per_step,
+        total_steps=trainer.total_steps, flops_per_token=trainer.flops_per_token, peak_flops=trainer.peak_flops,
+        threads=getattr(backend, "threads", 0), compiled=getattr(backend, "compile", False),
+        train_tokens=prepared.train_tokens, val_tokens=prepared.val_tokens,
+        resumed_from=trainer.state.step if loaded is not None else None,
+        activation_checkpointing=planned.activation_checkpointing,
+        predicted_peak_bytes=planned.predicted_peak_bytes, budget_bytes=planned.budget_bytes,
+        predicted_tokens_per_s=planned.predicted_tokens_per_s, notes=planned.notes,
+    )
 
 
 @contextmanager

@@ -15,10 +15,11 @@ from typing import Any, Callable
 import numpy as np
 
 from localtrain import checkpoint, events as ev, metrics
-from localtrain.backends.base import Backend
+from localtrain.backends.base import Backend, OutOfMemory, StepResult
 from localtrain.config import Config, TrainConfig
 from localtrain.data.loader import Cursor, TrainWindows, eval_windows
 from localtrain.errors import LocaltrainError
+from localtrain.planner import next_smaller_micro
 
 
 def lr_at(step: int, train: TrainConfig, total_steps: int) -> float:
@@ -95,15 +96,17 @@ class Trainer:
         peak_flops: float,
         stop: StopFlag | None = None,
         control: Control | None = None,
+        micro_batch_size: int | None = None,
+        total_steps: int | None = None,
     ) -> None:
         self.config, self.backend, self.data = config, backend, data
         self.run_dir, self.emit, self.peak_flops = run_dir, emit, peak_flops
         self.stop = stop or StopFlag()
         self.control = control
         t = config.train
-        self.micro_batch_size = t.micro_batch_size or t.batch_size
+        self.micro_batch_size = micro_batch_size or t.micro_batch_size or t.batch_size
         self.grad_accum_steps = t.batch_size // self.micro_batch_size
-        self.total_steps = config.total_steps()
+        self.total_steps = total_steps or config.total_steps()
         self.windows = TrainWindows(data.train_tokens, config.model.seq_len, t.seed)
         self.val_batches = eval_windows(data.val_tokens, config.model.seq_len, t.eval_batches, self.micro_batch_size)
         self.flops_per_token = metrics.flops_per_token(config.model, vocab_rows(config, data.vocab_size))
@@ -126,6 +129,11 @@ class Trainer:
             evals_since_best=int(s.get("evals_since_best", 0)),
             last_checkpoint_step=int(s["step"]),
         )
+        # A micro-batch that had to back off from an OOM stays backed off.
+        saved = int(s.get("micro_batch_size", self.micro_batch_size))
+        if saved < self.micro_batch_size:
+            self.micro_batch_size = saved
+            self.grad_accum_steps = self.config.train.batch_size // saved
 
     def checkpoint_state(self) -> dict[str, Any]:
         st, b = self.state, self.backend
@@ -138,6 +146,7 @@ class Trainer:
             "best_step": st.best_step,
             "evals_since_best": st.evals_since_best,
             "optimizer_step": st.step,
+            "micro_batch_size": self.micro_batch_size,
             "rng": b.rng_state(),
             "backend": {"name": b.name, "device": b.device, "dtype": b.dtype, "extra": b.extra_state()},
             "schedule": {
@@ -204,6 +213,33 @@ class Trainer:
                 out = out[: out.index(self.data.eos_id)]
             self.emit(ev.Sample(step=self.state.step, prompt=prompt, text=self.data.decode(out), tokens=len(out)))
 
+    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepResult:
+        """One optimizer step over the batch (x, y), backing off the micro-batch on OOM.
+
+        An out-of-memory step is retried on the same sequences with half the micro-batch
+        and twice the accumulation: the effective batch and the schedule do not change.
+        """
+        while True:
+            m = self.micro_batch_size
+            micro = [(x[i : i + m], y[i : i + m]) for i in range(0, len(x), m)]
+            try:
+                return self.backend.train_step(micro, lr)
+            except OutOfMemory as exc:
+                smaller = next_smaller_micro(len(x), m)
+                if smaller is None:
+                    raise LocaltrainError(
+                        f"Out of memory at step {self.state.step + 1} even with one sequence per"
+                        f" micro-batch ({exc}). Lower model.seq_len, model.n_embd or data.vocab_size,"
+                        " or free memory used by other programs."
+                    ) from None
+                self.micro_batch_size, self.grad_accum_steps = smaller, len(x) // smaller
+                self.emit(ev.Warning(
+                    code="oom_backoff",
+                    message=f"Out of memory at step {self.state.step + 1} with micro-batch {m}: retrying"
+                    f" with micro-batch {smaller} x {self.grad_accum_steps} accumulation steps (the"
+                    f" same {len(x)} sequences per step).",
+                ))
+
     # -- control -------------------------------------------------------------------------
 
     def obey_controller(self) -> float:
@@ -258,13 +294,9 @@ class Trainer:
                 reason = "max_time"
                 break
             lr = lr_at(st.step, t, self.total_steps)
-            micro = []
-            cursor = st.cursor
-            for _ in range(self.grad_accum_steps):
-                x, y, cursor = self.windows.take(cursor, self.micro_batch_size)
-                micro.append((x, y))
+            x, y, cursor = self.windows.take(st.cursor, t.batch_size)
             step_start = time.perf_counter()
-            result = self.backend.train_step(micro, lr)
+            result = self.train_step(x, y, lr)
             step_time = time.perf_counter() - step_start
             if not math.isfinite(result.loss):
                 self.emit(ev.Error(message=f"The loss became {result.loss} at step {st.step + 1}."))

@@ -66,9 +66,6 @@ def check(config: Config) -> list[str]:
              f"must divide train.batch_size={t.batch_size}", "Pick a divisor of the batch size.")
     need(t.max_steps >= 0, "train.max_steps", t.max_steps, "must be 0 or positive", "Use --max-steps N.")
     need(t.max_tokens >= 0, "train.max_tokens", t.max_tokens, "must be 0 or positive", "Use --set train.max_tokens=N.")
-    need(t.max_steps > 0 or t.max_tokens > 0, "train.max_steps", t.max_steps,
-         "and train.max_tokens are both 0, so the schedule has no length",
-         "Pass --max-steps N or --set train.max_tokens=N.")
     need(t.max_time >= 0, "train.max_time", t.max_time, "must be 0 or positive (minutes)", "Use --max-time 30.")
     need(t.lr > 0, "train.lr", t.lr, "must be greater than 0", "Try --set train.lr=3e-4.")
     need(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "must be in [0, 1]", "The usual value is 0.1.")
@@ -101,6 +98,15 @@ def check(config: Config) -> list[str]:
     need(r.backend in BACKENDS, "run.backend", r.backend, f"must be one of {', '.join(BACKENDS)}",
          "Use --set run.backend=torch.")
     need(r.threads >= 0, "run.threads", r.threads, "must be 0 or positive", "Use 0 for all cores.")
+    if r.memory_budget != "auto":
+        from localtrain.planner import parse_size
+
+        try:
+            ok = parse_size(r.memory_budget) > 0
+        except ValueError:
+            ok = False
+        need(ok, "run.memory_budget", r.memory_budget, "must be auto or a size such as 6GB or 512MB",
+             "Use --set run.memory_budget=auto.")
     need(r.compile in SWITCHES, "run.compile", r.compile, f"must be one of {', '.join(SWITCHES)}",
          "Use --set run.compile=auto.")
     return p

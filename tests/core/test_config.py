@@ -77,10 +77,14 @@ def test_every_problem_is_reported_at_once() -> None:
     assert "Did you mean `model.dropout`?" in text
 
 
-def test_a_schedule_needs_a_length() -> None:
-    with pytest.raises(ConfigError, match="schedule has no length"):
-        cfg.resolve("python-stdlib", ["train.max_steps=0"])
+def test_the_schedule_length_defaults_to_20_tokens_per_parameter() -> None:
+    c = cfg.resolve("python-stdlib", ["train.max_steps=0"])
+    # 8 x 256 = 2,048 tokens a step; a 1M-parameter model gets 20M tokens.
+    assert c.total_steps(params=1_000_000) == -(-20_000_000 // 2048)
     assert cfg.resolve("python-stdlib", ["train.max_steps=0", "train.max_tokens=4096"]).total_steps() == 2
+    with pytest.raises(ConfigError, match="run.memory_budget"):
+        cfg.resolve("python-stdlib", ["run.memory_budget=lots"])
+    assert cfg.resolve("python-stdlib", ["run.memory_budget=1.5GB"]).run.memory_budget == "1.5GB"
 
 
 def test_unknown_preset_and_bad_override_syntax() -> None:

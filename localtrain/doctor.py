@@ -1,0 +1,188 @@
+"""`localtrain doctor`: checks of this machine, then what each preset would do on it.
+
+One row per check (ok / warn / fail / skip), then a capacity table with one row per
+preset: whether it fits, the backend, dtype, micro-batch x accumulation, the predicted
+peak against the memory budget, tokens/s, the time to the token budget and the disk
+needed. Exit status 0 when nothing fails, 1 when a check fails (with --strict, also when
+one warns).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from localtrain import config as cfg
+from localtrain.errors import LocaltrainError
+from localtrain.hardware import Machine, probe
+from localtrain.planner import GB, Plan, plan
+
+REQUIRED = ("torch", "sentencepiece", "safetensors", "numpy")
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok, warn, fail, skip
+    detail: str
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--preset", help="show only this preset (a name or a TOML file)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key for the plans, e.g. --set train.micro_batch_size=4")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    p.add_argument("--probe", action="store_true",
+                   help="measure each plan's peak memory and speed in short real runs (slow on big presets)")
+    p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
+
+
+def run_checks(machine: Machine, runs_dir: Path) -> list[Check]:
+    out = [Check("python", "ok" if sys.version_info >= (3, 10) else "fail", machine.python)]
+    for lib in REQUIRED:
+        if lib in machine.backends:
+            out.append(Check(lib, "ok", machine.backends[lib]))
+        else:
+            out.append(Check(lib, "fail", f"does not import: {machine.missing.get(lib, '?')}. Reinstall localtrain."))
+    out.append(Check("textual", "ok" if "textual" in machine.backends else "warn",
+                     machine.backends.get("textual", "not installed: the dashboard will not open")))
+    if "mlx" in machine.backends:
+        where = "Metal" if machine.apple_silicon else "CPU build; torch is faster here and is the default"
+        out.append(Check("mlx", "ok", f"{machine.backends['mlx']} ({where})"))
+    elif machine.apple_silicon:
+        out.append(Check("mlx", "warn", "not installed: `pip install localtrain[mlx]` is the fastest backend here"))
+    else:
+        out.append(Check("mlx", "skip", "not installed (only needed on Apple silicon)"))
+    if machine.gpus:
+        for g in machine.gpus:
+            out.append(Check(f"cuda:{g.index}", "ok", f"{g.name}, {g.free_bytes / GB:.1f} of {g.total_bytes / GB:.1f}"
+                             f" GiB free, compute {g.compute_capability}, bf16 {'yes' if g.bf16 else 'no'}"))
+    else:
+        build = machine.backends.get("torch.cuda")
+        out.append(Check("cuda", "skip", "no NVIDIA GPU visible" + (f" (torch built for CUDA {build})" if build else "")))
+    if machine.apple_silicon:
+        out.append(Check("mps", "ok" if machine.mps_available else "warn",
+                         f"recommended max {machine.mps_recommended_max_bytes / GB:.1f} GiB"
+                         if machine.mps_available else "torch sees no MPS device"))
+    out.append(Check("cpu", "ok", f"{machine.cpu_model}, {machine.physical_cores} cores, native bf16"
+                     f" {'yes' if machine.cpu_native_bf16 else 'no (fp32 is used on the CPU)'}"))
+    avail = machine.ram_available_bytes / GB
+    status = "fail" if avail < 1 else "warn" if avail < 4 else "ok"
+    out.append(Check("memory", status, f"{avail:.1f} GiB available of {machine.ram_total_bytes / GB:.1f} GiB"))
+    for name, disk in machine.disk.items():
+        free = disk["free"] / GB
+        status = "fail" if free < 1 else "warn" if free < 10 else "ok"
+        where = runs_dir if name == "runs" else "the data cache"
+        out.append(Check(f"disk ({name})", status, f"{free:.1f} GiB free for {where}"))
+    return out
+
+
+def peak_for(p: Plan, cache_dir: Path) -> float:
+    """The matmul peak of the plan's backend, device and dtype (measured once, then cached)."""
+    from localtrain.metrics import cached_peak_flops
+    from localtrain.runner import backend_class
+
+    if p.backend == "mlx" and p.device != "mlx":
+        return 0.0
+    backend = backend_class(p.backend)(p.device, p.dtype, 0, "off")
+    return cached_peak_flops(cache_dir, backend.peak_key(), backend.measure_peak_flops)[0]
+
+
+def capacity(machine: Machine, names: list[str], overrides: list[str], probe_run: bool,
+             cache_dir: Path) -> list[dict[str, Any]]:
+    rows = []
+    peaks: dict[tuple[str, str, str], float] = {}
+    for name in names:
+        try:
+            config = cfg.resolve(name, overrides)
+            p = plan(config, machine)
+            k = (p.backend, p.device, p.dtype)
+            if k not in peaks:
+                peaks[k] = peak_for(p, cache_dir)
+            from localtrain.calibration import cached, calibrate
+
+            calibration = cached(p, config, machine, cache_dir)
+            if probe_run and p.fits and calibration is None:
+                calibration = calibrate(p, config, machine, cache_dir, peaks[k])
+            p = plan(config, machine, peak_flops=peaks[k], calibration=calibration)
+            rows.append({"preset": name, "plan": p.to_dict()})
+        except LocaltrainError as exc:
+            rows.append({"preset": name, "error": str(exc)})
+    return rows
+
+
+def human_time(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400 * 2:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(width=None if sys.stdout.isatty() else 132)
+    console.print(f"[bold]localtrain doctor[/]: {machine.cpu_model}, {machine.physical_cores} cores,"
+                  f" {machine.ram_total_bytes / GB:.1f} GiB RAM, {machine.os}")
+    colour = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
+    table = Table("check", "status", "detail", box=None)
+    for c in checks:
+        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+    console.print(table)
+    cap = Table("preset", "fits", "backend", "dtype", "micro x accum", "peak / budget", "tokens/s",
+                "time to budget", "disk", title="Capacity: a plan per preset (peak and speed predicted"
+                " unless measured with --probe)", title_justify="left")
+    for row in rows:
+        if "error" in row:
+            cap.add_row(row["preset"], "[red]no[/]", "", "", "", "", "", "", "", end_section=False)
+            console.print(f"[red]{row['preset']}[/]: {row['error']}")
+            continue
+        p = row["plan"]
+        disk = (p["disk_needed"]["data"] + p["disk_needed"]["checkpoints"]) / GB
+        cap.add_row(
+            row["preset"], "[green]yes[/]" if p["fits"] else "[red]no[/]", f"{p['backend']}/{p['device']}",
+            p["dtype"], f"{p['micro_batch_size']} x {p['grad_accum_steps']}"
+            + (" (ckpt)" if p["activation_checkpointing"] else ""),
+            f"{p['predicted_peak_bytes'] / GB:.2f} / {p['budget_bytes'] / GB:.1f} GiB"
+            + (" (measured)" if p["calibrated"] else ""),
+            f"{p['predicted_tokens_per_s']:,.0f}", human_time(p["predicted_seconds"]), f"{disk:.1f} GiB",
+        )
+    console.print(cap)
+    if len(rows) == 1 and "plan" in rows[0]:
+        p = rows[0]["plan"]
+        terms = Table("memory term", "bytes", title=f"Predicted peak of {rows[0]['preset']} by term, at micro-batch"
+                      f" {p['micro_batch_size']}", title_justify="left", box=None)
+        for name, value in p["memory"].items():
+            terms.add_row(name, f"{value / GB:.3f} GiB")
+        terms.add_row("total", f"{sum(p['memory'].values()) / GB:.3f} GiB")
+        console.print(terms)
+        for note in p["notes"]:
+            console.print(f"note: {note}")
+
+
+def main(args: argparse.Namespace) -> int:
+    from localtrain.data.prepare import cache_root
+
+    runs_dir = Path(getattr(args, "runs_dir", "runs"))
+    cache_dir = cache_root(cfg.DataConfig())
+    machine = probe(runs_dir, cache_dir)
+    checks = run_checks(machine, runs_dir)
+    names = [args.preset] if args.preset else cfg.preset_names()
+    rows = capacity(machine, names, args.overrides, args.probe, cache_dir)
+    if args.json:
+        print(json.dumps({"machine": machine.to_dict(), "checks": [asdict(c) for c in checks],
+                          "capacity": rows}, indent=1, default=str))
+    else:
+        print_report(machine, checks, rows)
+    failed = any(c.status == "fail" for c in checks) or any("error" in r for r in rows)
+    warned = any(c.status == "warn" for c in checks)
+    return 1 if failed or (args.strict and warned) else 0

@@ -1,0 +1,79 @@
+"""`localtrain doctor`: checks, the capacity table, --json, --probe, exit codes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import psutil
+
+from conftest import localtrain
+from localtrain.doctor import run_checks
+from localtrain.planner import GB
+from test_planner import machine
+
+
+def test_json_agrees_with_psutil_and_plans_every_preset(tmp_path, cache_dir) -> None:
+    result = localtrain(["doctor", "--json"], tmp_path, cache_dir)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    m = report["machine"]
+    vm = psutil.virtual_memory()
+    assert abs(m["ram_total_bytes"] - vm.total) <= 0.05 * vm.total
+    assert abs(m["ram_available_bytes"] - vm.available) <= 0.05 * vm.total
+    disk = shutil.disk_usage(tmp_path)
+    assert abs(m["disk"]["runs"]["free"] - disk.free) <= 0.05 * disk.free
+    checks = {c["name"]: c["status"] for c in report["checks"]}
+    assert checks["torch"] == "ok" and checks["python"] == "ok" and checks["memory"] in ("ok", "warn")
+    rows = {r["preset"]: r for r in report["capacity"]}
+    assert set(rows) == {"python-stdlib", "tiny-shakespeare", "wikitext-103", "wikipedia-full", "gpt2-124m"}
+    tiny = rows["tiny-shakespeare"]["plan"]
+    assert tiny["fits"] and tiny["micro_batch_size"] * tiny["grad_accum_steps"] == 12
+    assert tiny["predicted_tokens_per_s"] > 0 and tiny["disk_needed"]["checkpoints"] > 0
+    assert set(tiny["memory"]) >= {"weights", "gradients", "optimizer", "activations", "logits", "overhead"}
+
+
+def test_the_table_and_a_single_preset_breakdown(tmp_path, cache_dir) -> None:
+    result = localtrain(["doctor", "--preset", "tiny-shakespeare"], tmp_path, cache_dir)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Capacity" in out and "tiny-shakespeare" in out and "torch/cpu" in out
+    assert "memory term" in out and "activations" in out and "logits" in out
+
+
+def test_an_unknown_preset_fails_the_run_of_doctor(tmp_path, cache_dir) -> None:
+    result = localtrain(["doctor", "--preset", "no-such-preset", "--json"], tmp_path, cache_dir)
+    assert result.returncode == 1
+    row = json.loads(result.stdout)["capacity"][0]
+    assert "is not a preset" in row["error"]
+
+
+def test_probe_measures_the_plan_and_caches_it(tmp_path, cache_dir) -> None:
+    result = localtrain(["doctor", "--preset", "tiny-shakespeare", "--probe", "--json"], tmp_path, cache_dir)
+    assert result.returncode == 0, result.stderr
+    p = json.loads(result.stdout)["capacity"][0]["plan"]
+    assert p["calibrated"]
+    table = json.loads((cache_dir / "calibration.json").read_text())
+    (entry,) = [v for k, v in table.items() if '"n_embd": 128' in k]
+    (a, peak_a, _), (b, peak_b, _) = entry["points"]
+    assert (a, b) == (6, 12) and peak_b > peak_a
+    assert p["predicted_peak_bytes"] == entry["fixed_bytes"] + entry["per_sample_bytes"] * 12
+    # Later plans reuse the measurement; the analytic model's own total was within 15%.
+    plain = json.loads(localtrain(["doctor", "--preset", "tiny-shakespeare", "--json"], tmp_path, cache_dir).stdout)
+    again = plain["capacity"][0]["plan"]
+    assert again["calibrated"] and again["predicted_peak_bytes"] == p["predicted_peak_bytes"]
+    assert abs(sum(again["memory"].values()) - peak_b) <= 0.15 * peak_b
+
+
+def test_checks_warn_and_fail_on_scarce_memory_and_disk() -> None:
+    tight = machine(ram_available_bytes=int(0.5 * GB),
+                    disk={"runs": {"free": 5 * GB, "total": 10 * GB, "device": 1},
+                          "cache": {"free": int(0.5 * GB), "total": 10 * GB, "device": 2}},
+                    backends={"torch": "2.13", "sentencepiece": "0.2", "safetensors": "0.8", "numpy": "2"})
+    status = {c.name: c.status for c in run_checks(tight, Path("runs"))}
+    assert status["memory"] == "fail" and status["disk (runs)"] == "warn" and status["disk (cache)"] == "fail"
+    assert status["textual"] == "warn" and status["torch"] == "ok"
+    missing = machine(backends={"sentencepiece": "0.2"}, missing={"torch": "No module named 'torch'"})
+    status = {c.name: c.status for c in run_checks(missing, Path("runs"))}
+    assert status["torch"] == "fail"
