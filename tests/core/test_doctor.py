@@ -77,3 +77,32 @@ def test_checks_warn_and_fail_on_scarce_memory_and_disk() -> None:
     missing = machine(backends={"sentencepiece": "0.2"}, missing={"torch": "No module named 'torch'"})
     status = {c.name: c.status for c in run_checks(missing, Path("runs"))}
     assert status["torch"] == "fail"
+
+
+def doctor_without(module: str, tmp_path, cache_dir) -> tuple[int, dict]:
+    """Run doctor in a process where `module` cannot be imported, as on a machine without it."""
+    import subprocess
+    import sys
+
+    from conftest import cli_env
+
+    code = f"import sys; sys.modules[{module!r}] = None; from localtrain.cli import main; sys.exit(main(['doctor', '--json']))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=cli_env(cache_dir),
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def test_without_mlx_doctor_reports_it_and_passes(tmp_path, cache_dir) -> None:
+    code, report = doctor_without("mlx", tmp_path, cache_dir)
+    assert code == 0
+    assert "mlx" in report["machine"]["missing"] and "mlx" not in report["machine"]["backends"]
+    status = {c["name"]: c["status"] for c in report["checks"]}
+    assert status["mlx"] in ("skip", "warn")
+    assert all("plan" in row for row in report["capacity"])
+
+
+def test_without_torch_doctor_fails_the_check_but_does_not_crash(tmp_path, cache_dir) -> None:
+    code, report = doctor_without("torch", tmp_path, cache_dir)
+    assert code == 1
+    torch_check = next(c for c in report["checks"] if c["name"] == "torch")
+    assert torch_check["status"] == "fail" and "Reinstall" in torch_check["detail"]
