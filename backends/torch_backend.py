@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from localtrain.backends.base import MOMENT_SUFFIXES, OutOfMemory, StepResult, is_out_of_memory
+from localtrain.backends.base import MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory
 from localtrain.backends.torch_model import LlamaLM, shared_layout
 from localtrain.config import ModelConfig, TrainConfig
 from localtrain.errors import CheckpointError, LocaltrainError
@@ -82,26 +82,43 @@ class TorchBackend:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         self.model: LlamaLM | None = None
+        self.ddp: torch.nn.parallel.DistributedDataParallel | None = None
+        self.dist = None
         self.optimizer: torch.optim.Optimizer | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self.grad_clip = 0.0
 
     # -- model and optimizer ------------------------------------------------------------
 
+    def set_distributed(self, dist) -> None:
+        """Train data-parallel in this torchrun job (call before `build`)."""
+        self.dist = dist
+        self.threads = torch.get_num_threads()
+
     def build(self, model: ModelConfig, vocab_size: int, seed: int) -> None:
         generator = torch.Generator().manual_seed(seed)
         net = LlamaLM(model, vocab_size)
         net.init_weights(generator)
         self.model = net.to(self.device)
+        train_model: torch.nn.Module = self.model
+        if self.dist is not None and self.dist.world_size > 1:
+            # Gradients are averaged across ranks in the backward pass; the rope tables
+            # are the same everywhere, so buffers need no broadcast.
+            self.ddp = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.dist.local_rank] if self.device == "cuda" else None,
+                broadcast_buffers=False,
+            )
+            train_model = self.ddp
         # Only the training forward is compiled; evaluation and generation (whose shapes
         # change token by token) run the same module eagerly.
-        self.train_model = torch.compile(self.model) if self.compile else self.model
+        self.train_model = torch.compile(train_model) if self.compile else train_model
         self.layout = shared_layout(self.model)
         # MPS lacks some complex kernels, and the compiler cannot fuse complex arithmetic;
         # real arithmetic gives the same rotation there.
         self.model.complex_rope = self.device != "mps" and not self.compile
-        # Dropout draws from the default generators, which a checkpoint saves.
-        torch.manual_seed(seed + 1)
+        # Dropout draws from the default generators, which a checkpoint saves; each rank
+        # of a data-parallel job draws its own masks.
+        torch.manual_seed(seed + 1 + (self.dist.rank if self.dist is not None else 0))
 
     def num_params(self) -> int:
         assert self.model is not None
@@ -192,12 +209,15 @@ class TorchBackend:
         model.train()
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
-        for x, y in micro_batches:
-            with self._autocast():
-                loss = model(self._tensor(x), self._tensor(y))
+        for i, (x, y) in enumerate(micro_batches):
+            # Under DDP the gradients are averaged once, after the last micro-batch.
+            sync = self.ddp is None or i == n - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with self._autocast():
+                    loss = model(self._tensor(x), self._tensor(y))
+                scaled = loss / n
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
-            scaled = loss / n
-            (self.scaler.scale(scaled) if self.scaler else scaled).backward()
         if self.scaler:
             self.scaler.unscale_(opt)
         params = [p for g in opt.param_groups for p in g["params"]]
@@ -226,7 +246,8 @@ class TorchBackend:
 
     @torch.inference_mode()
     def generate(
-        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int
+        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int,
+        top_p: float = 1.0,
     ) -> list[int]:
         model = self.model
         assert model is not None and prompt
@@ -249,6 +270,10 @@ class TorchBackend:
                 if top_k and top_k < vocab:
                     kth = torch.topk(logits, top_k).values[-1]
                     logits[logits < kth] = float("-inf")
+                if top_p < 1.0:
+                    # Keep the most likely tokens until their mass reaches top_p (at least one).
+                    probs, order = torch.softmax(logits, -1).sort(descending=True)
+                    logits[order[probs.cumsum(-1) - probs >= top_p]] = float("-inf")
                 token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
                 out.append(token)
                 if i == max_new_tokens - 1:
@@ -288,23 +313,7 @@ class TorchBackend:
     def load_state_arrays(
         self, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray] | None, opt_step: int
     ) -> None:
-        problems = []
-        missing = sorted(set(self.layout) - set(weights))
-        unknown = sorted(set(weights) - set(self.layout))
-        if missing:
-            problems.append(f"missing tensors {missing[:3]}")
-        if unknown:
-            problems.append(f"unknown tensors {unknown[:3]}")
-        for name, (p, rows) in self.layout.items():
-            want = tuple(p.detach()[rows].shape)
-            if name in weights and tuple(weights[name].shape) != want:
-                problems.append(f"{name} has shape {tuple(weights[name].shape)}, the model needs {want}")
-        if problems:
-            raise CheckpointError(
-                "The checkpoint's weights do not fit this model: " + "; ".join(problems[:4])
-                + ". It was written for a different model shape or vocabulary; resume with the"
-                " run's own config, or start a new run."
-            )
+        check_weights({name: tuple(p.detach()[rows].shape) for name, (p, rows) in self.layout.items()}, weights)
         opt = self.optimizer
         with torch.no_grad():
             for name, (p, rows) in self.layout.items():

@@ -47,7 +47,7 @@ def measure(plan: Plan, config: Config, micro_batch_size: int, timeout: float = 
 
 def probe_sizes(plan: Plan) -> tuple[int, int]:
     """Two micro-batch sizes to measure: the planned one and about half of it (or the next up)."""
-    sizes = micro_batch_candidates(plan.batch_size)  # largest first
+    sizes = micro_batch_candidates(plan.batch_size // plan.world_size)  # largest first
     top = plan.micro_batch_size
     lower = [m for m in sizes if m <= top // 2]
     if lower:

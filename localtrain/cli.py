@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +44,15 @@ def overrides_from(args: argparse.Namespace) -> list[str]:
             out.append(f"{key}={value}")
     return out + list(args.overrides)
 
+
+# torchrun's own multi-node flags, passed through as they are.
+TORCHRUN_FLAGS = {
+    "--nnodes": "number of nodes (or MIN:MAX)",
+    "--node-rank": "this node's rank",
+    "--rdzv-endpoint": "HOST:PORT where the nodes meet",
+    "--rdzv-id": "a job id shared by the nodes",
+    "--rdzv-backend": "rendezvous backend (default c10d)",
+}
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "doctor": ("localtrain.doctor", "what this machine can train: checks and a capacity table per preset"),
@@ -78,6 +88,11 @@ def parser() -> argparse.ArgumentParser:
                      help="continue the latest run (or --run-dir, or PATH) from its newest complete"
                      " checkpoint; `auto` starts fresh when there is none")
     run.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
+    par = run.add_argument_group("data parallel (torchrun)")
+    par.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine under torchrun"
+                     " (one per GPU, or CPU processes sharing the cores)")
+    for flag, text in TORCHRUN_FLAGS.items():
+        par.add_argument(flag, metavar="VALUE", help=f"passed to torchrun: {text}")
 
     conf = sub.add_parser("config", help="show the resolved configuration, the keys or the presets")
     add_config_flags(conf)
@@ -91,14 +106,49 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def worker_argv(argv: list[str], run_dir: Path) -> list[str]:
+    """The launcher's arguments for the workers: without --nproc and torchrun's flags, and
+    with the run directory the launcher resolved (a default one is named by the clock)."""
+    drop = {"--nproc", *TORCHRUN_FLAGS}
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in drop:
+            skip = True
+        elif a.split("=", 1)[0] not in drop:
+            out.append(a)
+    if not any(a == "--run-dir" or a.startswith("--run-dir=") for a in out):
+        out += ["--run-dir", str(run_dir)]
+    return out
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from localtrain import runner
     from localtrain.console import ConsoleView
 
+    if under_torchrun():
+        world = int(os.environ["WORLD_SIZE"])
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    else:
+        world = local_world = args.nproc or 1
     request = runner.RunRequest(
         preset=args.preset, overrides=overrides_from(args), run_dir=args.run_dir, resume=args.resume,
+        world_size=world, local_world_size=local_world,
     )
     setup = runner.setup(request)
+    if args.nproc and not under_torchrun():
+        from localtrain.backends.torch_dist import launch
+
+        passthrough = [f"{flag}={getattr(args, flag[2:].replace('-', '_'))}" for flag in TORCHRUN_FLAGS
+                       if getattr(args, flag[2:].replace("-", "_")) is not None]
+        launch(args.nproc, passthrough, worker_argv(argv, setup.run_dir))
+    if under_torchrun():
+        return run_worker(args, setup)
     view = ConsoleView(log_every=setup.config.train.log_every, live=False if args.plain else None)
     try:
         done = runner.execute(setup, console=view)
@@ -115,6 +165,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     if done.reason in ("interrupted", "max_time"):
         print(f"Stopped at step {done.step}. Continue with: localtrain run --resume --run-dir {setup.run_dir}")
     return 0
+
+
+def run_worker(args: argparse.Namespace, setup) -> int:
+    """One rank of a torchrun job: join the group, agree on the run directory, train."""
+    import dataclasses
+
+    from localtrain import runner
+    from localtrain.backends.torch_dist import init, recorded
+    from localtrain.console import ConsoleView
+
+    dist = init(setup.plan.device)
+    try:
+        chosen = Path(dist.broadcast_text(str(setup.run_dir)))
+        if chosen != setup.run_dir:
+            run = dataclasses.replace(setup.config.run, run_dir=str(chosen))
+            setup = dataclasses.replace(setup, run_dir=chosen, config=dataclasses.replace(setup.config, run=run))
+        view = ConsoleView(log_every=setup.config.train.log_every, live=False) if dist.is_main else None
+        try:
+            done = recorded(runner.execute)(setup, console=view, dist=dist)
+        except LocaltrainError as exc:
+            print(f"[rank {dist.rank}] error: {exc}", file=sys.stderr)
+            return exc.exit_code
+        if dist.is_main and done.reason in ("interrupted", "max_time"):
+            print(f"Stopped at step {done.step}. Continue with: localtrain run --resume --run-dir {setup.run_dir}"
+                  " (with --nproc N for N processes)")
+        return 0
+    finally:
+        dist.close()
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -138,6 +216,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     try:
         if args.command is None:
@@ -146,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.print_help()
             return 0
         if args.command == "run":
-            return cmd_run(args)
+            return cmd_run(args, argv)
         if args.command == "config":
             return cmd_config(args)
         return importlib.import_module(COMMANDS[args.command][0]).main(args)

@@ -93,6 +93,7 @@ class Plan:
     disk_needed: dict[str, int]
     disk_free: dict[str, int]
     calibrated: bool = False
+    world_size: int = 1
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,16 +178,17 @@ def choose_dtype(config: Config, machine: Machine, backend: str, device: str) ->
     if device == "cuda":
         bf16 = all(g.bf16 for g in machine.gpus) if machine.gpus else False
         return ("bfloat16" if bf16 else "float16"), []
-    if device in ("mps", "mlx"):
+    if device == "mps" or (device == "mlx" and machine.apple_silicon):
         return ("float32" if "M1" in machine.chip else "bfloat16"), []
+    # Otherwise the CPU (MLX's CPU build included) decides.
     if machine.cpu_native_bf16:
         return "bfloat16", ["The CPU computes bf16 natively (AVX512_BF16/AMX)."]
     return "float32", ["No native bf16 on this CPU (no AVX512_BF16/AMX): bf16 autocast would run"
                        " many times slower than fp32, so fp32."]
 
 
-def budget(config: Config, machine: Machine, device: str) -> tuple[int, str]:
-    """Bytes a run may use, and where that number comes from."""
+def budget(config: Config, machine: Machine, device: str, local_world_size: int = 1) -> tuple[int, str]:
+    """Bytes one process of the run may use, and where that number comes from."""
     if config.run.memory_budget != "auto":
         return parse_size(config.run.memory_budget), f"run.memory_budget = {config.run.memory_budget}"
     if device == "cuda" and machine.gpus:
@@ -199,8 +201,9 @@ def budget(config: Config, machine: Machine, device: str) -> tuple[int, str]:
         b = machine.mps_recommended_max_bytes
         return b, f"MPS's recommended maximum ({b / GB:.1f} GiB)"
     headroom = max(GB, machine.ram_total_bytes // 10)
-    b = max(0, machine.ram_available_bytes - headroom)
-    return b, f"available RAM minus {headroom / GB:.1f} GiB headroom"
+    b = max(0, machine.ram_available_bytes - headroom) // local_world_size
+    share = f", shared by {local_world_size} processes" if local_world_size > 1 else ""
+    return b, f"available RAM minus {headroom / GB:.1f} GiB headroom{share}"
 
 
 def micro_batch_candidates(batch_size: int) -> list[int]:
@@ -279,15 +282,21 @@ def plan(
     vocab_size: int | None = None,
     peak_flops: float | None = None,
     calibration: Calibration | None = None,
+    world_size: int = 1,
+    local_world_size: int = 1,
 ) -> Plan:
-    """Choose backend, dtype, micro-batch, accumulation and checkpointing; predict the rest."""
+    """Choose backend, dtype, micro-batch, accumulation and checkpointing; predict the rest.
+
+    Under data parallelism the plan is per device: each of `world_size` processes trains on
+    batch_size / world_size sequences a step.
+    """
     backend, device, notes = choose_backend(config, machine)
     dtype, dtype_notes = choose_dtype(config, machine, backend, device)
     notes += dtype_notes
     vocab = vocab_size or estimate_vocab(config)
     rows = vocab_rows(config.model, vocab)
     params = params_count(config.model, rows)
-    limit, source = budget(config, machine, device)
+    limit, source = budget(config, machine, device, local_world_size)
     usable = int(limit * (1 - SAFETY_MARGIN))
     fused = device != "mps"
 
@@ -296,7 +305,13 @@ def plan(
         measured = calibration.peak(micro) if calibration and not ckpt else None
         return est, measured if measured is not None else est.total
 
-    batch = config.train.batch_size
+    if config.train.batch_size % world_size:
+        raise LocaltrainError(
+            f"train.batch_size={config.train.batch_size} cannot be split evenly over {world_size} processes."
+            f" Pick a batch size that {world_size} divides, e.g. --set train.batch_size="
+            f"{-(-config.train.batch_size // world_size) * world_size}."
+        )
+    batch = config.train.batch_size // world_size
     if config.train.micro_batch_size:
         micro, ckpt = config.train.micro_batch_size, False
         if peak(micro, False)[1] > usable and peak(micro, True)[1] <= usable:
@@ -318,17 +333,18 @@ def plan(
     per_step = config.tokens_per_step()
     fpt = flops_per_token(config.model, rows)
     mfu = calibration.mfu if calibration else ASSUMED_MFU.get(device, 0.3)
-    tok_s = mfu * peak_flops / fpt if peak_flops else 0.0
+    tok_s = world_size * mfu * peak_flops / fpt if peak_flops else 0.0
     disk = disk_needed(config, params, vocab)
     free = {k: v["free"] for k, v in machine.disk.items()}
     return Plan(
-        backend=backend, device=device, dtype=dtype, batch_size=batch, micro_batch_size=micro,
+        backend=backend, device=device, dtype=dtype, batch_size=config.train.batch_size, micro_batch_size=micro,
         grad_accum_steps=batch // micro, activation_checkpointing=ckpt, params=params, vocab_size=vocab,
         flops_per_token=fpt, tokens_per_step=per_step, total_steps=tokens // per_step, total_tokens=tokens,
         memory=est.terms, predicted_peak_bytes=predicted, budget_bytes=limit, budget_source=source,
         fits=predicted <= limit, min_peak_bytes=peak(1, True)[1], predicted_tokens_per_s=tok_s,
         predicted_seconds=tokens / tok_s if tok_s else math.inf,
-        disk_needed=disk, disk_free=free, calibrated=calibration is not None, notes=notes,
+        disk_needed=disk, disk_free=free, calibrated=calibration is not None, world_size=world_size,
+        notes=notes,
     )
 
 

@@ -17,13 +17,15 @@ import signal
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, TypeVar
 
 from localtrain import calibration, checkpoint, config as cfg, events as ev, hardware, metrics, planner
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import write_atomic
+from localtrain.parallel import Dist, Single
 
 CONFIG_FILE = "config.toml"
+T = TypeVar("T")
 RUNS_ROOT = Path("runs")
 
 
@@ -36,6 +38,9 @@ class RunRequest:
     run_dir: str | None = None
     resume: bool | str = False
     """False: a new run; True: continue an existing one; "auto": continue if possible; or a path."""
+    world_size: int = 1
+    """Processes of a data-parallel job (the plan is per device)."""
+    local_world_size: int = 1
 
 
 @dataclass
@@ -49,13 +54,13 @@ class Setup:
     """The plan made before the data exists (the vocabulary estimated): memory and disk checked."""
 
 
-def preflight(s: Setup) -> Setup:
+def preflight(s: Setup, world_size: int = 1, local_world_size: int = 1) -> Setup:
     """Probe the machine and plan: a run that cannot fit the memory or the disk fails now,
     before anything is downloaded or written."""
     from localtrain.data.prepare import cache_root
 
     machine = hardware.probe(s.run_dir.parent, cache_root(s.config.data))
-    planned = planner.plan(s.config, machine)
+    planned = planner.plan(s.config, machine, world_size=world_size, local_world_size=local_world_size)
     planner.check_plan(planned, machine)
     return dataclasses.replace(s, machine=machine, plan=planned)
 
@@ -128,7 +133,7 @@ def setup(request: RunRequest) -> Setup:
                 f"The run directory {run_dir} already has checkpoints. Nothing was changed. Pass"
                 " --resume to continue it, or choose a new directory with --run-dir."
             )
-    return preflight(Setup(config, run_dir, False, []))
+    return preflight(Setup(config, run_dir, False, []), request.world_size, request.local_world_size)
 
 
 def new_run_dir(preset: str) -> Path:
@@ -163,7 +168,8 @@ def _setup_resume(request: RunRequest, run_dir: Path) -> Setup:
             f"Cannot resume {run_dir} with a different model or data ({listed}): its checkpoints"
             " were trained with the original. Drop those overrides to resume, or start a new run."
         )
-    return preflight(Setup(config, run_dir, request.resume, changes))
+    return preflight(Setup(config, run_dir, request.resume, changes), request.world_size,
+                     request.local_world_size)
 
 
 def check_source(config: cfg.Config) -> None:
@@ -227,89 +233,115 @@ class Fanout:
             sink(event)
 
 
-def execute(s: Setup, console: ev.Emit | None = None) -> ev.Done:
-    """Prepare data, build the backend, restore a checkpoint if resuming, and train."""
+def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) -> ev.Done:
+    """Prepare data, build the backend, restore a checkpoint if resuming, and train.
+
+    In a data-parallel job every rank runs this; rank 0 alone owns the run directory
+    (lock, config, events, checkpoints) and the console.
+    """
+    dist = dist or Single()
+    if not dist.is_main:
+        return _train(s, lambda event: None, dist)
+    s.run_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(s.run_dir):
+        write_atomic(s.run_dir / CONFIG_FILE, cfg.to_toml(s.config))
+        writer = ev.EventWriter(s.run_dir / "events.jsonl")
+        emit = Fanout(writer, *([console] if console else []))
+        try:
+            return _train(s, emit, dist)
+        except LocaltrainError as exc:
+            writer(ev.Error(message=str(exc)))  # for readers of the run; the CLI prints it once
+            raise
+        finally:
+            writer.close()
+
+
+def _in_turn(dist: Dist, work: Callable[[], T]) -> T:
+    """Run `work` on each node's first process, then on the others (which find it cached)."""
+    result = work() if dist.local_rank == 0 else None
+    dist.barrier()
+    return result if dist.local_rank == 0 else work()
+
+
+def _train(s: Setup, emit: ev.Emit, dist: Dist) -> ev.Done:
     from localtrain.control import ControlFile
     from localtrain.data.loader import check_train_size
     from localtrain.data.prepare import cache_root, prepare
     from localtrain.train import StopFlag, TrainData, Trainer
 
     config, run_dir = s.config, s.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with run_lock(run_dir):
-        write_atomic(run_dir / CONFIG_FILE, cfg.to_toml(config))
-        writer = ev.EventWriter(run_dir / "events.jsonl")
-        emit = Fanout(writer, *([console] if console else []))
-        try:
-            for key, old, new in s.changes:
-                emit(ev.Warning(message=f"Resuming with {key} changed from {old!r} to {new!r}.",
-                                code="config_changed"))
-            checkpoint.remove_stale_temps(run_dir)
-            loaded = None
-            if s.resume:
-                loaded = checkpoint.load_latest(run_dir, emit)
-                if loaded is None and s.resume != "auto":
-                    raise CheckpointError(
-                        f"--resume: {run_dir} has no complete checkpoint that verifies (see the"
-                        " warnings above for any that were skipped). Start again without --resume,"
-                        " or with --resume auto."
-                    )
-                if loaded is not None and loaded.state.get("model_fingerprint") != config.model_fingerprint():
-                    raise CheckpointError(
-                        f"{loaded.path} was written for a different model or data configuration than"
-                        f" {run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
-                    )
-            if s.plan is None or s.machine is None:
-                s = preflight(s)
-            machine = s.machine
-            # The device is checked before the data is prepared: an unavailable one fails fast.
-            backend = make_backend(config, s.plan)
-            prepared = prepare(config.data, emit, explicit=config.explicit_keys(), threads=config.run.threads)
-            tokenizer = prepared.tokenizer()
-            if loaded is not None and loaded.state.get("tokenizer_sha256") != tokenizer.sha256:
-                raise CheckpointError(
-                    f"The tokenizer prepared now ({prepared.tokenizer_path}) differs from the one"
-                    f" {loaded.path} was trained with, so its token ids would mean other text (did"
-                    " the source files change?). Start a new run on the current data."
-                )
-            shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.model")
-            backend.build(config.model, prepared.vocab_size, config.train.seed)
-            backend.configure_optimizer(config.train)
-            data = TrainData(
-                train_tokens=prepared.load("train"), val_tokens=prepared.load("val"),
-                token_bytes=tokenizer.token_bytes(), encode=tokenizer.encode, decode=tokenizer.decode,
-                eos_id=tokenizer.eos_id, tokenizer_sha256=tokenizer.sha256, vocab_size=prepared.vocab_size,
+    for key, old, new in s.changes:
+        emit(ev.Warning(message=f"Resuming with {key} changed from {old!r} to {new!r}.", code="config_changed"))
+    if dist.is_main:
+        checkpoint.remove_stale_temps(run_dir)
+    loaded = None
+    if s.resume:
+        loaded = checkpoint.load_latest(run_dir, emit)
+        if loaded is None and s.resume != "auto":
+            raise CheckpointError(
+                f"--resume: {run_dir} has no complete checkpoint that verifies (see the"
+                " warnings above for any that were skipped). Start again without --resume,"
+                " or with --resume auto."
             )
-            peak, _ = metrics.cached_peak_flops(
-                cache_root(config.data), backend.peak_key(), backend.measure_peak_flops
+        if loaded is not None and loaded.state.get("model_fingerprint") != config.model_fingerprint():
+            raise CheckpointError(
+                f"{loaded.path} was written for a different model or data configuration than"
+                f" {run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
             )
-            # The plan again, now with the tokenizer's real vocabulary.
-            planned = planner.plan(config, machine, vocab_size=prepared.vocab_size, peak_flops=peak)
-            measured = calibration.cached(planned, config, machine, cache_root(config.data))
-            if measured is not None:
-                planned = planner.plan(config, machine, prepared.vocab_size, peak, measured)
-            planner.check_plan(planned, machine)
-            check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
-            if planned.activation_checkpointing:
-                backend.set_activation_checkpointing(True)
-            if config.run.memory_budget != "auto":
-                backend.set_memory_limit(planned.budget_bytes)
-            stop = StopFlag()
-            trainer = Trainer(config, backend, data, run_dir, emit, peak, stop, ControlFile(run_dir),
-                              micro_batch_size=planned.micro_batch_size, total_steps=planned.total_steps)
-            if loaded is not None:
-                trainer.restore(loaded)
-            plan = plan_event(planned, backend, trainer, prepared, loaded)
-            write_atomic(run_dir / "plan.json", json.dumps({**planned.to_dict(), **json.loads(plan.to_json())},
-                                                           indent=1, default=str) + "\n")
-            emit(plan)
-            with stop_on_signals(stop):
-                return trainer.run()
-        except LocaltrainError as exc:
-            emit(ev.Error(message=str(exc)))
-            raise
-        finally:
-            writer.close()
+    if s.plan is None or s.machine is None:
+        s = preflight(s, dist.world_size, dist.local_world_size)
+    machine = s.machine
+    # The device is checked before the data is prepared: an unavailable one fails fast.
+    backend = make_backend(config, s.plan)
+    if dist.world_size > 1:
+        if not hasattr(backend, "set_distributed"):
+            raise LocaltrainError(f"Data-parallel training (--nproc) needs the torch backend, not {backend.name}.")
+        backend.set_distributed(dist)
+    prepared = _in_turn(dist, lambda: prepare(config.data, emit, explicit=config.explicit_keys(),
+                                              threads=config.run.threads))
+    tokenizer = prepared.tokenizer()
+    if loaded is not None and loaded.state.get("tokenizer_sha256") != tokenizer.sha256:
+        raise CheckpointError(
+            f"The tokenizer prepared now ({prepared.tokenizer_path}) differs from the one"
+            f" {loaded.path} was trained with, so its token ids would mean other text (did"
+            " the source files change?). Start a new run on the current data."
+        )
+    if dist.is_main:
+        shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.model")
+    backend.build(config.model, prepared.vocab_size, config.train.seed)
+    backend.configure_optimizer(config.train)
+    data = TrainData(
+        train_tokens=prepared.load("train"), val_tokens=prepared.load("val"),
+        token_bytes=tokenizer.token_bytes(), encode=tokenizer.encode, decode=tokenizer.decode,
+        eos_id=tokenizer.eos_id, tokenizer_sha256=tokenizer.sha256, vocab_size=prepared.vocab_size,
+    )
+    cache = cache_root(config.data)
+    peak, _ = _in_turn(dist, lambda: metrics.cached_peak_flops(cache, backend.peak_key(), backend.measure_peak_flops))
+    # The plan again, now with the tokenizer's real vocabulary.
+    sizes = {"world_size": dist.world_size, "local_world_size": dist.local_world_size}
+    planned = planner.plan(config, machine, vocab_size=prepared.vocab_size, peak_flops=peak, **sizes)
+    measured = calibration.cached(planned, config, machine, cache)
+    if measured is not None:
+        planned = planner.plan(config, machine, prepared.vocab_size, peak, measured, **sizes)
+    planner.check_plan(planned, machine)
+    check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
+    if planned.activation_checkpointing:
+        backend.set_activation_checkpointing(True)
+    if config.run.memory_budget != "auto":
+        backend.set_memory_limit(planned.budget_bytes)
+    stop = StopFlag()
+    trainer = Trainer(config, backend, data, run_dir, emit, peak, stop,
+                      ControlFile(run_dir) if dist.is_main else None,
+                      micro_batch_size=planned.micro_batch_size, total_steps=planned.total_steps, dist=dist)
+    if loaded is not None:
+        trainer.restore(loaded)
+    plan = plan_event(planned, backend, trainer, prepared, loaded)
+    if dist.is_main:
+        write_atomic(run_dir / "plan.json", json.dumps({**planned.to_dict(), **json.loads(plan.to_json())},
+                                                       indent=1, default=str) + "\n")
+    emit(plan)
+    with stop_on_signals(stop):
+        return trainer.run()
 
 
 def plan_event(planned, backend, trainer, prepared, loaded) -> ev.Plan:
@@ -326,6 +358,7 @@ def plan_event(planned, backend, trainer, prepared, loaded) -> ev.Plan:
         activation_checkpointing=planned.activation_checkpointing,
         predicted_peak_bytes=planned.predicted_peak_bytes, budget_bytes=planned.budget_bytes,
         predicted_tokens_per_s=planned.predicted_tokens_per_s, notes=planned.notes,
+        world_size=planned.world_size,
     )
 
 

@@ -1,0 +1,99 @@
+"""Data parallelism on torchrun with gloo: parity with one process, exact resume after a
+SIGKILL of the launcher, resuming on another world size, and a failing rank."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY, cli_env, localtrain, read_jsonl, sets, start_localtrain, wait_for
+from localtrain.checkpoint import complete_checkpoints, load
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo workers need a POSIX host")
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "step"}
+
+
+def last_step(run_dir: Path) -> int:
+    steps = []
+    path = run_dir / "events.jsonl"
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            if e["type"] == "step":
+                steps.append(e["step"])
+    return max(steps, default=0)
+
+
+def test_two_processes_match_one_process_with_twice_the_micro_batch(tmp_path, code_corpus, cache_dir) -> None:
+    args = ["run", "--data", str(code_corpus), "--max-steps", "20", "--plain", *sets(TINY)]
+    one = localtrain([*args, "--run-dir", "one"], tmp_path, cache_dir)
+    two = localtrain([*args, "--run-dir", "two", "--nproc", "2"], tmp_path, cache_dir)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+    plan1 = next(e for e in read_jsonl(tmp_path / "one" / "events.jsonl") if e["type"] == "plan")
+    plan2 = next(e for e in read_jsonl(tmp_path / "two" / "events.jsonl") if e["type"] == "plan")
+    assert (plan1["world_size"], plan1["micro_batch_size"]) == (1, 8)
+    assert (plan2["world_size"], plan2["micro_batch_size"]) == (2, 4)
+    a, b = step_losses(tmp_path / "one"), step_losses(tmp_path / "two")
+    assert sorted(a) == sorted(b) == list(range(1, 21))
+    assert max(abs(a[k] - b[k]) for k in a) < 1e-5
+    # Rank 0 alone wrote the run directory: one config, one event stream, one checkpoint set.
+    assert len([e for e in read_jsonl(tmp_path / "two" / "events.jsonl") if e["type"] == "done"]) == 1
+
+
+def test_sigkill_of_the_launcher_then_exact_resume_and_a_smaller_world(tmp_path, code_corpus, cache_dir) -> None:
+    args = ["run", "--data", str(code_corpus), "--max-steps", "30", "--plain", *sets(TINY + ["model.dropout=0.1"])]
+    straight = localtrain([*args, "--run-dir", "straight", "--nproc", "2"], tmp_path, cache_dir)
+    assert straight.returncode == 0, straight.stderr
+
+    run_dir = tmp_path / "killed"
+    proc = start_localtrain([*args, "--run-dir", "killed", "--nproc", "2"], tmp_path, cache_dir)
+    wait_for(lambda: (run_dir / "checkpoints" / "step-00000010" / "COMPLETE").exists(), proc=proc)
+    wait_for(lambda: last_step(run_dir) >= 14, proc=proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate()
+    # The workers die with their launcher: nothing holds the run directory.
+    resumed = localtrain(["run", "--resume", "--run-dir", "killed", "--nproc", "2", "--plain"], tmp_path, cache_dir)
+    assert resumed.returncode == 0, resumed.stderr
+    state = json.loads((run_dir / "checkpoints" / "step-00000030" / "state.json").read_text())
+    assert state["world_size"] == 2 and len(state["rng_ranks"]) == 2
+    assert step_losses(run_dir) == step_losses(tmp_path / "straight")
+    final = "checkpoints/step-00000030/model.safetensors"
+    assert (run_dir / final).read_bytes() == (tmp_path / "straight" / final).read_bytes()
+
+    # The same run continues on one process: the data cursor is global, so it re-splits.
+    one = localtrain(["run", "--resume", "--run-dir", "killed", "--max-steps", "35", "--plain"], tmp_path, cache_dir)
+    assert one.returncode == 0, one.stderr
+    plans = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "plan"]
+    assert (plans[-1]["world_size"], plans[-1]["resumed_from"]) == (1, 30)
+    assert read_jsonl(run_dir / "events.jsonl")[-1]["step"] == 35
+
+
+def test_a_failing_rank_brings_the_job_down_and_keeps_the_last_checkpoint(tmp_path, code_corpus, cache_dir) -> None:
+    args = ["run", "--data", str(code_corpus), "--max-steps", "1000", "--plain", "--run-dir", "r",
+            *sets(TINY + ["train.checkpoint_every=5"])]
+    script = Path(__file__).with_name("ddp_fault.py")
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--standalone", "--max-restarts=0",
+         "--monitor-interval=0.5", str(script), *args],
+        cwd=tmp_path, env=cli_env(cache_dir), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "injected failure on rank 1 at step 6" in proc.stderr
+    # torchrun's summary names the failing rank as the root cause, with its error.
+    root = proc.stderr[proc.stderr.index("Root Cause"):]
+    assert "rank      : 1" in root and "injected failure on rank 1 at step 6" in root
+    (last,) = complete_checkpoints(tmp_path / "r")[-1:]
+    assert last.name == "step-00000005"
+    load(last)  # every file verifies
