@@ -26,6 +26,30 @@ class OutOfMemory(Exception):
     """
 
 
+def check_weights(expected: dict[str, tuple[int, ...]], weights: dict[str, np.ndarray]) -> None:
+    """Refuse weights that do not fit the model, naming every tensor that is missing,
+    unknown or of another shape (with both shapes)."""
+    from localtrain.errors import CheckpointError
+
+    problems = []
+    missing = [f"{k} {expected[k]}" for k in expected if k not in weights]
+    unknown = [f"{k} {tuple(weights[k].shape)}" for k in weights if k not in expected]
+    if missing:
+        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    if unknown:
+        problems.append(f"{len(unknown)} unknown ({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''})")
+    for name, want in expected.items():
+        if name in weights and tuple(weights[name].shape) != tuple(want):
+            problems.append(f"{name} has shape {tuple(weights[name].shape)}, the model needs {tuple(want)}")
+    if problems:
+        raise CheckpointError(
+            "The checkpoint's weights do not fit this model: " + "; ".join(problems[:4])
+            + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+            + ". It was written for a different model shape or vocabulary; resume with the"
+            " run's own config, or start a new run."
+        )
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether a framework error means memory ran out (CUDA, MPS, Metal, or the CPU allocator)."""
     text = str(exc).lower()
@@ -66,9 +90,10 @@ class Backend(Protocol):
         """Per-token negative log-likelihood (nats), shape of `y`, in eval mode, no gradients."""
 
     def generate(
-        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int
+        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int,
+        top_p: float = 1.0,
     ) -> list[int]:
-        """Continue `prompt` by sampling; the same seed gives the same tokens."""
+        """Continue `prompt` by sampling (top-k, then the top-p nucleus); the same seed gives the same tokens."""
 
     def memory_bytes(self) -> int:
         """Memory the backend holds now (device memory, or process RSS on CPU)."""

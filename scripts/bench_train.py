@@ -1,4 +1,4 @@
-"""Throughput and MFU of the torch CPU backend on the tiny-shakespeare shape.
+"""Throughput and MFU of the training step on the tiny-shakespeare shape (torch; --backend mlx for MLX).
 
 Prints the measured matmul peak, tokens/s and MFU of the training step (4 layers,
 4 heads, 128 wide, context 64, micro-batch 12), eager and compiled, and their ratios to
@@ -120,13 +120,13 @@ def alternate(rounds: int, steps: int) -> tuple[float, float, float, int]:
     return statistics.median(a_all), statistics.median(b_all), statistics.median(ratios), base.params
 
 
-def measure_step(compile_: bool, steps: int) -> dict:
+def measure_step(compile_: bool, steps: int, backend: str = "torch") -> dict:
     from localtrain import metrics
-    from localtrain.backends.torch_backend import TorchBackend
     from localtrain.config import resolve
+    from localtrain.runner import backend_class
 
     config = resolve("tiny-shakespeare")
-    b = TorchBackend("cpu", "float32", 0, "on" if compile_ else "off")
+    b = backend_class(backend)("cpu", "float32", 0, "on" if compile_ else "off")
     vocab = 65
     b.build(config.model, vocab, 0)
     b.configure_optimizer(config.train)
@@ -193,7 +193,11 @@ def main() -> None:
     ap.add_argument("--ref-tok-s", type=float, default=12_000.0, help="reference tokens/s")
     ap.add_argument("--ref-val-loss", type=float, default=1.886, help="reference val loss after 2,000 steps")
     ap.add_argument("--ref-seconds", type=float, default=141.0, help="reference wall time of 2,000 steps")
+    ap.add_argument("--backend", choices=["torch", "mlx"], default="torch",
+                    help="mlx: time the MLX step (eager and mx.compile) beside torch's eager step, same shape")
     args = ap.parse_args()
+    if args.backend == "mlx":
+        return compare_mlx(args.steps)
 
     from localtrain.backends.torch_backend import TorchBackend
 
@@ -232,6 +236,31 @@ def main() -> None:
         if reached:
             print(f"  val loss first at or below {args.ref_val_loss:.3f} at step {reached[0]}"
                   f" ({reached[1]:.4f}), {reached[2]:.1f} s after the plan")
+
+
+def compare_mlx(steps: int) -> None:
+    """The MLX step beside torch's on the same shape, with each framework's own matmul peak."""
+    from localtrain.backends.mlx_backend import MLXBackend
+    from localtrain.backends.torch_backend import TorchBackend
+
+    import mlx.core as mx
+
+    peaks = {"torch": TorchBackend("cpu", "float32").measure_peak_flops(),
+             "mlx": MLXBackend("cpu", "float32").measure_peak_flops()}
+    print(f"machine: {os.cpu_count()} CPUs; mlx {mx.__version__} on {mx.default_device()}; fp32 matmul peak"
+          f" measured now: torch {peaks['torch'] / 1e9:.1f} GFLOP/s, mlx {peaks['mlx'] / 1e9:.1f} GFLOP/s")
+    rows = [("torch", "eager", measure_step(False, steps, "torch")),
+            ("mlx", "eager", measure_step(False, steps, "mlx")),
+            ("mlx", "mx.compile", measure_step(True, steps, "mlx"))]
+    r0 = rows[0][2]
+    print(f"shape: tiny-shakespeare (4 layers, 4 heads, 128 wide, context 64, micro-batch 12), "
+          f"{r0['params']:,} params, {r0['flops_per_token'] / 1e6:.2f} MFLOP/token")
+    print()
+    print(f"{'backend':8} {'variant':11} {'tok/s (median)':>15} {'MFU of own peak':>16} {'vs torch':>9} {'warm-up s':>10}")
+    for backend, name, r in rows:
+        mfu = r["flops_per_token"] * r["median_tok_s"] / peaks[backend]
+        print(f"{backend:8} {name:11} {r['median_tok_s']:15,.0f} {mfu:16.1%}"
+              f" {r['median_tok_s'] / r0['median_tok_s']:8.3f}x {r['warmup_s']:10.1f}")
 
 
 if __name__ == "__main__":

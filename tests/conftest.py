@@ -94,3 +94,20 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def sets(overrides: list[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
+
+
+# A bpe vocabulary and grouped-query attention: the shapes an export must carry over.
+TRAINED = TINY + ["data.tokenizer=bpe", "data.vocab_size=600", "data.character_coverage=0.9995", "model.n_kv_head=1"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory, code_corpus: Path, cache_dir: Path) -> Path:
+    """A finished 20-step torch run on the code corpus, with checkpoints at 10 and 20 and best/."""
+    root = tmp_path_factory.mktemp("trained")
+    done = localtrain(
+        ["run", "--data", str(code_corpus), "--max-steps", "20", "--run-dir", "run", "--backend", "torch",
+         *sets(TRAINED)],
+        root, cache_dir,
+    )
+    assert done.returncode == 0, done.stderr
+    return root / "run"

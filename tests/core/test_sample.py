@@ -1,0 +1,56 @@
+"""`localtrain sample`: from a run's checkpoints or an export, on either backend, seeded."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import localtrain
+
+
+def samples(args: list[str], tmp_path, cache_dir) -> list[dict]:
+    done = localtrain(["sample", *args, "--json"], tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_the_same_seed_gives_the_same_text_and_another_seed_another(trained_run, tmp_path, cache_dir) -> None:
+    args = [str(trained_run), "--prompt", "def ", "--prompt", "class ", "--max-tokens", "24",
+            "--num-samples", "2", "--backend", "torch"]
+    first, again = samples(args, tmp_path, cache_dir), samples(args, tmp_path, cache_dir)
+    assert first == again
+    assert [r["prompt"] for r in first] == ["def ", "def ", "class ", "class "]
+    assert len({r["seed"] for r in first}) == 4 and len({r["text"] for r in first}) > 1
+    assert all(0 < r["tokens"] <= 24 for r in first)
+    other = samples([*args, "--seed", "99"], tmp_path, cache_dir)
+    assert [r["text"] for r in other] != [r["text"] for r in first]
+
+
+def test_greedy_text_is_the_same_from_a_checkpoint_an_export_and_either_backend(trained_run, tmp_path, cache_dir) -> None:
+    pytest.importorskip("mlx.core", reason="MLX is not installed (pip install 'mlx[cpu]' on Linux)")
+    exported = localtrain(["export", str(trained_run), "--checkpoint", "best", "--out", "hf"], tmp_path, cache_dir)
+    assert exported.returncode == 0, exported.stderr
+    greedy = ["--prompt", "import ", "--max-tokens", "30", "--temperature", "0"]
+    texts = {
+        (where, backend): samples([where, "--checkpoint", "best", *greedy, "--backend", backend], tmp_path, cache_dir)
+        [0]["text"]
+        for where in (str(trained_run), str(tmp_path / "hf"))
+        for backend in ("torch", "mlx")
+    }
+    assert len(set(texts.values())) == 1, texts
+    assert next(iter(texts.values()))  # it generated something
+
+
+def test_bad_settings_and_sources_are_clear_errors(trained_run, tmp_path, cache_dir) -> None:
+    cases = [
+        ([str(trained_run), "--top-p", "0"], "--top-p 0.0: use a share of probability in (0, 1]"),
+        ([str(trained_run), "--max-tokens", "0", "--temperature", "-1"], "--max-tokens 0: generate at least 1 token"),
+        ([str(trained_run), "--checkpoint", "step-3"], "has no complete checkpoint at step 3"),
+        ([str(trained_run), "--prompt-file", str(tmp_path / "absent.txt")], "--prompt-file"),
+        ([str(tmp_path)], "is neither a run directory"),
+    ]
+    for args, message in cases:
+        done = localtrain(["sample", *args], tmp_path, cache_dir)
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
