@@ -1,4 +1,4 @@
-"""Training and validation windows over a token file.
+"""Training and validation windows over the token shards of a split (one array or a `ShardedTokens`).
 
 Training walks fixed-length windows in a seeded random order, epoch after epoch; each
 epoch shifts the window boundaries by a seeded offset so a small corpus is not cut the

@@ -1,24 +1,35 @@
-"""prepare(): from a data source to a tokenizer and two flat token files, cached.
+"""prepare(): from a data source to a tokenizer and token shards, resumable and cached.
 
-The cache key is computed from the file listing (names, sizes, modification times)
-and the data settings, before anything is read, so a second run on unchanged data
-opens the cached files at once. A preparation is written into a temporary sibling
-directory and renamed into place only when complete: a killed or concurrent run never
-leaves a directory that looks finished.
+The work happens in one directory (in the cache, keyed by the source and the data
+settings, or the one given to `localtrain prepare --out`):
+
+1. A first pass reads documents until it holds `data.tokenizer_sample_bytes` of the
+   training split (the first ones in source order, so the sample is reproducible and
+   memory stays bounded) and trains the tokenizer; `tokenizer.model` and a first
+   `manifest.json` are written.
+2. The second pass reads the source from the manifest's cursor. Documents are cleaned
+   (in worker processes), filtered (minimum length, exact duplicates by hash), given a
+   split by the hash of their key, encoded (in worker processes) and appended to the
+   shards. After every ~1 MB of text the shards, the duplicate hashes and the manifest
+   (with the source cursor after the last task read) are committed (and at least every
+   two seconds), so a killed run
+   continues from its last commit and ends with the same bytes as an uninterrupted one.
+
+A directory whose manifest says `complete` is the cache hit: a second run on unchanged
+inputs returns it without reading anything.
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import datetime
+import fcntl
 import hashlib
 import json
 import os
-import secrets
-import shutil
-import socket
-import sys
 import time
-from collections.abc import Set
+from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,22 +37,16 @@ from typing import Any
 import numpy as np
 
 from localtrain.config import DataConfig
-from localtrain.data.sources import (
-    Document,
-    SourceFile,
-    cut_text,
-    list_files,
-    read_corpus,
-    resolve_source,
-    sample_order,
-    split_documents,
-)
+from localtrain.data.encode import Encoder
+from localtrain.data.inputs import SourceSpec, source_spec
+from localtrain.data.shards import SPLITS, ShardedTokens, ShardWriter, read_manifest, write_manifest
+from localtrain.data.stream import Doc, Source, run_tasks, worker_count
 from localtrain.data.tokenizer import Tokenizer, tokenizer_settings, train_tokenizer
 from localtrain.errors import DataError
-from localtrain.events import Emit, Prepare
-from localtrain.files import fsync_dir, write_synced
+from localtrain.events import Emit, Prepare, Warning
+from localtrain.files import write_atomic
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEY_FIELDS = (
     "include",
     "exclude",
@@ -51,28 +56,27 @@ KEY_FIELDS = (
     "vocab_size",
     "character_coverage",
     "tokenizer_sample_bytes",
+    "min_chars",
+    "shard_tokens",
 )
-ENCODE_BATCH_BYTES = 8 << 20  # bounds the Python lists of ids alive at once
-STALE_TEMP_SECONDS = 24 * 3600
-_HOST = hashlib.sha256(socket.gethostname().encode("utf-8")).hexdigest()[:8]
+COMMIT_BYTES = 1 << 20
+COMMIT_SECONDS = 2.0  # a slow source still commits often (where the shards stand does not depend on it)
+PROGRESS_SECONDS = 1.0
+SEEN_FILE = "seen.bin"
 SPLIT_RULE = (
-    "by document: documents ordered by sha256 of their key go to val until val holds "
-    "val_fraction of the bytes; each split keeps corpus order; eos_id follows every document"
+    "by document: a document goes to val when the first 8 bytes of the sha256 of its key, read as a "
+    "big-endian fraction of 2**64, are below val_fraction (a split that ends up without documents takes "
+    "the last one of the other); each split keeps source order; eos_id follows every document"
 )
+SHOWN = 5
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """A prepared corpus: `tokenizer.model`, `train.bin`, `val.bin` and `meta.json` in one directory.
-
-    The token files are raw little-endian `dtype` arrays, one document after another,
-    each followed by the tokenizer's eos_id.
-    """
+    """A prepared corpus: `tokenizer.model`, the token shards of each split and `manifest.json`."""
 
     dir: Path
     tokenizer_path: Path
-    train_path: Path
-    val_path: Path
     dtype: str
     vocab_size: int
     train_tokens: int
@@ -84,19 +88,21 @@ class PreparedData:
 
     @classmethod
     def from_dir(cls, directory: Path) -> PreparedData:
-        """Open a prepared directory through its meta.json."""
-        meta = json.loads((directory / "meta.json").read_text(encoding="utf-8"))
+        """Open a prepared directory through its manifest.json."""
+        meta = read_manifest(directory)
+        if meta is None:
+            raise DataError(f"`{directory}` holds no manifest.json: it is not prepared data. Run `localtrain "
+                            f"prepare --out {directory}` to prepare it.")
+        splits = meta["splits"]
         return cls(
             dir=directory,
             tokenizer_path=directory / "tokenizer.model",
-            train_path=directory / "train.bin",
-            val_path=directory / "val.bin",
             dtype=meta["dtype"],
             vocab_size=meta["vocab_size"],
-            train_tokens=meta["tokens"]["train"],
-            val_tokens=meta["tokens"]["val"],
-            train_bytes=meta["bytes"]["train"],
-            val_bytes=meta["bytes"]["val"],
+            train_tokens=splits["train"]["tokens"],
+            val_tokens=splits["val"]["tokens"],
+            train_bytes=splits["train"]["bytes"],
+            val_bytes=splits["val"]["bytes"],
             tokenizer_sha256=meta["tokenizer_sha256"],
             meta=meta,
         )
@@ -104,12 +110,15 @@ class PreparedData:
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.tokenizer_path)
 
-    def load(self, split: str) -> np.memmap:
-        """The tokens of `split` ("train" or "val") as a read-only memory map."""
-        if split not in ("train", "val"):
+    def shards(self, split: str) -> list[Path]:
+        return [self.dir / s["file"] for s in self.meta["splits"][split]["shards"]]
+
+    def load(self, split: str) -> ShardedTokens:
+        """The tokens of `split` ("train" or "val"): its shards seen as one read-only array."""
+        if split not in SPLITS:
             raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-        path = self.train_path if split == "train" else self.val_path
-        return np.memmap(path, dtype=np.dtype(self.dtype).newbyteorder("<"), mode="r")
+        shards = self.meta["splits"][split]["shards"]
+        return ShardedTokens(self.shards(split), [s["tokens"] for s in shards], self.dtype)
 
 
 def cache_root(data: DataConfig) -> Path:
@@ -123,201 +132,350 @@ def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
 
-def cache_key(data: DataConfig, root: Path, files: list[SourceFile], explicit: Set[str]) -> str:
-    """sha256 of everything the prepared output depends on, known before reading a file."""
+def cache_key(data: DataConfig, spec: SourceSpec, explicit: Set[str]) -> str:
+    """sha256 of everything the prepared output depends on, known before reading the source."""
     payload = {
         "format": FORMAT_VERSION,
-        "source": str(root.resolve()),
-        "files": [[f.relpath, f.size, f.mtime_ns] for f in files],
+        "source": spec.fingerprint,
         "data": {k: getattr(data, k) for k in KEY_FIELDS},
         "vocab_size_explicit": "data.vocab_size" in explicit,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
+def is_val(key: str, val_fraction: float) -> bool:
+    """The split rule: the document's key hashes below val_fraction."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return h < val_fraction * 2**64
+
+
+def text_hash(text: str) -> bytes:
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+
+
+class Filters:
+    """Minimum length and exact-duplicate removal, with drops counted by reason."""
+
+    def __init__(self, data: DataConfig, seen: set[bytes], dropped: dict[str, int]) -> None:
+        self.min_chars = data.min_chars
+        self.val_fraction = data.val_fraction
+        self.seen = seen
+        self.new_hashes: list[bytes] = []
+        self.dropped: collections.Counter[str] = collections.Counter(dropped)
+
+    def __call__(self, docs: list[Doc]) -> Iterator[tuple[Doc, str]]:
+        for doc in docs:
+            if self.min_chars and len(doc.text) < self.min_chars:
+                self.dropped["short"] += 1
+                continue
+            h = text_hash(doc.text)
+            if h in self.seen:
+                self.dropped["duplicate"] += 1
+                continue
+            self.seen.add(h)
+            self.new_hashes.append(h)
+            yield doc, "val" if is_val(doc.key, self.val_fraction) else "train"
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    with open(directory / ".lock", "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # a second preparation of the same data waits for the first
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def prepare(
-    data: DataConfig, emit: Emit, explicit: Set[str] = frozenset(), threads: int = 0
+    data: DataConfig,
+    emit: Emit,
+    explicit: Set[str] = frozenset(),
+    threads: int = 0,
+    out_dir: Path | str | None = None,
 ) -> PreparedData:
-    """Read, split, train the tokenizer and encode, or return the cached result.
+    """Prepare `data` into token shards (or continue or reuse an earlier preparation).
 
     `explicit` holds the dotted config keys set on the command line (a default
-    vocab_size may shrink to fit a small corpus; an explicit one may not); `threads`
-    is the encoder's thread count (0: every core).
+    vocab_size may shrink to fit a small corpus; an explicit one may not); `threads` is
+    the number of worker processes for cleaning and encoding (0: every core); `out_dir`
+    is the directory to prepare into instead of the cache.
     """
     start = time.perf_counter()
-    root, include, exclude = resolve_source(data)
-    files = list_files(root, include, exclude)
-    key = cache_key(data, root, files, explicit)
-    parent = cache_root(data) / "data"
-    final = parent / key[:20]
-    if (final / "meta.json").is_file():
-        prepared = PreparedData.from_dir(final)
-        _emit_done(emit, prepared, time.perf_counter() - start, cached=True)
-        return prepared
-
-    corpus = read_corpus(data, emit, files)
-    train_docs, val_docs = split_documents(corpus.documents, data.val_fraction)
-    tok = train_tokenizer(tokenizer_sample(train_docs, data.tokenizer_sample_bytes), data, explicit, emit)
-    dtype = token_dtype(tok.vocab_size)
-
-    parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale_temps(parent)
-    tmp = parent / f".tmp-{key[:20]}-{_HOST}-{os.getpid()}-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
-        encode_start = time.perf_counter()
-        train_tokens = _encode_to_file(tok, train_docs, tmp / "train.bin", dtype, threads)
-        val_tokens = _encode_to_file(tok, val_docs, tmp / "val.bin", dtype, threads)
-        if train_tokens < 2 or val_tokens < 2:
-            raise DataError(
-                f"The prepared data of `{root}` has {train_tokens} train and {val_tokens} validation tokens, "
-                f"but each split needs at least 2. Give more text, or raise data.val_fraction."
-            )
-        emit(Prepare(
-            stage="encode",
-            message=f"Encoded {train_tokens:,} train and {val_tokens:,} validation tokens ({dtype}).",
-            documents=len(train_docs) + len(val_docs),
-            tokens=train_tokens + val_tokens,
-            seconds=time.perf_counter() - encode_start,
-        ))
-        write_synced(tmp / "tokenizer.model", tok.model_bytes)
-        meta = {
-            "format": FORMAT_VERSION,
-            "cache_key": key,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "source": data.source,
-            "path": str(root.resolve()),
-            "files": corpus.files,
-            "skipped": corpus.skipped,
-            "documents": {"train": len(train_docs), "val": len(val_docs)},
-            "bytes": {"train": _text_bytes(train_docs), "val": _text_bytes(val_docs)},
-            "tokens": {"train": train_tokens, "val": val_tokens},
-            "dtype": dtype,
-            "vocab_size": tok.vocab_size,
-            "bos_id": tok.bos_id,
-            "eos_id": tok.eos_id,
-            "tokenizer": {**tokenizer_settings(data), "vocab_size": tok.vocab_size,
-                          "requested_vocab_size": data.vocab_size},
-            "tokenizer_sha256": tok.sha256,
-            "split": {"rule": SPLIT_RULE, "val_fraction": data.val_fraction,
-                      "document_bytes": data.document_bytes},
-            "data": {k: getattr(data, k) for k in KEY_FIELDS},
-        }
-        # meta.json is written last: a directory without it is never taken for a finished one.
-        write_synced(tmp / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False).encode("utf-8"))
-        _publish(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    prepared = PreparedData.from_dir(final)
+    spec = source_spec(data)
+    key = cache_key(data, spec, explicit)
+    directory = Path(out_dir).expanduser() if out_dir else cache_root(data) / "data" / key[:20]
+    directory.mkdir(parents=True, exist_ok=True)
+    with _locked(directory):
+        manifest = read_manifest(directory)
+        if manifest is not None and manifest.get("cache_key") != key:
+            if out_dir is None:
+                manifest = None
+            else:
+                raise DataError(
+                    f"`{directory}` holds data prepared from another source or with other settings "
+                    f"({manifest.get('source')!r}). Nothing was changed. Choose another --out directory, or "
+                    f"delete that one to prepare it afresh."
+                )
+        if manifest is not None and manifest.get("complete"):
+            prepared = PreparedData.from_dir(directory)
+            _emit_done(emit, prepared, time.perf_counter() - start, cached=True)
+            return prepared
+        source = spec.open(emit)
+        workers = worker_count(threads)
+        if manifest is None:
+            manifest = _start(data, directory, key, spec, source, emit, explicit, workers)
+        else:
+            emit(Prepare(stage="resume", message=f"Continuing the preparation in {directory} from "
+                         f"{_counts_text(manifest)}.", documents=_documents(manifest),
+                         tokens=_tokens(manifest)))
+        _encode_pass(data, directory, manifest, source, emit, workers)
+    prepared = PreparedData.from_dir(directory)
     _emit_done(emit, prepared, time.perf_counter() - start, cached=False)
     return prepared
 
 
-def tokenizer_sample(train_docs: list[Document], limit_bytes: int) -> list[str]:
-    """A reproducible sample of at most `limit_bytes`: train documents in sha256-of-key order."""
+def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source: Source, emit: Emit,
+           explicit: Set[str], workers: int) -> dict[str, Any]:
+    """Pass 1: the tokenizer sample, the tokenizer, and the first (empty) manifest."""
+    for pattern in ("train-[0-9]*.bin", "val-[0-9]*.bin"):
+        for stale in directory.glob(pattern):
+            stale.unlink()  # shards of a preparation killed before its first manifest
+    sample, read = tokenizer_sample(data, source, workers)
+    if not sample:
+        raise DataError(_no_documents(source, read))
+    emit(Prepare(stage="read", message=f"Read {read['documents']:,} documents ({read['bytes']:,} bytes of input) "
+                 f"from {source.name} for the tokenizer sample of {sum(len(s) for s in sample):,} characters.",
+                 files=read["tasks"], documents=read["documents"], bytes=read["bytes"],
+                 skipped=sum(read["dropped"].values()), dropped=dict(read["dropped"])))
+    tok = train_tokenizer(sample, data, explicit, emit)
+    del sample
+    write_atomic(directory / "tokenizer.model", tok.model_bytes)
+    manifest = {
+        "format": FORMAT_VERSION,
+        "cache_key": key,
+        "complete": False,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "source": data.source,
+        "sources": [{"name": source.name, "kind": source.kind, "fingerprint": spec.fingerprint, "cursor": None}],
+        "dtype": token_dtype(tok.vocab_size),
+        "vocab_size": tok.vocab_size,
+        "bos_id": tok.bos_id,
+        "eos_id": tok.eos_id,
+        "tokenizer": {**tokenizer_settings(data), "vocab_size": tok.vocab_size,
+                      "requested_vocab_size": data.vocab_size},
+        "tokenizer_sha256": tok.sha256,
+        "shard_tokens": data.shard_tokens,
+        "split": {"rule": SPLIT_RULE, "val_fraction": data.val_fraction, "document_bytes": data.document_bytes},
+        "splits": {s: {"shards": [], "tokens": 0, "documents": 0, "bytes": 0} for s in SPLITS},
+        "dedup": {"file": SEEN_FILE, "count": 0},
+        "dropped": {},
+        "problems": [],
+        "input_bytes": 0,
+        "data": {k: getattr(data, k) for k in KEY_FIELDS},
+    }
+    (directory / SEEN_FILE).write_bytes(b"")
+    write_manifest(directory, manifest)
+    return manifest
+
+
+def tokenizer_sample(data: DataConfig, source: Source, workers: int) -> tuple[list[str], dict[str, Any]]:
+    """The first `data.tokenizer_sample_bytes` of training text, in source order, after the filters."""
+    filters = Filters(data, set(), {})
     sample: list[str] = []
     total = 0
-    for doc in sample_order(train_docs):
-        size = len(doc.text.encode("utf-8"))
-        if total + size > limit_bytes:
-            rest = limit_bytes - total
-            if rest > 0:
-                sample.append(cut_text(doc.text, rest)[0])
-            break
-        sample.append(doc.text)
-        total += size
-    return sample
-
-
-def _text_bytes(docs: list[Document]) -> int:
-    return sum(len(d.text.encode("utf-8")) for d in docs)
-
-
-def _encode_to_file(tok: Tokenizer, docs: list[Document], path: Path, dtype: str, threads: int) -> int:
-    le = np.dtype(dtype).newbyteorder("<")
-    written = 0
-    with open(path, "wb") as f:
-        for batch in _batches(docs):
-            ids = tok.encode_batch([d.text for d in batch], threads)
-            out = np.empty(sum(len(x) + 1 for x in ids), dtype=le)
-            pos = 0
-            for x in ids:
-                out[pos : pos + len(x)] = x
-                out[pos + len(x)] = tok.eos_id
-                pos += len(x) + 1
-            f.write(out.tobytes())
-            written += len(out)
-        f.flush()
-        os.fsync(f.fileno())
-    return written
-
-
-def _batches(docs: list[Document]) -> list[list[Document]]:
-    batches: list[list[Document]] = [[]]
-    size = 0
-    for d in docs:
-        if batches[-1] and size >= ENCODE_BATCH_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(d)
-        size += len(d.text)
-    return batches
-
-
-def _publish(tmp: Path, final: Path) -> None:
+    read: dict[str, Any] = {"tasks": 0, "documents": 0, "bytes": 0}
+    tasks = source.tasks(None)
     try:
-        os.rename(tmp, final)
-    except OSError:
-        if (final / "meta.json").is_file():
-            return  # a concurrent preparation of the same data finished first; keep its result
-        # A directory without meta.json is not a finished preparation (one removed by hand).
-        shutil.rmtree(final, ignore_errors=True)
-        os.rename(tmp, final)
-    fsync_dir(final.parent)
+        for result, _ in run_tasks(tasks, workers):
+            read["tasks"] += 1
+            read["bytes"] += result.bytes
+            read["documents"] += len(result.docs)
+            filters.dropped.update(result.dropped)
+            for doc, split in filters(result.docs):
+                if split != "train":
+                    continue
+                size = len(doc.text.encode("utf-8"))
+                if total + size > data.tokenizer_sample_bytes:
+                    from localtrain.data.sources import cut_text
+
+                    rest = data.tokenizer_sample_bytes - total
+                    if rest > 0:
+                        sample.append(cut_text(doc.text, rest)[0])
+                    total = data.tokenizer_sample_bytes
+                    break
+                sample.append(doc.text)
+                total += size
+            if total >= data.tokenizer_sample_bytes:
+                break
+    finally:
+        tasks.close()
+    read["dropped"] = dict(filters.dropped)
+    return sample, read
 
 
-def _clean_stale_temps(parent: Path) -> None:
-    # Temporary directories of killed preparations: on this host, those whose process is
-    # gone; on a shared cache, any other host's once they are a day old.
-    now = time.time()
-    for entry in parent.glob(".tmp-*"):
-        try:
-            _, _, host, pid_text, _ = entry.name.split("-")
-            pid = int(pid_text)
-            age = now - entry.stat().st_mtime
-        except (ValueError, OSError):
-            continue
-        dead = host == _HOST and pid != os.getpid() and not _alive(pid)
-        if dead or age > STALE_TEMP_SECONDS:
-            shutil.rmtree(entry, ignore_errors=True)
+def _no_documents(source: Source, read: dict[str, Any]) -> str:
+    dropped = ", ".join(f"{n:,} {reason}" for reason, n in sorted(read["dropped"].items())) or "none"
+    problems = " ".join(source.problems())
+    return (
+        f"The data source `{source.name}` yields no documents to train on: {read['tasks']:,} unit(s) read "
+        f"({read['bytes']:,} bytes), {read['documents']:,} document(s) found, dropped by reason: {dropped}. "
+        f"{problems + ' ' if problems else ''}Point --data at UTF-8 text, a directory of it, a MediaWiki dump or "
+        f"a JSONL file with a `text` field, or loosen data.include / data.exclude / data.min_chars."
+    )
 
 
-def _alive(pid: int) -> bool:
-    if sys.platform == "win32":
-        return True  # os.kill would terminate it there; rely on the age rule instead
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], source: Source, emit: Emit,
+                 workers: int) -> None:
+    """Pass 2: read from the manifest's cursor, filter, encode and append, committing as it goes."""
+    writer = ShardWriter(directory, manifest)
+    seen_path = directory / SEEN_FILE
+    count = manifest["dedup"]["count"]
+    with open(seen_path, "r+b") as f:
+        f.truncate(count * 8)
+    raw = np.fromfile(seen_path, dtype="S8", count=count) if count else np.empty(0, dtype="S8")
+    seen = set(raw.tolist())
+    filters = Filters(data, seen, manifest["dropped"])
+    tok = Tokenizer.load(directory / "tokenizer.model")
+    if tok.sha256 != manifest["tokenizer_sha256"]:
+        raise DataError(f"`{directory / 'tokenizer.model'}` is not the tokenizer its manifest names. Delete "
+                        f"{directory} to prepare it afresh.")
+    cursor = manifest["sources"][0]["cursor"]
+    pending: dict[str, list[str]] = {s: [] for s in SPLITS}
+    pending_bytes = 0
+    problems: list[str] = list(manifest.get("problems", []))
+    started = time.perf_counter()
+    last_event = last_commit = started
+    session = {"documents": 0, "bytes": 0, "articles": 0}
+
+    def commit(cursor_after: Any, complete: bool = False) -> None:
+        nonlocal pending_bytes
+        for split in SPLITS:
+            texts = pending[split]
+            if texts:
+                info = manifest["splits"][split]
+                info["documents"] += len(texts)
+                info["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
+                writer.append(split, encoder.encode(texts))
+            pending[split] = []
+        pending_bytes = 0
+        with open(seen_path, "ab") as f:
+            f.write(b"".join(filters.new_hashes))
+            f.flush()
+            os.fsync(f.fileno())
+        manifest["dedup"]["count"] += len(filters.new_hashes)
+        filters.new_hashes.clear()
+        manifest["sources"][0]["cursor"] = cursor_after
+        writer.commit(dropped=dict(filters.dropped), problems=problems, complete=complete)
+
+    with Encoder(tok.model_bytes, manifest["dtype"], workers) as encoder:
+        for result, cursor_after in run_tasks(source.tasks(cursor), workers):
+            filters.dropped.update(result.dropped)
+            problems.extend(result.problems)
+            manifest["input_bytes"] += result.bytes
+            session["bytes"] += result.bytes
+            session["articles"] += result.articles
+            for doc, split in filters(result.docs):
+                pending[split].append(doc.text)
+                pending_bytes += len(doc.text)
+                session["documents"] += 1
+            cursor = cursor_after
+            if pending_bytes >= COMMIT_BYTES or (pending_bytes and time.perf_counter() - last_commit >= COMMIT_SECONDS):
+                commit(cursor)
+                last_commit = time.perf_counter()
+                now = time.perf_counter()
+                if now - last_event >= PROGRESS_SECONDS:
+                    last_event = now
+                    emit(_progress(manifest, filters, session, now - started))
+        problems.extend(p for p in source.problems() if p not in problems)
+        # A split left without documents at the end (a corpus of very few) takes the
+        # last document of the other one, so that both exist.
+        for empty, other in (("val", "train"), ("train", "val")):
+            if not manifest["splits"][empty]["documents"] and not pending[empty] and len(pending[other]) > 1:
+                pending[empty].append(pending[other].pop())
+        commit(cursor)
+    for problem in problems:
+        emit(Warning(message=problem, code="source_problem"))
+    _warn_skipped(filters.dropped, problems, emit)
+    train_tokens = manifest["splits"]["train"]["tokens"]
+    val_tokens = manifest["splits"]["val"]["tokens"]
+    if train_tokens < 2 or val_tokens < 2:
+        raise DataError(
+            f"The prepared data of `{source.name}` has {train_tokens} train and {val_tokens} validation tokens, "
+            f"but each split needs at least 2. Give more text, or raise data.val_fraction (the split is drawn "
+            f"by document, so a corpus of few documents may leave one split empty; a smaller "
+            f"data.document_bytes cuts files into more documents)."
+        )
+    emit(_progress(manifest, filters, session, time.perf_counter() - started))
+    writer.commit(complete=True)
+
+
+def _warn_skipped(dropped: dict[str, int], problems: list[str], emit: Emit) -> None:
+    if dropped.get("not_utf8"):
+        names = [p for p in problems if "not UTF-8" in p]
+        emit(Warning(message=f"Skipped {dropped['not_utf8']} file(s) that are not UTF-8 text or contain NUL "
+                     f"bytes: {', '.join(names[:SHOWN])}.", code="skipped_files"))
+
+
+def _progress(manifest: dict[str, Any], filters: Filters, session: dict[str, int], seconds: float) -> Prepare:
+    docs = _documents(manifest)
+    return Prepare(
+        stage="encode",
+        message=f"{_counts_text(manifest)}; {session['documents'] / max(seconds, 1e-9):,.0f} documents/s, "
+        f"{session['bytes'] / 1e6 / max(seconds, 1e-9):.1f} MB/s of input.",
+        documents=docs,
+        bytes=manifest["input_bytes"],
+        tokens=_tokens(manifest),
+        seconds=seconds,
+        documents_per_s=session["documents"] / max(seconds, 1e-9),
+        mb_per_s=session["bytes"] / 1e6 / max(seconds, 1e-9),
+        dropped=dict(filters.dropped),
+        skipped=sum(filters.dropped.values()),
+    )
+
+
+def _documents(manifest: dict[str, Any]) -> int:
+    return sum(manifest["splits"][s]["documents"] for s in SPLITS)
+
+
+def _tokens(manifest: dict[str, Any]) -> int:
+    return sum(manifest["splits"][s]["tokens"] for s in SPLITS)
+
+
+def _counts_text(manifest: dict[str, Any]) -> str:
+    t, v = manifest["splits"]["train"], manifest["splits"]["val"]
+    return (f"{t['documents'] + v['documents']:,} documents, {t['tokens']:,} train and {v['tokens']:,} "
+            f"validation tokens written")
 
 
 def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool) -> None:
+    how = "Using the cached" if cached else "Prepared"
     meta = prepared.meta
-    where = "Using cached" if cached else "Prepared"
+    dropped = meta.get("dropped", {})
     emit(Prepare(
         stage="done",
-        message=f"{where} data in {prepared.dir}: {prepared.train_tokens:,} train and "
-        f"{prepared.val_tokens:,} validation tokens, vocabulary {prepared.vocab_size}.",
-        files=meta["files"],
-        documents=meta["documents"]["train"] + meta["documents"]["val"],
-        bytes=prepared.train_bytes + prepared.val_bytes,
-        skipped=len(meta["skipped"]),
+        message=f"{how} data in {prepared.dir}: {prepared.train_tokens:,} train and {prepared.val_tokens:,} "
+        f"validation tokens in {sum(len(meta['splits'][s]['shards']) for s in SPLITS)} shards, vocabulary "
+        f"{prepared.vocab_size}.",
+        documents=_documents(meta),
         tokens=prepared.train_tokens + prepared.val_tokens,
+        bytes=prepared.train_bytes + prepared.val_bytes,
         seconds=seconds,
         cached=cached,
+        dropped=dict(dropped),
+        skipped=sum(dropped.values()),
     ))
 
+
+def iter_documents(data: DataConfig, emit: Emit, threads: int = 0) -> Iterator[tuple[Doc, str]]:
+    """Every document the preparation keeps, with its split, in source order (for --emit-text)."""
+    source = source_spec(data).open(emit)
+    filters = Filters(data, set(), {})
+    tasks = source.tasks(None)
+    try:
+        for result, _ in run_tasks(tasks, worker_count(threads)):
+            yield from filters(result.docs)
+    finally:
+        tasks.close()
+    for problem in source.problems():
+        emit(Warning(message=problem, code="source_problem"))

@@ -9,6 +9,7 @@ train/validation split is drawn by document so the same text never lands in both
 from __future__ import annotations
 
 import codecs
+import glob
 import hashlib
 import os
 import stat
@@ -21,7 +22,7 @@ from localtrain.config import DataConfig
 from localtrain.errors import DataError
 from localtrain.events import Emit, Prepare, Warning
 
-# Named corpora that a later download feature will fetch; today they must be given as a path.
+# Named corpora that are downloaded when first prepared (see inputs.NAMED for where from).
 DOWNLOADABLE = {
     "tinyshakespeare": "the `input.txt` file of Karpathy's char-rnn tinyshakespeare",
     "wikitext-103": "the WikiText-103 raw text files (wiki.train.raw and friends)",
@@ -65,15 +66,22 @@ def resolve_source(data: DataConfig) -> tuple[Path, list[str], list[str]]:
     if name == "python-stdlib":
         return Path(sysconfig.get_paths()["stdlib"]), list(data.include), list(data.exclude)
     lowered = name.lower()
-    downloadable = lowered in DOWNLOADABLE or lowered.startswith(("hf:", "http://", "https://"))
-    if downloadable and not Path(name).expanduser().exists():
-        what = DOWNLOADABLE.get(lowered, "a local copy of it")
-        raise DataError(
-            f"The data source `{name}` is not on this machine, and downloading it is not available "
-            f"yet in this version of localtrain. Download it yourself and pass `--data PATH` to the "
-            f"local copy ({what})."
-        )
+    remote = lowered in DOWNLOADABLE or lowered.startswith(("hf:", "http://", "https://"))
+    if remote and not Path(name).expanduser().exists():
+        # Fetched when the data is prepared: the path it will have in the cache's downloads.
+        from localtrain.data.inputs import NAMED, download_path
+
+        target = NAMED.get(lowered, name)
+        if target.lower().startswith("hf:"):
+            return Path(target[3:]), list(data.include), list(data.exclude)
+        return download_path(data, target), list(data.include), list(data.exclude)
     path = Path(name).expanduser()
+    if not path.exists() and glob.has_magic(name):
+        from localtrain.data.inputs import _glob_root
+
+        root, pattern = _glob_root(name)
+        if root.is_dir():
+            return root, [pattern, *data.include], list(data.exclude)
     if not path.exists():
         raise DataError(
             f"The data source `{name}` is not a named source and the path `{path}` does not exist. "

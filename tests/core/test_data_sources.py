@@ -86,15 +86,13 @@ def test_stdlib_is_a_named_source() -> None:
     assert (include, exclude) == (["*.py"], ["x/*"])
 
 
-@pytest.mark.parametrize("name", ["tinyshakespeare", "wikitext-103", "enwiki", "hf:roneneldan/TinyStories",
-                                  "https://example.com/data.txt"])
-def test_named_source_not_on_this_machine(name: str) -> None:
-    with pytest.raises(DataError) as err:
-        resolve_source(config(name))
-    message = str(err.value)
-    assert name in message and "not on this machine" in message and "--data PATH" in message
-    if name == "tinyshakespeare":
-        assert "input.txt" in message
+@pytest.mark.parametrize("name", ["tinyshakespeare", "enwiki", "https://example.com/data.txt"])
+def test_named_and_url_sources_resolve_to_their_download_in_the_cache(name: str, tmp_path: Path) -> None:
+    data = dataclasses.replace(config(name), cache_dir=str(tmp_path))
+    path, _, _ = resolve_source(data)
+    assert path.parent.parent == tmp_path / "downloads"
+    assert path.name == {"tinyshakespeare": "input.txt", "enwiki": "enwiki-latest-pages-articles-multistream.xml.bz2",
+                         "https://example.com/data.txt": "data.txt"}[name]
 
 
 def test_missing_path(tmp_path: Path) -> None:

@@ -1,0 +1,212 @@
+"""MediaWiki XML dumps, read as a stream: `.xml`, `.xml.bz2` and the multistream variant.
+
+A whole dump is parsed incrementally and every finished `<page>` is handed on and
+freed, so memory stays bounded by one page however large the file. A dump that stops
+mid-page (a cut-off download), a corrupt bz2 block or bytes that are not XML end the
+reading: every complete page before that point is kept and `DumpReport.problem` says
+what happened and where.
+
+A multistream dump is a concatenation of independent bz2 streams of about 100 pages
+each, listed by its index file (`offset:page_id:title` lines). Each stream is a unit of
+work of its own: it can be read from its byte offset, decoded and parsed apart from the
+others, on any core, and a position in the dump is a stream offset.
+"""
+
+from __future__ import annotations
+
+import bz2
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from localtrain.data.wiki import Page
+from localtrain.errors import DataError
+
+READ_BYTES = 1 << 20
+_NS = re.compile(r"^\{[^}]*\}")
+
+
+@dataclass
+class DumpReport:
+    """How a dump read went: pages seen, bytes consumed, and the problem that stopped it."""
+
+    pages: int = 0
+    compressed_bytes: int = 0
+    problem: str | None = None
+    skipped_streams: list[int] = field(default_factory=list)
+
+
+def _local(tag: str) -> str:
+    return _NS.sub("", tag) if tag.startswith("{") else tag
+
+
+def _page(elem: ET.Element) -> Page:
+    title, ns, pid, redirect, text = "", None, 0, False, ""
+    for child in elem:
+        tag = _local(child.tag)
+        if tag == "title":
+            title = child.text or ""
+        elif tag == "ns":
+            ns = int(child.text or 0)
+        elif tag == "id":
+            pid = int(child.text or 0)
+        elif tag == "redirect":
+            redirect = True
+        elif tag == "revision":
+            for sub in child:
+                if _local(sub.tag) == "text":
+                    text = sub.text or ""
+    if ns is None:  # exports before schema 0.5 have no <ns>: a prefix in the title names it
+        ns = 0 if ":" not in title else -1
+    return Page(title, ns, pid, redirect, text)
+
+
+def _pages_from_parser(parser: ET.XMLPullParser) -> Iterator[Page]:
+    for event, elem in parser.read_events():
+        if event == "end" and _local(elem.tag) == "page":
+            yield _page(elem)
+            elem.clear()
+
+
+def open_compressed(path: Path) -> BinaryIO:
+    """The file's bytes, decompressed when its name ends in .bz2 (every stream of it)."""
+    if path.suffix == ".bz2":
+        return bz2.open(path, "rb")  # type: ignore[return-value]
+    return open(path, "rb")
+
+
+def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0) -> Iterator[Page]:
+    """Every complete page of a dump file, in order; the first `skip_pages` are parsed but not yielded.
+
+    Parsing stops at the first problem (cut-off file, corrupt bz2 data, malformed XML) and
+    records it in `report`; the pages before it have been yielded.
+    """
+    parser = ET.XMLPullParser(events=("end",))
+    raw = open(path, "rb")
+    stream: BinaryIO = bz2.BZ2File(raw) if path.suffix == ".bz2" else raw  # type: ignore[assignment]
+    closed = False
+    try:
+        while True:
+            try:
+                chunk = stream.read(READ_BYTES)
+            except (OSError, EOFError, ValueError) as exc:
+                report.problem = (f"the compressed data is corrupt after {raw.tell():,} bytes ({exc}); "
+                                  f"the {report.pages} complete pages before that point were kept")
+                break
+            report.compressed_bytes = raw.tell()
+            if not chunk:
+                try:
+                    parser.close()
+                    closed = True
+                except ET.ParseError:
+                    report.problem = (f"the file ends in the middle of a page after {report.pages} complete "
+                                      f"pages (a cut-off download?); every complete page was kept")
+                break
+            try:
+                parser.feed(chunk)
+            except ET.ParseError as exc:
+                error = exc
+            else:
+                error = None
+            # Pages finished before a parse error are still queued: they are kept.
+            for page in _pages_from_parser(parser):
+                report.pages += 1
+                if report.pages > skip_pages:
+                    yield page
+            if error is not None:
+                report.problem = (f"the XML is malformed ({error}); the {report.pages} complete pages before "
+                                  f"that point were kept")
+                break
+        if closed:
+            for page in _pages_from_parser(parser):
+                report.pages += 1
+                if report.pages > skip_pages:
+                    yield page
+    finally:
+        stream.close()
+        raw.close()
+
+
+# ---- multistream ------------------------------------------------------------------------
+
+
+def find_index(path: Path) -> Path | None:
+    """The index file beside a multistream dump: `...-multistream-index.txt[.bz2]`."""
+    name = path.name
+    for suffix in (".xml.bz2", ".xml"):
+        if name.endswith(suffix) and "multistream" in name:
+            stem = name[: -len(suffix)]
+            for candidate in (f"{stem}-index.txt.bz2", f"{stem}-index.txt"):
+                if (path.parent / candidate).is_file():
+                    return path.parent / candidate
+    return None
+
+
+def read_index(index: Path, dump_size: int) -> list[tuple[int, int]]:
+    """The (offset, length) of every bz2 stream that holds pages, in file order.
+
+    The index lists one line per page; consecutive distinct offsets delimit the streams,
+    and the last one runs to the closing stream of the file (the footer), found from the
+    dump's size below.
+    """
+    offsets: list[int] = []
+    try:
+        opener = bz2.open if index.suffix == ".bz2" else open
+        with opener(index, "rt", encoding="utf-8") as f:  # type: ignore[operator]
+            for n, line in enumerate(f, 1):
+                head = line.split(":", 1)[0]
+                if not head.strip():
+                    continue
+                try:
+                    offset = int(head)
+                except ValueError:
+                    raise DataError(
+                        f"The multistream index `{index}` has a line {n} that does not start with a byte "
+                        f"offset ({line.strip()[:80]!r}). Download the index that matches the dump again."
+                    ) from None
+                if not offsets or offset != offsets[-1]:
+                    offsets.append(offset)
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise DataError(
+            f"The multistream index `{index}` could not be read ({exc}). Download it again, or remove it "
+            f"to read the dump as one stream."
+        ) from exc
+    if not offsets:
+        raise DataError(f"The multistream index `{index}` lists no pages. Download it again, or remove it.")
+    if offsets != sorted(offsets) or offsets[-1] >= dump_size:
+        raise DataError(
+            f"The multistream index `{index}` lists offsets that do not fit the dump ({dump_size:,} bytes). "
+            f"It belongs to another dump: download the index of the same date."
+        )
+    # The last page stream is followed by the small closing stream of the file; a
+    # decompressor stops at the end of the first stream it reads, so the rest is harmless.
+    ends = offsets[1:] + [dump_size]
+    return [(a, b - a) for a, b in zip(offsets, ends)]
+
+
+def stream_pages(path: str, offset: int, length: int) -> tuple[list[Page], str | None]:
+    """The pages of one bz2 stream of a multistream dump, and a problem if it could not be read."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        data = f.read(length)
+    try:
+        dec = bz2.BZ2Decompressor()
+        xml = dec.decompress(data)
+    except (OSError, EOFError, ValueError) as exc:
+        return [], f"the bz2 stream at byte offset {offset:,} is corrupt ({exc})"
+    first, last = xml.find(b"<page>"), xml.rfind(b"</page>")
+    if first < 0 or last < 0:
+        return [], None
+    parser = ET.XMLPullParser(events=("end",))
+    try:
+        parser.feed(b"<mediawiki>")
+        parser.feed(xml[first : last + len(b"</page>")])
+        parser.feed(b"</mediawiki>")
+        pages = list(_pages_from_parser(parser))
+        parser.close()
+    except ET.ParseError as exc:
+        return [], f"the bz2 stream at byte offset {offset:,} is not well-formed XML ({exc})"
+    return pages, None
