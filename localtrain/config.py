@@ -99,6 +99,10 @@ class DataConfig:
     """Upper bound on the bytes of text the tokenizer is trained on (a reproducible sample)."""
     cache_dir: str = ""
     """Where prepared token files are cached; empty means $LOCALTRAIN_CACHE or ~/.cache/localtrain."""
+    min_chars: int = 0
+    """Documents shorter than this many characters after cleaning are dropped (0 keeps every non-empty one)."""
+    shard_tokens: int = 16_777_216
+    """Tokens per shard file of the prepared data (the last shard of a split holds the rest)."""
 
 
 @dataclass(frozen=True)
@@ -152,9 +156,11 @@ class TrainConfig:
     keep_checkpoints: int = 3
     """Keep this many newest checkpoints; older ones are deleted (best/ is kept apart)."""
     early_stop_patience: int = 0
-    """Stop after this many evaluations without a better val loss (0 disables)."""
+    """Stop after this many evaluations without a better train.best_metric (0 disables)."""
     early_stop_min_delta: float = 0.0
-    """A val loss must improve by more than this to count as better."""
+    """train.best_metric must improve by more than this (in its units) to count as better."""
+    best_metric: str = "val_loss"
+    """The eval metric that picks best/ and drives early stopping: val_loss, val_ppl, val_bpb or val_word_ppl (lower is better; early_stop_min_delta is in its units)."""
     log_every: int = 10
     """Steps between plain log lines on a non-terminal console."""
     seed: int = 1337

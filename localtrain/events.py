@@ -58,6 +58,7 @@ class Plan(Event):
     budget_bytes: int = 0
     predicted_tokens_per_s: float = 0.0
     notes: list[str] = field(default_factory=list)
+    world_size: int = 1
 
 
 @dataclass
@@ -74,6 +75,10 @@ class Prepare(Event):
     tokens: int = 0
     seconds: float = 0.0
     cached: bool = False
+    documents_per_s: float = 0.0
+    mb_per_s: float = 0.0
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Documents dropped so far, by reason (redirect, disambiguation, duplicate, short, ...)."""
 
 
 @dataclass
@@ -84,6 +89,7 @@ class Download(Event):
     total: int | None
     bytes_per_s: float
     eta_s: float | None
+    done: bool = False
 
 
 @dataclass
@@ -114,6 +120,14 @@ class Eval(Event):
     val_bytes: int
     best_val_loss: float
     is_best: bool
+    val_words: int = 0
+    """Words of the scored text: whitespace-separated words plus one per line end."""
+    val_word_ppl: float | None = None
+    """exp(total nats / val_words): word-level perplexity, the WikiText convention."""
+    best_metric: str = "val_loss"
+    """The metric (train.best_metric) that picks best/ and drives early stopping."""
+    best_value: float | None = None
+    """Its best value so far."""
 
 
 @dataclass
@@ -123,6 +137,33 @@ class Sample(Event):
     prompt: str
     text: str
     tokens: int
+    repetition_ratio: float | None = None
+    """Share of the text's character 4-grams that repeat an earlier one."""
+    distinct_1: float | None = None
+    distinct_2: float | None = None
+    collapsed: bool | None = None
+    """One n-gram repeated back to back covers at least half the text."""
+    unique_chars: int | None = None
+    has_keyword: bool | None = None
+    """Code runs only: the text holds a Python keyword."""
+    parses: bool | None = None
+    """Code runs only: prompt + text parses with `ast` (the unfinished last line may be dropped)."""
+
+
+@dataclass
+class SampleQuality(Event):
+    """The quality of one batch of live samples: means of the per-sample figures, and rates."""
+
+    kind: ClassVar[str] = "sample_quality"
+    step: int
+    samples: int
+    repetition_ratio: float | None = None
+    distinct_1: float | None = None
+    distinct_2: float | None = None
+    collapse_rate: float | None = None
+    unique_chars: float | None = None
+    keyword_rate: float | None = None
+    parse_rate: float | None = None
 
 
 @dataclass
@@ -170,7 +211,7 @@ class Done(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (Plan, Prepare, Download, Step, Eval, Sample, Checkpoint, Status, Warning, Error, Done)
+    for cls in (Plan, Prepare, Download, Step, Eval, Sample, SampleQuality, Checkpoint, Status, Warning, Error, Done)
 }
 
 Emit = Callable[[Event], None]

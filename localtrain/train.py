@@ -6,6 +6,8 @@ and reports everything as events; it never prints.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -19,6 +21,7 @@ from localtrain.backends.base import Backend, OutOfMemory, StepResult
 from localtrain.config import Config, TrainConfig
 from localtrain.data.loader import Cursor, TrainWindows, eval_windows
 from localtrain.errors import LocaltrainError
+from localtrain.parallel import Dist, Single
 from localtrain.planner import next_smaller_micro
 
 
@@ -77,6 +80,8 @@ class LoopState:
     best_val_loss: float | None = None
     best_step: int | None = None
     evals_since_best: int = 0
+    best_metric: float | None = None
+    """The best value of train.best_metric so far (best_val_loss is the val loss at that eval)."""
     last_checkpoint_step: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,14 +103,20 @@ class Trainer:
         control: Control | None = None,
         micro_batch_size: int | None = None,
         total_steps: int | None = None,
+        dist: Dist | None = None,
     ) -> None:
         self.config, self.backend, self.data = config, backend, data
         self.run_dir, self.emit, self.peak_flops = run_dir, emit, peak_flops
         self.stop = stop or StopFlag()
         self.control = control
+        self.dist: Dist = dist or Single()
+        self.checkpoint_requested = False
+        self.early_stop = False
         t = config.train
-        self.micro_batch_size = micro_batch_size or t.micro_batch_size or t.batch_size
-        self.grad_accum_steps = t.batch_size // self.micro_batch_size
+        # Each rank trains on its share of every batch: batch_size / world_size sequences.
+        self.rank_batch = t.batch_size // self.dist.world_size
+        self.micro_batch_size = micro_batch_size or t.micro_batch_size or self.rank_batch
+        self.grad_accum_steps = self.rank_batch // self.micro_batch_size
         self.total_steps = total_steps or config.total_steps()
         self.windows = TrainWindows(data.train_tokens, config.model.seq_len, t.seed)
         self.val_batches = eval_windows(data.val_tokens, config.model.seq_len, t.eval_batches, self.micro_batch_size)
@@ -117,7 +128,12 @@ class Trainer:
     def restore(self, loaded: checkpoint.Loaded) -> None:
         s = loaded.state
         self.backend.load_state_arrays(loaded.weights, loaded.moments, int(s["optimizer_step"]))
-        self.backend.set_rng_state(s["rng"])
+        ranks = s.get("rng_ranks")
+        if ranks and len(ranks) == self.dist.world_size:
+            self.backend.set_rng_state(ranks[self.dist.rank])
+        else:
+            # A new world size: every rank continues from rank 0's generators.
+            self.backend.set_rng_state(s["rng"])
         self.backend.set_extra_state(s.get("backend", {}).get("extra", {}))
         self.state = LoopState(
             step=int(s["step"]),
@@ -128,12 +144,14 @@ class Trainer:
             best_step=s.get("best_step"),
             evals_since_best=int(s.get("evals_since_best", 0)),
             last_checkpoint_step=int(s["step"]),
+            best_metric=s.get("best_metric", s.get("best_val_loss"))
+            if s.get("best_metric_name", "val_loss") == self.config.train.best_metric else None,
         )
         # A micro-batch that had to back off from an OOM stays backed off.
         saved = int(s.get("micro_batch_size", self.micro_batch_size))
         if saved < self.micro_batch_size:
             self.micro_batch_size = saved
-            self.grad_accum_steps = self.config.train.batch_size // saved
+            self.grad_accum_steps = self.rank_batch // saved
 
     def checkpoint_state(self) -> dict[str, Any]:
         st, b = self.state, self.backend
@@ -145,8 +163,13 @@ class Trainer:
             "best_val_loss": st.best_val_loss,
             "best_step": st.best_step,
             "evals_since_best": st.evals_since_best,
+            "best_metric": st.best_metric,
+            "best_metric_name": self.config.train.best_metric,
             "optimizer_step": st.step,
             "micro_batch_size": self.micro_batch_size,
+            "world_size": self.dist.world_size,
+            "data_split": "each step takes the next batch_size windows from the cursor; rank r trains on"
+            " windows [r * batch_size / world_size, (r + 1) * batch_size / world_size) of them",
             "rng": b.rng_state(),
             "backend": {"name": b.name, "device": b.device, "dtype": b.dtype, "extra": b.extra_state()},
             "schedule": {
@@ -163,18 +186,36 @@ class Trainer:
         }
 
     def save_checkpoint(self, reason: str) -> Path:
+        """Every rank calls this at the same step; rank 0 writes, with every rank's RNG state."""
         start = time.perf_counter()
-        weights, moments = self.backend.state_arrays()
-        path, size = checkpoint.save(
-            self.run_dir, self.state.step, weights, moments, self.checkpoint_state(),
-            self.config.train.keep_checkpoints,
-        )
+        rngs = self.dist.gather_text(json.dumps(self.backend.rng_state()))
         self.state.last_checkpoint_step = self.state.step
+        path = self.run_dir / "checkpoints" / checkpoint.step_dir_name(self.state.step)
+        if not self.dist.is_main:
+            return path
+        weights, moments = self.backend.state_arrays()
+        state = self.checkpoint_state()
+        if self.dist.world_size > 1:
+            state["rng_ranks"] = [json.loads(r) for r in rngs]
+        path, size = checkpoint.save(
+            self.run_dir, self.state.step, weights, moments, state, self.config.train.keep_checkpoints,
+        )
         self.emit(ev.Checkpoint(step=self.state.step, path=str(path), reason=reason, bytes=size,
                                 seconds=time.perf_counter() - start))
         return path
 
     # -- evaluation and samples ----------------------------------------------------------
+
+    def val_words(self) -> int:
+        """Words (WikiText convention) of the validation targets, counted once: the batches are fixed."""
+        if getattr(self, "_val_words", None) is None:
+            from localtrain.evaluate import token_words
+
+            d = self.data
+            self._val_words = sum(
+                token_words(y[r], int(x[r, 0]), d.decode, d.eos_id) for x, y in self.val_batches for r in range(len(y))
+            )
+        return self._val_words
 
     def evaluate(self) -> ev.Eval:
         nats, count, nbytes = 0.0, 0, 0
@@ -184,34 +225,51 @@ class Trainer:
             count += losses.size
             nbytes += int(self.data.token_bytes[y.astype(np.int64)].sum())
         loss = nats / count
+        words = self.val_words()
         st, t = self.state, self.config.train
-        is_best = st.step > 0 and (
-            st.best_val_loss is None or loss < st.best_val_loss - t.early_stop_min_delta
+        figures = {
+            "val_loss": loss, "val_ppl": metrics.perplexity(loss), "val_bpb": metrics.bits_per_byte(nats, nbytes),
+            "val_word_ppl": metrics.perplexity(nats / words) if words else float("nan"),
+        }
+        value = figures[t.best_metric]
+        is_best = st.step > 0 and math.isfinite(value) and (
+            st.best_metric is None or value < st.best_metric - t.early_stop_min_delta
         )
         if is_best:
-            st.best_val_loss, st.best_step, st.evals_since_best = loss, st.step, 0
+            st.best_val_loss, st.best_metric, st.best_step, st.evals_since_best = loss, value, st.step, 0
         elif st.step > 0:
             st.evals_since_best += 1
         event = ev.Eval(
-            step=st.step, val_loss=loss, val_ppl=metrics.perplexity(loss),
-            val_bpb=metrics.bits_per_byte(nats, nbytes), val_tokens=count, val_bytes=nbytes,
-            best_val_loss=st.best_val_loss if st.best_val_loss is not None else loss, is_best=is_best,
+            step=st.step, val_loss=loss, val_ppl=figures["val_ppl"], val_bpb=figures["val_bpb"], val_tokens=count,
+            val_bytes=nbytes, best_val_loss=st.best_val_loss if st.best_val_loss is not None else loss,
+            is_best=is_best, val_words=words, val_word_ppl=figures["val_word_ppl"], best_metric=t.best_metric,
+            best_value=st.best_metric if st.best_metric is not None else value,
         )
         self.emit(event)
         if is_best:
             weights, _ = self.backend.state_arrays()
-            checkpoint.save_best(self.run_dir, weights, {**self.checkpoint_state(), "val_loss": loss})
+            checkpoint.save_best(self.run_dir, weights, {**self.checkpoint_state(), "val_loss": loss,
+                                                         t.best_metric: value})
         return event
 
     def sample(self) -> None:
+        """One live sample per prompt, each with its quality figures, then the batch's figures."""
+        from localtrain import quality
+
         t = self.config.train
+        code = quality.is_code(self.config.data)
+        found = []
         for i, prompt in enumerate(t.sample_prompts):
             ids = self.data.encode(prompt) or [self.data.eos_id]
             seed = t.seed * 1_000_003 + self.state.step * 101 + i
             out = self.backend.generate(ids, t.sample_tokens, t.temperature, t.top_k, seed)
             if self.data.eos_id in out:
                 out = out[: out.index(self.data.eos_id)]
-            self.emit(ev.Sample(step=self.state.step, prompt=prompt, text=self.data.decode(out), tokens=len(out)))
+            text = self.data.decode(out)
+            q = quality.sample_quality(text, code, prompt)
+            found.append(q)
+            self.emit(ev.Sample(step=self.state.step, prompt=prompt, text=text, tokens=len(out), **q.to_dict()))
+        self.emit(ev.SampleQuality(step=self.state.step, **quality.summarize(found)))
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepResult:
         """One optimizer step over the batch (x, y), backing off the micro-batch on OOM.
@@ -225,6 +283,13 @@ class Trainer:
             try:
                 return self.backend.train_step(micro, lr)
             except OutOfMemory as exc:
+                if self.dist.world_size > 1:
+                    # One rank cannot back off alone: the others would wait for its gradients.
+                    raise LocaltrainError(
+                        f"Out of memory on rank {self.dist.rank} at step {self.state.step + 1} with"
+                        f" micro-batch {m} ({exc}). Resume with a smaller one, e.g. --resume --set"
+                        f" train.micro_batch_size={next_smaller_micro(len(x), m) or 1}."
+                    ) from None
                 smaller = next_smaller_micro(len(x), m)
                 if smaller is None:
                     raise LocaltrainError(
@@ -252,8 +317,12 @@ class Trainer:
                 if command == "sample":
                     self.sample()
                 elif command == "checkpoint":
-                    if self.state.last_checkpoint_step != self.state.step:
-                        self.save_checkpoint("requested")
+                    if self.dist.world_size == 1:
+                        if self.state.last_checkpoint_step != self.state.step:
+                            self.save_checkpoint("requested")  # at once, also while paused
+                    else:
+                        # Taken at the next agreement, so that every rank joins in.
+                        self.checkpoint_requested = True
                 elif command == "stop":
                     self.stop.request("interrupted")
                 elif command == "pause" and paused_at is None:
@@ -276,7 +345,8 @@ class Trainer:
         deadline = started + t.max_time * 60 if t.max_time else None
         tokens_per_step = t.batch_size * self.config.model.seq_len
         self.emit(ev.Status(state="running", message=f"Training from step {st.step} to {self.total_steps}."))
-        if st.step == 0 and t.eval_every:
+        main = self.dist.is_main
+        if st.step == 0 and t.eval_every and main:
             self.evaluate()
         reason = "complete"
         tok_s_avg: float | None = None
@@ -285,18 +355,34 @@ class Trainer:
             started += paused_s
             if deadline is not None:
                 deadline += paused_s
-            if self.stop.requested:
+            # Every rank takes the same decisions at the same step: any rank's signal, the
+            # clock, rank 0's early stop and its controller's checkpoint request.
+            stop, over_time, early, wanted = self.dist.all_max([
+                float(self.stop.requested), float(deadline is not None and time.perf_counter() >= deadline),
+                float(self.early_stop), float(self.checkpoint_requested),
+            ])
+            if wanted:
+                self.checkpoint_requested = False
+                if st.last_checkpoint_step != st.step:
+                    self.save_checkpoint("requested")
+            if stop:
                 reason = self.stop.reason
                 self.emit(ev.Warning(message=f"Stop requested: checkpointing at step {st.step} and"
                                      " exiting.", code="stopping"))
                 break
-            if deadline is not None and time.perf_counter() >= deadline:
+            if over_time:
                 reason = "max_time"
+                break
+            if early:
+                reason = "early_stop"
                 break
             lr = lr_at(st.step, t, self.total_steps)
             x, y, cursor = self.windows.take(st.cursor, t.batch_size)
+            mine = slice(self.dist.rank * self.rank_batch, (self.dist.rank + 1) * self.rank_batch)
             step_start = time.perf_counter()
-            result = self.train_step(x, y, lr)
+            result = self.train_step(x[mine], y[mine], lr)
+            if self.dist.world_size > 1:
+                result = dataclasses.replace(result, loss=self.dist.all_mean([result.loss])[0])
             step_time = time.perf_counter() - step_start
             if not math.isfinite(result.loss):
                 self.emit(ev.Error(message=f"The loss became {result.loss} at step {st.step + 1}."))
@@ -323,15 +409,14 @@ class Trainer:
                 eta_s=per_step * (self.total_steps - st.step), memory_bytes=self.backend.memory_bytes(),
             ))
             last = st.step == self.total_steps
-            if t.eval_every and (st.step % t.eval_every == 0 or last):
+            if t.eval_every and (st.step % t.eval_every == 0 or last) and main:
                 self.evaluate()
-            if t.sample_every and st.step % t.sample_every == 0:
+            if t.sample_every and st.step % t.sample_every == 0 and main:
                 self.sample()
             if t.checkpoint_every and st.step % t.checkpoint_every == 0:
                 self.save_checkpoint("periodic")
             if t.early_stop_patience and st.evals_since_best >= t.early_stop_patience:
-                reason = "early_stop"
-                break
+                self.early_stop = True
         st.elapsed_s = base_elapsed + (time.perf_counter() - started)
         if st.last_checkpoint_step != st.step:
             path: str | None = str(self.save_checkpoint("interrupt" if reason == "interrupted" else "final"))

@@ -11,6 +11,10 @@ from typing import Any
 from localtrain.config import BACKENDS, DEVICES, DTYPES, SWITCHES, TOKENIZER_TYPES, Config, did_you_mean
 
 
+EVAL_METRICS = ("val_loss", "val_ppl", "val_bpb", "val_word_ppl")
+"""The Eval event's figures that train.best_metric may name; lower is better for each."""
+
+
 def check(config: Config) -> list[str]:
     """The problems with the ranges and relations of the fields, each naming key, value and fix."""
     p: list[str] = []
@@ -48,6 +52,10 @@ def check(config: Config) -> list[str]:
          "The usual value is 0.1.")
     need(d.document_bytes >= 1024, "data.document_bytes", d.document_bytes, "must be at least 1024",
          "The default is 65536.")
+    need(d.min_chars >= 0, "data.min_chars", d.min_chars, "must be 0 or positive",
+         "Use 0 to keep every non-empty document, or e.g. 500 to drop stubs.")
+    need(d.shard_tokens >= 1024, "data.shard_tokens", d.shard_tokens, "must be at least 1024",
+         "The default is 16777216 (32 MB of uint16 ids per shard).")
     need(d.tokenizer in TOKENIZER_TYPES, "data.tokenizer", d.tokenizer,
          f"must be one of {', '.join(TOKENIZER_TYPES)}",
          (did_you_mean(d.tokenizer, list(TOKENIZER_TYPES)) or " Pick one of them.").strip())
@@ -87,6 +95,8 @@ def check(config: Config) -> list[str]:
     need(t.keep_checkpoints >= 1, "train.keep_checkpoints", t.keep_checkpoints, "must be at least 1", "Try 3.")
     need(t.early_stop_min_delta >= 0, "train.early_stop_min_delta", t.early_stop_min_delta, "must be 0 or positive",
          "Try 0.")
+    need(t.best_metric in EVAL_METRICS, "train.best_metric", t.best_metric, f"must be one of {', '.join(EVAL_METRICS)}",
+         (did_you_mean(t.best_metric, list(EVAL_METRICS)) + " The default is val_loss.").strip())
     need(t.log_every >= 1, "train.log_every", t.log_every, "must be at least 1", "Try 10.")
     need(t.seed >= 0, "train.seed", t.seed, "must be 0 or positive", "Use --seed N.")
     if t.early_stop_patience and not t.eval_every:

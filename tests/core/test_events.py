@@ -22,6 +22,8 @@ def test_every_event_round_trips(tmp_path) -> None:
         ev.Eval(step=1, val_loss=2.0, val_ppl=math.exp(2.0), val_bpb=1.0, val_tokens=8, val_bytes=20,
                 best_val_loss=2.0, is_best=True),
         ev.Sample(step=1, prompt="def ", text="f():", tokens=3),
+        ev.SampleQuality(step=1, samples=3, repetition_ratio=0.25, distinct_1=0.5, distinct_2=0.75,
+                         collapse_rate=0.0, unique_chars=12.0, keyword_rate=1.0, parse_rate=0.5),
         ev.Checkpoint(step=1, path="p", reason="periodic", bytes=10, seconds=0.1),
         ev.Status(state="paused", message="by a controller"),
         ev.Warning(message="careful", code="c"),
