@@ -1,0 +1,126 @@
+"""Starting `localtrain run` as a detached child process, and the form behind it.
+
+A run started from the dashboard is an ordinary `localtrain run` in a session of its own
+(start_new_session): closing or crashing the dashboard never stops it, and the dashboard
+reads it and controls it exactly as it would a run started in another terminal. Its
+console output goes to `console.log` in the run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from localtrain import config as cfg
+from localtrain.errors import ConfigError, LocaltrainError
+
+from localtrain.tui.runs import CONSOLE_LOG
+
+
+@dataclass
+class RunForm:
+    """What the New run screen holds, as typed."""
+
+    preset: str = "python-stdlib"
+    data: str = ""
+    max_steps: str = ""
+    max_time: str = ""
+    device: str = "auto"
+    seed: str = ""
+    overrides: str = ""
+    """More `key=value` overrides, separated by spaces (as after --set)."""
+    name: str = ""
+
+
+@dataclass
+class Checked:
+    """A form checked as `localtrain run` would check it: the config, or the problems."""
+
+    config: cfg.Config | None
+    overrides: list[str] = field(default_factory=list)
+    problems: str = ""
+
+
+def _number(text: str, flag: str, kind: type) -> tuple[object | None, str | None]:
+    text = text.strip()
+    if not text:
+        return None, None
+    try:
+        return kind(text), None
+    except ValueError:
+        return None, f"argument {flag}: invalid {kind.__name__} value: {text!r}"
+
+
+def check_form(form: RunForm) -> Checked:
+    """Resolve the form into a config, with the messages the command line gives."""
+    from localtrain.cli import overrides_from
+    from localtrain.runner import check_source
+
+    flag_problems = []
+    max_steps, p1 = _number(form.max_steps, "--max-steps", int)
+    max_time, p2 = _number(form.max_time, "--max-time", float)
+    seed, p3 = _number(form.seed, "--seed", int)
+    flag_problems += [p for p in (p1, p2, p3) if p]
+    try:
+        extra = shlex.split(form.overrides)
+    except ValueError as exc:
+        extra = []
+        flag_problems.append(f"overrides: {exc}")
+    args = argparse.Namespace(
+        data=form.data.strip() or None, max_steps=max_steps, max_time=max_time,
+        device=None if form.device in ("", "auto") else form.device, backend=None, seed=seed, overrides=extra,
+    )
+    overrides = overrides_from(args)
+    if flag_problems:
+        return Checked(None, overrides, "error: " + "\n".join(flag_problems))
+    try:
+        config = cfg.resolve(form.preset or "python-stdlib", overrides)
+        check_source(config)
+    except ConfigError as exc:
+        return Checked(None, overrides, f"error: {exc}")
+    except LocaltrainError as exc:
+        return Checked(None, overrides, f"error: {exc}")
+    return Checked(config, overrides)
+
+
+def run_dir_for(runs_dir: Path, form: RunForm, preset: str, stamp: str) -> Path:
+    """The run directory a new run gets: the typed name, or <preset>-<date-time>."""
+    name = form.name.strip() or f"{preset}-{stamp}"
+    path, n = runs_dir / name, 1
+    while (path / "config.toml").exists() or (path / "events.jsonl").exists():
+        n += 1
+        path = runs_dir / f"{name}-{n}"
+    return path
+
+
+def start_run(run_args: list[str], run_dir: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start `localtrain run --plain --run-dir RUN_DIR ARGS` detached from this process."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / CONSOLE_LOG, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "localtrain", "run", "--plain", "--run-dir", str(run_dir), *run_args],
+            cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+
+
+def new_run_args(preset: str, overrides: list[str]) -> list[str]:
+    """The arguments of `localtrain run` for a new run: the preset and every override."""
+    return ["--preset", preset, *[a for o in overrides for a in ("--set", o)]]
+
+
+def resume_args() -> list[str]:
+    return ["--resume"]
+
+
+def console_tail(run_dir: Path, lines: int = 6) -> str:
+    """The last lines a child run printed (its error, when it failed before any event)."""
+    try:
+        text = (run_dir / CONSOLE_LOG).read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.strip().splitlines()[-lines:])

@@ -1,0 +1,340 @@
+"""What the dashboard knows about a run: its events folded into a state, and its status.
+
+Nothing here imports textual, so the folding and the status rules are plain functions.
+`EventTail` reads `events.jsonl` in bounded chunks from a remembered offset: a last
+line still being written is kept for the next read, a line that is not a valid event
+is counted and reported, and a file that shrank (replaced) is read again from the top.
+`RunState` folds events into what the screens draw. `run_status` combines the last
+events with whether the writing process is alive (the pid in the run's `.lock`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from localtrain import events as ev
+
+EVENTS_FILE = "events.jsonl"
+LOCK_FILE = ".lock"
+CONSOLE_LOG = "console.log"
+CHUNK_BYTES = 256 * 1024
+"""The most a single read takes from events.jsonl: the UI folds and redraws between reads."""
+KEEP_SAMPLES = 12
+KEEP_MESSAGES = 200
+
+FINISHED_REASONS = ("complete", "early_stop")
+
+
+@dataclass
+class Chunk:
+    """One bounded read: the events in it, lines that were not events, and whether more waits."""
+
+    events: list[ev.Event]
+    bad_lines: list[tuple[int, str]]
+    more: bool
+    missing: bool = False
+
+
+class EventTail:
+    """Reads the events appended to a run's events.jsonl, a bounded chunk at a time."""
+
+    def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.path = path
+        self.chunk_bytes = chunk_bytes
+        self.offset = 0
+        self.line_no = 0
+        self.pending = b""
+        """The bytes of a last line that has no newline yet."""
+
+    def read(self) -> Chunk:
+        """Read at most `chunk_bytes` new bytes and decode the complete lines among them."""
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self.offset:  # replaced by a shorter file: start again
+                    self.offset, self.line_no, self.pending = 0, 0, b""
+                f.seek(self.offset)
+                data = f.read(self.chunk_bytes)
+        except (FileNotFoundError, NotADirectoryError):
+            return Chunk([], [], False, missing=True)
+        self.offset += len(data)
+        data = self.pending + data
+        end = data.rfind(b"\n") + 1
+        self.pending = data[end:]
+        events: list[ev.Event] = []
+        bad: list[tuple[int, str]] = []
+        for line in data[:end].splitlines():
+            self.line_no += 1
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                event = ev.from_dict(obj) if isinstance(obj, dict) else None
+                if event is None and not (isinstance(obj, dict) and isinstance(obj.get("type"), str)):
+                    raise ValueError("not an event object")
+            except (ValueError, TypeError):
+                bad.append((self.line_no, line[:80].decode("utf-8", "replace")))
+                continue
+            if event is not None:
+                events.append(event)
+        return Chunk(events, bad, more=self.offset < size)
+
+
+def downsample(points: list[tuple[int, float]], limit: int = 400) -> list[tuple[int, float]]:
+    """At most `limit` points, evenly spaced, always keeping the last."""
+    if len(points) <= limit:
+        return points
+    stride = len(points) / limit
+    picked = [points[int(i * stride)] for i in range(limit - 1)]
+    return picked + [points[-1]]
+
+
+@dataclass
+class RunState:
+    """Everything drawn on a run's dashboard, folded from its events."""
+
+    run_dir: Path
+    plan: ev.Plan | None = None
+    download: ev.Download | None = None
+    prepare: ev.Prepare | None = None
+    prepare_stages: dict[str, ev.Prepare] = field(default_factory=dict)
+    step: ev.Step | None = None
+    losses: dict[int, float] = field(default_factory=dict)
+    lrs: dict[int, float] = field(default_factory=dict)
+    evals: dict[int, ev.Eval] = field(default_factory=dict)
+    samples: list[ev.Sample] = field(default_factory=list)
+    checkpoints: list[ev.Checkpoint] = field(default_factory=list)
+    messages: list[tuple[str, float, str]] = field(default_factory=list)
+    """(level, time, text) for warnings, errors and unreadable lines, oldest first."""
+    status: ev.Status | None = None
+    done: ev.Done | None = None
+    error: ev.Error | None = None
+    last_time: float | None = None
+    events_read: int = 0
+    bad_lines: int = 0
+    missing: bool = False
+    stopping: bool = False
+    """The trainer said it is checkpointing to stop."""
+    truncated_bytes: int = 0
+    """Bytes of an unfinished last line (kept while the writer is alive, reported when it is not)."""
+
+    def fold(self, chunk: Chunk) -> None:
+        """Take in one chunk of events."""
+        # No events.jsonl yet is a run still starting; a missing directory is a state of its own.
+        self.missing = chunk.missing and not self.run_dir.is_dir()
+        for event in chunk.events:
+            self.add(event)
+        for line_no, text in chunk.bad_lines:
+            self.bad_lines += 1
+            self._message("warning", self.last_time or 0.0,
+                          f"events.jsonl line {line_no} is not a valid event and was skipped: {text!r}")
+
+    def add(self, event: ev.Event) -> None:
+        self.events_read += 1
+        self.last_time = event.time
+        if isinstance(event, ev.Step):
+            self.step = event
+            self.losses[event.step] = event.loss
+            self.lrs[event.step] = event.lr
+        elif isinstance(event, ev.Eval):
+            self.evals[event.step] = event
+        elif isinstance(event, ev.Sample):
+            self.samples = (self.samples + [event])[-KEEP_SAMPLES:]
+        elif isinstance(event, ev.Checkpoint):
+            self.checkpoints.append(event)
+        elif isinstance(event, ev.Plan):
+            self.plan = event
+            # A resumed run goes on from its checkpoint: a later step replaces an earlier run of it.
+            self.done = self.error = None
+            self.stopping = False
+        elif isinstance(event, ev.Prepare):
+            self.prepare = event
+            self.prepare_stages[event.stage] = event
+        elif isinstance(event, ev.Download):
+            self.download = event
+        elif isinstance(event, ev.Status):
+            self.status = event
+        elif isinstance(event, ev.Warning):
+            self.stopping = self.stopping or event.code == "stopping"
+            self._message("warning", event.time, event.message)
+        elif isinstance(event, ev.Error):
+            self.error = event
+            self._message("error", event.time, event.message)
+        elif isinstance(event, ev.Done):
+            self.done = event
+
+    def _message(self, level: str, when: float, text: str) -> None:
+        self.messages = (self.messages + [(level, when, text)])[-KEEP_MESSAGES:]
+
+    # -- derived figures ------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def best_val_loss(self) -> float | None:
+        if self.done is not None and self.done.best_val_loss is not None:
+            return self.done.best_val_loss
+        if self.evals:
+            return self.evals[max(self.evals)].best_val_loss
+        return None
+
+    @property
+    def best_val_ppl(self) -> float | None:
+        best = self.best_val_loss
+        return math.exp(min(best, 700.0)) if best is not None and math.isfinite(best) else None
+
+    def loss_points(self) -> list[tuple[int, float]]:
+        return downsample(sorted((s, v) for s, v in self.losses.items() if v is not None and math.isfinite(v)))
+
+    def val_points(self, key: str = "val_loss") -> list[tuple[int, float]]:
+        pts = [(s, getattr(e, key)) for s, e in sorted(self.evals.items())]
+        return downsample([(s, v) for s, v in pts if v is not None and math.isfinite(v)])
+
+
+def lock_pid(run_dir: Path) -> int | None:
+    """The pid recorded in the run's lock while a `localtrain run` holds it."""
+    try:
+        text = (run_dir / LOCK_FILE).read_text().strip()
+    except OSError:
+        return None
+    last = text.rsplit(" ", 1)[-1]
+    return int(last) if last.isdigit() else None
+
+
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists and is not a zombie."""
+    if pid is None or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def run_status(state: RunState, alive: bool) -> str:
+    """running, paused, stopping, starting, finished, stopped, failed, died, missing or empty.
+
+    A `done` event decides: finished (complete, early stop) or stopped (interrupted, time
+    limit). Without one, a live writer means running (or paused, or stopping); a dead
+    one means failed after an `error` event, otherwise died (killed, or crashed).
+    """
+    if state.missing and not alive:
+        return "missing"
+    if state.done is not None and not alive:
+        return "finished" if state.done.reason in FINISHED_REASONS else "stopped"
+    if alive:
+        if state.status is not None and state.status.state == "paused":
+            return "paused"
+        if state.stopping:
+            return "stopping"
+        return "running" if state.events_read else "starting"
+    if state.error is not None:
+        return "failed"
+    return "died" if state.events_read else "empty"
+
+
+@dataclass
+class RunSummary:
+    """One row of the home screen."""
+
+    run_dir: Path
+    preset: str
+    status: str
+    step: int | None
+    total_steps: int | None
+    best_val_ppl: float | None
+    last_time: float | None
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+
+def read_preset(run_dir: Path) -> str:
+    from localtrain import config as cfg
+    from localtrain.errors import LocaltrainError
+
+    try:
+        return str(cfg.read_toml(run_dir / "config.toml").get("run", {}).get("preset", "?"))
+    except (LocaltrainError, OSError):
+        return "?"
+
+
+TAIL_BYTES = 256 * 1024
+
+
+def summarize(run_dir: Path, alive: bool | None = None) -> RunSummary:
+    """The home-screen row of a run, from the last part of its events only (bounded time)."""
+    state = RunState(run_dir)
+    path = run_dir / EVENTS_FILE
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = 0
+    tail = EventTail(path)
+    if size > TAIL_BYTES:
+        # Start at a line boundary inside the last TAIL_BYTES.
+        tail.offset = size - TAIL_BYTES
+        tail.pending = b""
+        with open(path, "rb") as f:
+            f.seek(tail.offset)
+            skip = f.readline()
+        tail.offset += len(skip)
+    tail.chunk_bytes = TAIL_BYTES
+    state.fold(tail.read())
+    state.missing = not run_dir.is_dir()
+    state.truncated_bytes = len(tail.pending)
+    alive = pid_alive(lock_pid(run_dir)) if alive is None else alive
+    step = state.step.step if state.step else (state.done.step if state.done else None)
+    total = state.step.total_steps if state.step else (state.plan.total_steps if state.plan else None)
+    last = state.last_time
+    return RunSummary(run_dir, read_preset(run_dir), run_status(state, alive), step, total,
+                      state.best_val_ppl, last)
+
+
+def find_runs(runs_dir: Path) -> list[Path]:
+    """Run directories under `runs_dir` (any folder with a config.toml or events.jsonl)."""
+    if not runs_dir.is_dir():
+        return []
+    found = [d for d in runs_dir.iterdir()
+             if d.is_dir() and ((d / "config.toml").exists() or (d / EVENTS_FILE).exists())]
+
+    def stamp(d: Path) -> float:
+        try:
+            return max((d / n).stat().st_mtime for n in ("config.toml", EVENTS_FILE) if (d / n).exists())
+        except ValueError:
+            return 0.0
+
+    return sorted(found, key=stamp, reverse=True)
+
+
+def describe_status(status: str) -> dict[str, Any]:
+    """The colour and one-line meaning of a status, for badges and help."""
+    table = {
+        "running": ("green", "training now"),
+        "paused": ("yellow", "paused by a controller"),
+        "stopping": ("yellow", "writing its last checkpoint"),
+        "starting": ("cyan", "the process started; no events yet"),
+        "finished": ("blue", "trained to the end"),
+        "stopped": ("magenta", "stopped with a checkpoint; resumable"),
+        "failed": ("red", "ended with an error"),
+        "died": ("red", "its process is gone without a final event"),
+        "missing": ("red", "the run directory or its events.jsonl is missing"),
+        "empty": ("dim", "no events yet"),
+    }
+    colour, meaning = table.get(status, ("white", status))
+    return {"colour": colour, "meaning": meaning}
