@@ -92,6 +92,27 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_jsonl_tolerant(path: Path) -> list[dict]:
+    """The complete lines of a file another process may be writing (none if it does not exist yet)."""
+    out = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            pass  # a line still being written
+    return out
+
+
+def step_losses(run_dir: Path) -> dict[int, float]:
+    """Per-step losses; after a resume the re-run of a step replaces the killed one's."""
+    return {e["step"]: e["loss"] for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "step"}
+
+
+def last_step(run_dir: Path) -> int:
+    """The newest step a (running) run has logged, 0 before the first."""
+    return max((e["step"] for e in read_jsonl_tolerant(run_dir / "events.jsonl") if e["type"] == "step"), default=0)
+
+
 def sets(overrides: list[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
 

@@ -3,36 +3,16 @@ checkpoints that move between MLX and torch mid-run."""
 
 from __future__ import annotations
 
-import json
 import random
 import signal
-from pathlib import Path
 
 import pytest
 
-from conftest import TINY, localtrain, read_jsonl, sets, start_localtrain, wait_for
+from conftest import TINY, last_step, localtrain, read_jsonl, sets, start_localtrain, step_losses, wait_for
 
 pytest.importorskip("mlx.core", reason="MLX is not installed (pip install 'mlx[cpu]' on Linux)")
 
 N = 20
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    """Per-step losses; after a resume the re-run of a step replaces the killed one's."""
-    return {e["step"]: e["loss"] for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "step"}
-
-
-def last_step(run_dir: Path) -> int:
-    path = run_dir / "events.jsonl"
-    steps = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue  # a line still being written
-        if event["type"] == "step":
-            steps.append(event["step"])
-    return max(steps, default=0)
 
 
 def test_mlx_resumes_exactly_after_sigkill(tmp_path, code_corpus, cache_dir) -> None:

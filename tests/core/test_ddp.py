@@ -11,28 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, cli_env, localtrain, read_jsonl, sets, start_localtrain, wait_for
+from conftest import TINY, cli_env, last_step, localtrain, read_jsonl, sets, start_localtrain, step_losses, wait_for
 from localtrain.checkpoint import complete_checkpoints, load
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo workers need a POSIX host")
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    return {e["step"]: e["loss"] for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "step"}
-
-
-def last_step(run_dir: Path) -> int:
-    steps = []
-    path = run_dir / "events.jsonl"
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
-            if e["type"] == "step":
-                steps.append(e["step"])
-    return max(steps, default=0)
 
 
 def test_two_processes_match_one_process_with_twice_the_micro_batch(tmp_path, code_corpus, cache_dir) -> None:

@@ -10,32 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, localtrain, read_jsonl, sets, start_localtrain, wait_for
-
-
-def step_losses(run_dir: Path) -> dict[int, float]:
-    """Per-step losses; after a resume the re-run of a step replaces the killed one's."""
-    return {e["step"]: e["loss"] for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "step"}
-
-
-def last_step_written(run_dir: Path) -> int:
-    path = run_dir / "events.jsonl"
-    if not path.exists():
-        return 0
-    steps = [e["step"] for e in read_jsonl_tolerant(path) if e["type"] == "step"]
-    return max(steps, default=0)
-
-
-def read_jsonl_tolerant(path: Path) -> list[dict]:
-    import json
-
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            pass  # a line still being written
-    return out
+from conftest import TINY, last_step, localtrain, read_jsonl, read_jsonl_tolerant, sets, start_localtrain, step_losses, wait_for
 
 
 def test_sigkill_after_a_checkpoint_then_resume_is_exact(tmp_path, code_corpus, cache_dir) -> None:
@@ -49,7 +24,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_exact(tmp_path, code_corpus, 
     wait_for(lambda: (killed_dir / "checkpoints" / f"step-{n:08d}" / "COMPLETE").exists(), proc=proc)
     # A random moment after step N's checkpoint: once a random later step has run.
     target = random.Random().randint(n + 1, 2 * n - 4)
-    wait_for(lambda: last_step_written(killed_dir) >= target, proc=proc)
+    wait_for(lambda: last_step(killed_dir) >= target, proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
     assert proc.returncode == -signal.SIGKILL
@@ -103,7 +78,7 @@ def test_a_stop_signal_checkpoints_and_exits_zero(tmp_path, code_corpus, cache_d
         ["run", "--data", str(code_corpus), "--max-steps", "100000", "--run-dir", "run", *sets(TINY)],
         tmp_path, cache_dir,
     )
-    wait_for(lambda: last_step_written(run_dir) >= 15, proc=proc)
+    wait_for(lambda: last_step(run_dir) >= 15, proc=proc)
     proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
@@ -134,17 +109,17 @@ def test_the_control_file_pauses_samples_checkpoints_and_stops(tmp_path, code_co
          *sets(TINY + ["train.sample_every=0", "train.checkpoint_every=0"])],
         tmp_path, cache_dir,
     )
-    wait_for(lambda: last_step_written(run_dir) >= 5, proc=proc)
+    wait_for(lambda: last_step(run_dir) >= 5, proc=proc)
     send(run_dir, "pause")
     wait_for(lambda: any(e.get("state") == "paused" for e in read_jsonl_tolerant(run_dir / "events.jsonl")), proc=proc)
-    paused_at = last_step_written(run_dir)
+    paused_at = last_step(run_dir)
     time.sleep(0.5)
-    assert last_step_written(run_dir) == paused_at  # no step while paused
+    assert last_step(run_dir) == paused_at  # no step while paused
     send(run_dir, "sample")
     send(run_dir, "checkpoint")
     wait_for(lambda: any(e["type"] == "checkpoint" for e in read_jsonl_tolerant(run_dir / "events.jsonl")), proc=proc)
     send(run_dir, "resume")
-    wait_for(lambda: last_step_written(run_dir) >= paused_at + 5, proc=proc)
+    wait_for(lambda: last_step(run_dir) >= paused_at + 5, proc=proc)
     send(run_dir, "stop")
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
