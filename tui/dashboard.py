@@ -234,7 +234,7 @@ class RunScreen(Screen):
             colour = {"paused": "yellow", "failed": "red", "died": "red"}.get(self.status, "green")
             progress.set(st.step / st.total_steps if st.total_steps else None,
                          f"step {st.step:,} of {st.total_steps:,} | {human(st.tokens)} tokens |"
-                         f" elapsed {eta_text(st.elapsed_s)} | ETA {eta_text(st.eta_s if self.alive else None)}",
+                         f" elapsed {eta_text(st.elapsed_s)}" + (f" | ETA {eta_text(st.eta_s)}" if self.alive else ""),
                          colour)
             ev_ = s.evals[max(s.evals)] if s.evals else None
             val = (f" | val loss {ev_.val_loss:.4f} ppl {ev_.val_ppl:,.2f} bpb {ev_.val_bpb:.3f}"
