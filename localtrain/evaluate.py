@@ -273,7 +273,7 @@ def _eval_split(source: Any, tokenizer: Any, backend: Any, spec: str, stride: in
                            f"{run.data.source} ({split} split)")
 
 
-def _samples(source: Any, count: int, backend_name: str, device: str, seed: int) -> dict[str, Any]:
+def _samples(source: Any, count: int, backend: Any, seed: int) -> dict[str, Any]:
     from localtrain.sample import Settings, sample
 
     run = source.run_config
@@ -284,7 +284,7 @@ def _samples(source: Any, count: int, backend_name: str, device: str, seed: int)
         max_tokens=train.sample_tokens if train else 128, temperature=train.temperature if train else 0.8,
         top_k=train.top_k if train else 50, seed=seed, num_samples=per_prompt,
     )
-    records = sample(source, prompts, settings, backend_name, device)
+    records = sample(source, prompts, settings, backend.name, model=backend)
     # Records come prompt by prompt; take them round-robin so every prompt is represented.
     order = sorted(range(len(records)), key=lambda i: (i % per_prompt, i // per_prompt))[:count]
     code = run is not None and quality.is_code(run.data)
@@ -332,10 +332,10 @@ def run_eval(args: argparse.Namespace) -> Figures | dict[str, Any]:
     stride = args.stride or max(1, source.model.seq_len // 2)
     step = _step_of(source.origin)
     start = time.perf_counter()
-    samples = _samples(source, args.samples, backend_name, args.device, args.seed) if args.samples else None
+    backend = build_backend(source, backend_name, args.device)  # one load serves samples and scoring
+    samples = _samples(source, args.samples, backend, args.seed) if args.samples else None
     if not args.data:
         return {"checkpoint": str(source.origin), "step": step, "samples": samples}
-    backend = build_backend(source, backend_name, args.device)
     result = _eval_source(source, tokenizer, backend, args.data, stride)
     result.checkpoint, result.step, result.samples = str(source.origin), step, samples
     result.seconds = time.perf_counter() - start

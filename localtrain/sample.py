@@ -66,13 +66,17 @@ def build_backend(source: Source, backend: str, device: str = "auto"):  # -> Bac
     return b
 
 
-def sample(source: Source, prompts: list[str], settings: Settings, backend: str, device: str = "auto") -> list[dict]:
-    """One record per prompt and draw: prompt, text (the continuation), tokens, seed."""
+def sample(source: Source, prompts: list[str], settings: Settings, backend: str, device: str = "auto",
+           model=None) -> list[dict]:
+    """One record per prompt and draw: prompt, text (the continuation), tokens, seed.
+
+    `model`: a backend already holding `source`'s weights (else one is built).
+    """
     from localtrain.data.tokenizer import Tokenizer
 
     settings.check()
     tok = Tokenizer.load(source.tokenizer_path)
-    model = build_backend(source, backend, device)
+    model = model or build_backend(source, backend, device)
     greedy = settings.temperature == 0
     records = []
     for i, prompt in enumerate(prompts):

@@ -324,3 +324,14 @@ def test_char_and_bpe_runs_on_shakespeare(shakespeare: Path, tmp_path: Path, cac
     assert c.tokens > b.tokens
     # Token perplexities differ by far more than bits per byte do.
     assert abs(math.log(b.ppl / c.ppl)) > 3 * abs(math.log(b.bpb / c.bpb))
+
+
+def test_samples_beside_a_text_leave_its_figures_unchanged(trained_run: Path, tmp_path: Path, cache_dir: Path) -> None:
+    text = tmp_path / "t.py"
+    text.write_text("def f(x):\n    return x + 1\n\n\nclass A:\n    pass\n")
+    runs = [localtrain(["eval", str(trained_run), "--data", str(text), "--json", *extra], tmp_path, cache_dir)
+            for extra in ([], ["--samples", "3"])]
+    assert all(r.returncode == 0 for r in runs), [r.stderr for r in runs]
+    alone, with_samples = (json.loads(r.stdout) for r in runs)
+    assert with_samples["loss"] == alone["loss"] and with_samples["bpb"] == alone["bpb"]
+    assert alone["samples"] is None and with_samples["samples"]["samples"] == 3
