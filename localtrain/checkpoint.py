@@ -27,7 +27,7 @@ import numpy as np
 
 from localtrain import events as ev
 from localtrain.errors import CheckpointError
-from localtrain.files import fsync_dir, write_synced
+from localtrain.files import fsync_dir, replace_dir, write_synced
 
 FORMAT = 1
 PREFIX = "step-"
@@ -78,15 +78,8 @@ def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[
     write_synced(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
     write_synced(tmp / MARKER, b"")
     fsync_dir(tmp)
-    if final.exists():
-        # Only a replaced best/ or an identical re-save of the same step reaches here.
-        old = final.parent / f".old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-    fsync_dir(final.parent)
+    # An existing `final` is only a replaced best/ or an identical re-save of the same step.
+    replace_dir(tmp, final)
     return sum(m["bytes"] for m in manifest.values())
 
 

@@ -32,7 +32,7 @@ import numpy as np
 from localtrain import checkpoint, config as cfg
 from localtrain.config import ModelConfig
 from localtrain.errors import CheckpointError, LocaltrainError
-from localtrain.files import fsync_dir, write_synced
+from localtrain.files import fsync_dir, replace_dir, write_synced
 from localtrain.runner import CONFIG_FILE
 
 EMBED = "model.embed_tokens.weight"
@@ -298,14 +298,7 @@ def export(source: Source, out: Path, fmt: str = "hf", dtype: str = "float32", f
         for name, content in files.items():
             write_synced(tmp / name, (json.dumps(content, indent=1, ensure_ascii=False) + "\n").encode())
         fsync_dir(tmp)
-        if out.exists():
-            old = out.parent / f".old-{out.name}-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-        fsync_dir(out.parent)
+        replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

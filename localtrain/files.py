@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -30,3 +31,15 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the complete directory `tmp` to `final`, replacing any directory there, and make it durable."""
+    if final.exists():
+        old = final.parent / f".old-{final.name}-{os.getpid()}"
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    fsync_dir(final.parent)
