@@ -8,8 +8,9 @@ Llama names), so a checkpoint written by one backend loads in another.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -48,6 +49,28 @@ def check_weights(expected: dict[str, tuple[int, ...]], weights: dict[str, np.nd
             + ". It was written for a different model shape or vocabulary; resume with the"
             " run's own config, or start a new run."
         )
+
+
+def matmul_peak(sizes: tuple[int, ...], operands: Callable[[int], tuple[Any, Any]],
+                run: Callable[[Any, Any, int], None]) -> float:
+    """The best n x n matmul rate (FLOP/s) over `sizes`: `operands(n)` makes the two matrices,
+    `run(a, b, k)` multiplies them k times and waits for the device. Stops growing n once a
+    single product takes over 0.25 s (a slow dtype: larger sizes would only take longer).
+    """
+    best = 0.0
+    for n in sizes:
+        a, b = operands(n)
+        run(a, b, 1)  # warm-up
+        start = time.perf_counter()
+        run(a, b, 1)
+        single = time.perf_counter() - start
+        if single > 0.25:
+            return max(best, 2 * n**3 / single)
+        iters = max(2, int(0.3 / max(single, 1e-6)))
+        start = time.perf_counter()
+        run(a, b, iters)
+        best = max(best, 2 * n**3 * iters / (time.perf_counter() - start))
+    return best
 
 
 def is_out_of_memory(exc: BaseException) -> bool:

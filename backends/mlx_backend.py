@@ -13,7 +13,6 @@ the compiled step, so the key is the whole random state a checkpoint needs.
 from __future__ import annotations
 
 import os
-import time
 from functools import partial
 from typing import Any
 
@@ -21,7 +20,9 @@ import mlx.core as mx
 import numpy as np
 
 from localtrain.backends import mlx_model
-from localtrain.backends.base import MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory
+from localtrain.backends.base import (
+    MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory, matmul_peak,
+)
 from localtrain.config import ModelConfig, TrainConfig
 from localtrain.errors import CheckpointError, LocaltrainError
 
@@ -327,26 +328,18 @@ class MLXBackend:
 
     def measure_peak_flops(self) -> float:
         dtype = MX_DTYPES[self.dtype]
-        sizes = (256, 512, 1024) if self.where == "cpu" else (2048, 4096, 8192)
-        best = 0.0
         key = mx.random.key(0)  # never the training key
-        for n in sizes:
+
+        def operands(n: int) -> tuple[mx.array, mx.array]:
             ka, kb = mx.random.split(key)
-            a = mx.random.normal((n, n), key=ka).astype(dtype)
-            b = mx.random.normal((n, n), key=kb).astype(dtype)
-            mx.eval(a, b, a @ b)
-            start = time.perf_counter()
-            mx.eval(a @ b)
-            single = time.perf_counter() - start
-            if single > 0.25:
-                best = max(best, 2 * n**3 / single)
-                break
-            iters = max(2, int(0.3 / max(single, 1e-6)))
-            start = time.perf_counter()
-            for _ in range(iters):
+            return mx.random.normal((n, n), key=ka).astype(dtype), mx.random.normal((n, n), key=kb).astype(dtype)
+
+        def run(a: mx.array, b: mx.array, times: int) -> None:
+            for _ in range(times):
                 mx.eval(a @ b)
-            best = max(best, 2 * n**3 * iters / (time.perf_counter() - start))
-        return best
+
+        sizes = (256, 512, 1024) if self.where == "cpu" else (2048, 4096, 8192)
+        return matmul_peak(sizes, operands, run)
 
     def peak_key(self) -> str:
         where = f"cpu{os.cpu_count()}" if self.where == "cpu" else str(mx.default_device())

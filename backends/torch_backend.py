@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
-import time
 from typing import Any
 
 import numpy as np
 import torch
 
-from localtrain.backends.base import MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory
+from localtrain.backends.base import (
+    MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory, matmul_peak,
+)
 from localtrain.backends.torch_model import LlamaLM, shared_layout
 from localtrain.config import ModelConfig, TrainConfig
 from localtrain.errors import CheckpointError, LocaltrainError
@@ -373,30 +374,19 @@ class TorchBackend:
 
     def measure_peak_flops(self) -> float:
         dtype = TORCH_DTYPES[self.dtype]
-        sizes = (512, 1024, 2048) if self.device == "cpu" else (2048, 4096, 8192)
-        best = 0.0
         # A private generator: the default one drives dropout and is part of the run's state.
         gen = torch.Generator().manual_seed(0)
-        for n in sizes:
-            a = torch.randn(n, n, generator=gen).to(self.device, dtype)
-            b = torch.randn(n, n, generator=gen).to(self.device, dtype)
-            a @ b
-            self._sync()
-            start = time.perf_counter()
-            a @ b
-            self._sync()
-            single = time.perf_counter() - start
-            if single > 0.25:
-                # Slow here (bf16 on a CPU without native bf16): larger sizes only take longer.
-                best = max(best, 2 * n**3 / single)
-                break
-            iters = max(2, int(0.3 / max(single, 1e-6)))
-            start = time.perf_counter()
-            for _ in range(iters):
+
+        def operands(n: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return tuple(torch.randn(n, n, generator=gen).to(self.device, dtype) for _ in range(2))
+
+        def run(a: torch.Tensor, b: torch.Tensor, times: int) -> None:
+            for _ in range(times):
                 a @ b
             self._sync()
-            best = max(best, 2 * n**3 * iters / (time.perf_counter() - start))
-        return best
+
+        sizes = (512, 1024, 2048) if self.device == "cpu" else (2048, 4096, 8192)
+        return matmul_peak(sizes, operands, run)
 
     def peak_key(self) -> str:
         if self.device == "cuda":

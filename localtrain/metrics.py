@@ -10,6 +10,7 @@ from typing import Callable
 
 from localtrain.config import ModelConfig
 from localtrain.files import write_atomic
+from localtrain.hardware import cpu_model
 
 LN2 = math.log(2.0)
 
@@ -46,23 +47,13 @@ def mfu(flops_token: float, tokens_per_s: float, peak_flops: float) -> float:
     return flops_token * tokens_per_s / peak_flops if peak_flops > 0 else 0.0
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def cached_peak_flops(cache_dir: Path, key: str, measure: Callable[[], float]) -> tuple[float, bool]:
     """The peak for `key` from `cache_dir/peak_flops.json`, measuring it once if absent.
 
     Returns (flops, was_cached).
     """
     path = cache_dir / "peak_flops.json"
-    full_key = f"{platform.node()}|{cpu_name()}|{key}"
+    full_key = f"{platform.node()}|{cpu_model()}|{key}"
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
