@@ -1,44 +1,15 @@
-"""Whole runs on the MLX backend (its CPU build here): exact resume after SIGKILL, and
-checkpoints that move between MLX and torch mid-run."""
+"""Whole runs that move between MLX (its CPU build here) and torch mid-run. Exact resume
+after SIGKILL on MLX is in tests/core/test_resume.py, beside torch's."""
 
 from __future__ import annotations
 
-import random
-import signal
-
 import pytest
 
-from conftest import TINY, last_step, localtrain, read_jsonl, sets, start_localtrain, step_losses, wait_for
+from conftest import TINY, localtrain, read_jsonl, sets, step_losses
 
 pytest.importorskip("mlx.core", reason="MLX is not installed (pip install 'mlx[cpu]' on Linux)")
 
 N = 20
-
-
-def test_mlx_resumes_exactly_after_sigkill(tmp_path, code_corpus, cache_dir) -> None:
-    args = ["run", "--backend", "mlx", "--data", str(code_corpus), "--max-steps", str(2 * N),
-            *sets(TINY + ["model.dropout=0.1"])]
-    straight = localtrain([*args, "--run-dir", "straight"], tmp_path, cache_dir)
-    assert straight.returncode == 0, straight.stderr
-    plan = next(e for e in read_jsonl(tmp_path / "straight" / "events.jsonl") if e["type"] == "plan")
-    assert plan["backend"] == "mlx"
-
-    killed = tmp_path / "killed"
-    proc = start_localtrain([*args, "--run-dir", "killed"], tmp_path, cache_dir)
-    wait_for(lambda: (killed / "checkpoints" / f"step-{N:08d}" / "COMPLETE").exists(), proc=proc)
-    target = random.Random().randint(N + 1, 2 * N - 4)
-    wait_for(lambda: last_step(killed) >= target, proc=proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
-    assert proc.returncode == -signal.SIGKILL
-
-    resumed = localtrain(["run", "--resume", "--run-dir", "killed"], tmp_path, cache_dir)
-    assert resumed.returncode == 0, resumed.stderr
-    a, b = step_losses(tmp_path / "straight"), step_losses(killed)
-    assert sorted(a) == sorted(b) == list(range(1, 2 * N + 1))
-    assert a == b  # identical floats, dropout included
-    final = f"checkpoints/step-{2 * N:08d}/model.safetensors"
-    assert (tmp_path / "straight" / final).read_bytes() == (killed / final).read_bytes()
 
 
 @pytest.mark.parametrize("first,second", [("torch", "mlx"), ("mlx", "torch")])

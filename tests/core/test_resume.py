@@ -1,8 +1,9 @@
-"""Exact resume with real processes: SIGKILL at a random moment, a kill during a
-checkpoint write, and SIGINT/SIGTERM leaving a complete checkpoint."""
+"""Exact resume with real processes: SIGKILL at a random moment (torch and MLX), a kill
+during a checkpoint write, and SIGINT/SIGTERM leaving a complete checkpoint."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import signal
@@ -13,11 +14,26 @@ import pytest
 from conftest import TINY, last_step, localtrain, read_jsonl, read_jsonl_tolerant, sets, start_localtrain, step_losses, wait_for
 
 
-def test_sigkill_after_a_checkpoint_then_resume_is_exact(tmp_path, code_corpus, cache_dir) -> None:
+def _mlx_installed() -> bool:
+    try:
+        return importlib.util.find_spec("mlx.core") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("backend", [
+    "torch",
+    pytest.param("mlx", marks=pytest.mark.skipif(not _mlx_installed(),
+                                                 reason="MLX is not installed (pip install 'mlx[cpu]' on Linux)")),
+])
+def test_sigkill_after_a_checkpoint_then_resume_is_exact(backend, tmp_path, code_corpus, cache_dir) -> None:
     n = 20
-    args = ["run", "--data", str(code_corpus), "--max-steps", str(2 * n), *sets(TINY + ["model.dropout=0.1"])]
+    args = ["run", "--backend", backend, "--data", str(code_corpus), "--max-steps", str(2 * n),
+            *sets(TINY + ["model.dropout=0.1"])]
     straight = localtrain([*args, "--run-dir", "straight"], tmp_path, cache_dir)
     assert straight.returncode == 0, straight.stderr
+    plan = next(e for e in read_jsonl(tmp_path / "straight" / "events.jsonl") if e["type"] == "plan")
+    assert plan["backend"] == backend
 
     killed_dir = tmp_path / "killed"
     proc = start_localtrain([*args, "--run-dir", "killed"], tmp_path, cache_dir)
@@ -38,7 +54,7 @@ def test_sigkill_after_a_checkpoint_then_resume_is_exact(tmp_path, code_corpus, 
 
     a, b = step_losses(tmp_path / "straight"), step_losses(killed_dir)
     assert sorted(a) == sorted(b) == list(range(1, 2 * n + 1))
-    assert a == b  # identical floats, every step
+    assert a == b  # identical floats, every step, dropout included
     final = f"checkpoints/step-{2 * n:08d}/model.safetensors"
     assert (tmp_path / "straight" / final).read_bytes() == (killed_dir / final).read_bytes()
 
