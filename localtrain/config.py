@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, get_origin, get_type_hints
+from typing import Any, get_args, get_origin, get_type_hints
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -103,6 +103,11 @@ class DataConfig:
     """Documents shorter than this many characters after cleaning are dropped (0 keeps every non-empty one)."""
     shard_tokens: int = 16_777_216
     """Tokens per shard file of the prepared data (the last shard of a split holds the rest)."""
+    phases: list[int] = field(default_factory=list)
+    """Progressive phases: kept-document counts at which phases end, e.g. [100000, 1000000]; a last
+    phase holds every document. Training starts on phase 1 while later phases are prepared."""
+    phase_epochs: int = 1
+    """Epochs over a phase's training tokens before training moves on to the next phase."""
 
 
 @dataclass(frozen=True)
@@ -201,13 +206,13 @@ class Config:
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trained model (model, data and train sections)."""
-        d = self.to_dict()
+        d = _fingerprinted(self.to_dict())
         payload = json.dumps({k: d[k] for k in ("model", "data", "train")}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def model_fingerprint(self) -> str:
         """Hash of what a checkpoint's tensors depend on: the model shape and the data/tokenizer."""
-        d = self.to_dict()
+        d = _fingerprinted(self.to_dict())
         payload = json.dumps({k: d[k] for k in ("model", "data")}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -295,6 +300,20 @@ def _unknown_key_problem(key: str, where: str) -> str:
     return f"`{key}` ({where}) is not a configuration key.{hint}"
 
 
+LATER_DEFAULTS = {"data": {"phases": [], "phase_epochs": 1}}
+"""Fields added after runs were first written: at these values they are left out of fingerprints, so a
+run started before they existed still resumes."""
+
+
+def _fingerprinted(d: dict[str, Any]) -> dict[str, Any]:
+    out = {section: dict(values) for section, values in d.items()}
+    for section, defaults in LATER_DEFAULTS.items():
+        for name, default in defaults.items():
+            if out[section].get(name) == default:
+                out[section].pop(name, None)
+    return out
+
+
 def _coerce(key: str, value: Any, typ: Any, from_text: bool) -> tuple[Any, str | None]:
     """Convert `value` to `typ`; return (value, problem)."""
     if get_origin(typ) is list:
@@ -307,6 +326,12 @@ def _coerce(key: str, value: Any, typ: Any, from_text: bool) -> tuple[Any, str |
                     return None, f"`{key}` = {value!r}: not a TOML list ({exc})."
             else:
                 value = [text] if text else []
+        if get_args(typ) == (int,):
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                value = [_coerce(key, v, int, True)[0] for v in value]  # --set data.phases=100
+            if not isinstance(value, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+                return None, f"`{key}` = {value!r}: must be a list of whole numbers, like [1000, 10000]."
+            return list(value), None
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             return None, f"`{key}` = {value!r}: must be a list of strings, like [\"a\", \"b\"]."
         return list(value), None

@@ -14,7 +14,8 @@ import json
 import os
 import shutil
 import signal
-from contextlib import contextmanager
+import threading
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
@@ -225,12 +226,16 @@ def make_backend(config: cfg.Config, plan=None):  # -> Backend
 
 
 class Fanout:
+    """Sends each event to every sink, one event at a time (a background preparation emits too)."""
+
     def __init__(self, *sinks: ev.Emit) -> None:
         self.sinks = list(sinks)
+        self._lock = threading.Lock()
 
     def __call__(self, event: ev.Event) -> None:
-        for sink in self.sinks:
-            sink(event)
+        with self._lock:
+            for sink in self.sinks:
+                sink(event)
 
 
 def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) -> ev.Done:
@@ -263,10 +268,51 @@ def _in_turn(dist: Dist, work: Callable[[], T]) -> T:
     return result if dist.local_rank == 0 else work()
 
 
+def _open_data(config: cfg.Config, emit: ev.Emit, dist: Dist, stack: ExitStack):
+    """The prepared data to train on: (PreparedData, train tokens or phases, val tokens).
+
+    Without data.phases the whole corpus is prepared first. With them, each node's first
+    process starts the preparation in a process beside it, and training opens the data once phase 1 is
+    ready: the figures of the PreparedData returned are phase 1's, and its validation
+    tokens stay the same for the whole run, so every evaluation is comparable.
+    """
+    from localtrain.data.phases import BackgroundPreparation, GrowingPhases, first_phase
+    from localtrain.data.prepare import prepare, prepared_dir
+
+    explicit = config.explicit_keys()
+    if not config.data.phases:
+        prepared = _in_turn(dist, lambda: prepare(config.data, emit, explicit=explicit, threads=config.run.threads))
+        return prepared, prepared.load("train"), prepared.load("val")
+    check: Callable[[], None] = lambda: None  # noqa: E731
+    if dist.local_rank == 0:
+        background = BackgroundPreparation(config.data, emit, explicit, config.run.threads).start()
+        stack.callback(_stop_preparation, background, emit)
+        check = background.check
+    directory = prepared_dir(config.data, explicit)
+    prepared = first_phase(directory, check)
+    first = prepared.phases[0]
+    prepared = dataclasses.replace(prepared, train_tokens=first["train_tokens"], val_tokens=first["val_tokens"])
+    return prepared, GrowingPhases(directory, check), prepared.load("val", limit=first["val_tokens"])
+
+
+def _stop_preparation(background, emit: ev.Emit) -> None:
+    if background.running:
+        background.stop()
+        if not background.finished and background.error is None:
+            emit(ev.Warning(message="Training ended before the data preparation did; it stopped after its last "
+                            "commit. The next run on this data (or `localtrain prepare`) continues it.",
+                            code="preparation_stopped"))
+
+
 def _train(s: Setup, emit: ev.Emit, dist: Dist) -> ev.Done:
+    with ExitStack() as stack:
+        return _train_on(s, emit, dist, stack)
+
+
+def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
     from localtrain.control import ControlFile
     from localtrain.data.loader import check_train_size
-    from localtrain.data.prepare import cache_root, prepare
+    from localtrain.data.prepare import cache_root
     from localtrain.train import StopFlag, TrainData, Trainer
 
     config, run_dir = s.config, s.run_dir
@@ -297,8 +343,7 @@ def _train(s: Setup, emit: ev.Emit, dist: Dist) -> ev.Done:
         if not hasattr(backend, "set_distributed"):
             raise LocaltrainError(f"Data-parallel training (--nproc) needs the torch backend, not {backend.name}.")
         backend.set_distributed(dist)
-    prepared = _in_turn(dist, lambda: prepare(config.data, emit, explicit=config.explicit_keys(),
-                                              threads=config.run.threads))
+    prepared, train_tokens, val_tokens = _open_data(config, emit, dist, stack)
     tokenizer = prepared.tokenizer()
     if loaded is not None and loaded.state.get("tokenizer_sha256") != tokenizer.sha256:
         raise CheckpointError(
@@ -311,7 +356,7 @@ def _train(s: Setup, emit: ev.Emit, dist: Dist) -> ev.Done:
     backend.build(config.model, prepared.vocab_size, config.train.seed)
     backend.configure_optimizer(config.train)
     data = TrainData(
-        train_tokens=prepared.load("train"), val_tokens=prepared.load("val"),
+        train_tokens=train_tokens, val_tokens=val_tokens,
         token_bytes=tokenizer.token_bytes(), encode=tokenizer.encode, decode=tokenizer.decode,
         eos_id=tokenizer.eos_id, tokenizer_sha256=tokenizer.sha256, vocab_size=prepared.vocab_size,
     )

@@ -44,7 +44,8 @@ def lr_at(step: int, train: TrainConfig, total_steps: int) -> float:
 class TrainData:
     """What the loop needs of the prepared corpus and its tokenizer."""
 
-    train_tokens: np.ndarray
+    train_tokens: Any
+    """The training tokens: an array, or the `Phases` of a preparation that may still be running."""
     val_tokens: np.ndarray
     token_bytes: np.ndarray
     encode: Callable[[str], list[int]]
@@ -69,6 +70,8 @@ Control = Callable[[], list[str]]
 """Returns the commands a controller sent since the last call: "pause", "resume",
 "sample", "checkpoint" or "stop". The loop calls it between steps."""
 CONTROL_COMMANDS = ("pause", "resume", "sample", "checkpoint", "stop")
+POLL_SECONDS = 0.2
+"""How often a run waiting for its next phase of data looks again."""
 
 
 @dataclass
@@ -118,7 +121,7 @@ class Trainer:
         self.micro_batch_size = micro_batch_size or t.micro_batch_size or self.rank_batch
         self.grad_accum_steps = self.rank_batch // self.micro_batch_size
         self.total_steps = total_steps or config.total_steps()
-        self.windows = TrainWindows(data.train_tokens, config.model.seq_len, t.seed)
+        self.windows = TrainWindows(data.train_tokens, config.model.seq_len, t.seed, config.data.phase_epochs)
         self.val_batches = eval_windows(data.val_tokens, config.model.seq_len, t.eval_batches, self.micro_batch_size)
         self.flops_per_token = metrics.flops_per_token(config.model, vocab_rows(config, data.vocab_size))
         self.state = LoopState()
@@ -350,16 +353,21 @@ class Trainer:
             self.evaluate()
         reason = "complete"
         tok_s_avg: float | None = None
+        waiting_since: float | None = None
         while st.step < self.total_steps:
             paused_s = self.obey_controller()
             started += paused_s
             if deadline is not None:
                 deadline += paused_s
+            if paused_s and waiting_since is not None:
+                waiting_since = None  # still waiting after a pause: say so again
+            missing = self.windows.missing_phase(st.cursor, t.batch_size)
             # Every rank takes the same decisions at the same step: any rank's signal, the
-            # clock, rank 0's early stop and its controller's checkpoint request.
-            stop, over_time, early, wanted = self.dist.all_max([
+            # clock, rank 0's early stop, its controller's checkpoint request, and any
+            # rank's wait for data not prepared yet.
+            stop, over_time, early, wanted, waiting = self.dist.all_max([
                 float(self.stop.requested), float(deadline is not None and time.perf_counter() >= deadline),
-                float(self.early_stop), float(self.checkpoint_requested),
+                float(self.early_stop), float(self.checkpoint_requested), float(missing is not None),
             ])
             if wanted:
                 self.checkpoint_requested = False
@@ -376,6 +384,22 @@ class Trainer:
             if early:
                 reason = "early_stop"
                 break
+            if waiting:
+                # Like a pause, time spent waiting for the data is not training time.
+                if waiting_since is None:
+                    waiting_since = time.perf_counter()
+                    self.emit(ev.Status(state="waiting", message=self.windows.phases.describe(missing)
+                                        if missing is not None else "Waiting for another process's data."))
+                time.sleep(POLL_SECONDS)
+                continue
+            if waiting_since is not None:
+                waited = time.perf_counter() - waiting_since
+                started += waited
+                if deadline is not None:
+                    deadline += waited
+                waiting_since = None
+                self.emit(ev.Status(state="running", message=f"The data is ready after {waited:.0f} s of waiting; "
+                                    f"training continues from step {st.step}."))
             lr = lr_at(st.step, t, self.total_steps)
             x, y, cursor = self.windows.take(st.cursor, t.batch_size)
             mine = slice(self.dist.rank * self.rank_batch, (self.dist.rank + 1) * self.rank_batch)

@@ -63,6 +63,11 @@ def check(config: Config) -> list[str]:
          "Typical values are 4096 to 50304.")
     need(0.5 < d.character_coverage <= 1.0, "data.character_coverage", d.character_coverage,
          "must be in (0.5, 1]", "Use 1.0 for small alphabets, 0.9995 for big ones.")
+    need(all(n >= 1 for n in d.phases) and all(a < b for a, b in zip(d.phases, d.phases[1:])), "data.phases",
+         d.phases, "must be increasing document counts, each at least 1",
+         "For example --set data.phases=[100000,1000000] (a last phase of every document follows), or [] for none.")
+    need(d.phase_epochs >= 1, "data.phase_epochs", d.phase_epochs, "must be at least 1",
+         "Use 1 to move to the next phase after one pass over the current one.")
     need(d.tokenizer_sample_bytes >= 10_000, "data.tokenizer_sample_bytes", d.tokenizer_sample_bytes,
          "must be at least 10000", "The default is 20000000.")
 

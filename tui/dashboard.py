@@ -33,7 +33,7 @@ from localtrain.tui.runs import EventTail, RunState, describe_status, lock_pid, 
 from localtrain.tui.widgets import Curves, MemoryBar, Meter, eta_text
 
 PREPARE_STAGES = ("read", "tokenizer", "encode", "done")
-LIVE = ("running", "paused", "stopping", "starting")
+LIVE = ("running", "paused", "waiting", "stopping", "starting")
 MAX_CHUNKS_PER_POLL = 64
 PLOT_EVERY_S = 1.0
 
@@ -231,7 +231,7 @@ class RunScreen(Screen):
             progress.set(0.0 if total else None, f"step 0 of {total}" if total else "waiting for the plan")
             speed.update(Text("no steps yet", style="dim"))
         else:
-            colour = {"paused": "yellow", "failed": "red", "died": "red"}.get(self.status, "green")
+            colour = {"paused": "yellow", "waiting": "yellow", "failed": "red", "died": "red"}.get(self.status, "green")
             progress.set(st.step / st.total_steps if st.total_steps else None,
                          f"step {st.step:,} of {st.total_steps:,} | {human(st.tokens)} tokens |"
                          f" elapsed {eta_text(st.elapsed_s)}" + (f" | ETA {eta_text(st.eta_s)}" if self.alive else ""),

@@ -226,19 +226,20 @@ def pid_alive(pid: int | None) -> bool:
 
 
 def run_status(state: RunState, alive: bool) -> str:
-    """running, paused, stopping, starting, finished, stopped, failed, died, missing or empty.
+    """running, paused, waiting, stopping, starting, finished, stopped, failed, died, missing or empty.
 
     A `done` event decides: finished (complete, early stop) or stopped (interrupted, time
     limit). Without one, a live writer means running (or paused, or stopping); a dead
-    one means failed after an `error` event, otherwise died (killed, or crashed).
+    one means failed after an `error` event, otherwise died (killed, or crashed). Waiting:
+    training waits for its next phase of data to be prepared.
     """
     if state.missing and not alive:
         return "missing"
     if state.done is not None and not alive:
         return "finished" if state.done.reason in FINISHED_REASONS else "stopped"
     if alive:
-        if state.status is not None and state.status.state == "paused":
-            return "paused"
+        if state.status is not None and state.status.state in ("paused", "waiting"):
+            return state.status.state
         if state.stopping:
             return "stopping"
         return "running" if state.events_read else "starting"
@@ -327,6 +328,7 @@ def describe_status(status: str) -> dict[str, Any]:
     table = {
         "running": ("green", "training now"),
         "paused": ("yellow", "paused by a controller"),
+        "waiting": ("yellow", "waiting for its next phase of data to be prepared"),
         "stopping": ("yellow", "writing its last checkpoint"),
         "starting": ("cyan", "the process started; no events yet"),
         "finished": ("blue", "trained to the end"),

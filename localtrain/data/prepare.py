@@ -17,6 +17,12 @@ settings, or the one given to `localtrain prepare --out`):
 
 A directory whose manifest says `complete` is the cache hit: a second run on unchanged
 inputs returns it without reading anything.
+
+Progressive phases (`data.phases`, e.g. [100000, 1000000]): phase k holds the first
+N_k kept documents in source order, and a last phase holds them all. The manifest
+records, for each phase, the train and validation token counts at the end of its last
+document, committed together with the shards that hold them, so a trainer can open the
+first phase while later ones are still being written (`phases.py`).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import time
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -113,12 +119,21 @@ class PreparedData:
     def shards(self, split: str) -> list[Path]:
         return [self.dir / s["file"] for s in self.meta["splits"][split]["shards"]]
 
-    def load(self, split: str) -> ShardedTokens:
-        """The tokens of `split` ("train" or "val"): its shards seen as one read-only array."""
+    def load(self, split: str, limit: int | None = None) -> ShardedTokens:
+        """The tokens of `split` ("train" or "val"), or their first `limit`: its shards seen as one
+        read-only array."""
         if split not in SPLITS:
             raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-        shards = self.meta["splits"][split]["shards"]
-        return ShardedTokens(self.shards(split), [s["tokens"] for s in shards], self.dtype)
+        counts = [s["tokens"] for s in self.meta["splits"][split]["shards"]]
+        if limit is not None:
+            ends = np.minimum(np.cumsum(counts), limit)
+            counts = np.diff(ends, prepend=0).tolist()
+        return ShardedTokens(self.shards(split), counts, self.dtype)
+
+    @property
+    def phases(self) -> list[dict[str, Any]]:
+        """The progressive phases the manifest records (empty without data.phases)."""
+        return self.meta.get("phases", [])
 
 
 def cache_root(data: DataConfig) -> Path:
@@ -140,7 +155,26 @@ def cache_key(data: DataConfig, spec: SourceSpec, explicit: Set[str]) -> str:
         "data": {k: getattr(data, k) for k in KEY_FIELDS},
         "vocab_size_explicit": "data.vocab_size" in explicit,
     }
+    if data.phases:  # (data without phases keeps the key it had before phases existed)
+        payload["phases"] = list(data.phases)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def prepared_dir(data: DataConfig, explicit: Set[str] = frozenset(), out_dir: Path | str | None = None) -> Path:
+    """The directory `prepare` writes `data` into: `out_dir`, else its place in the cache."""
+    if out_dir:
+        return Path(out_dir).expanduser()
+    return cache_root(data) / "data" / cache_key(data, source_spec(data), explicit)[:20]
+
+
+class StopRequest(Protocol):
+    """Asks a preparation to stop: checked after every unit of work read."""
+
+    def is_set(self) -> bool: ...
+
+
+class Cancelled(Exception):
+    """A preparation stopped on request after committing what it had read; running it again continues."""
 
 
 def is_val(key: str, val_fraction: float) -> bool:
@@ -193,13 +227,17 @@ def prepare(
     explicit: Set[str] = frozenset(),
     threads: int = 0,
     out_dir: Path | str | None = None,
+    cancel: StopRequest | None = None,
+    progress_seconds: float = PROGRESS_SECONDS,
 ) -> PreparedData:
     """Prepare `data` into token shards (or continue or reuse an earlier preparation).
 
     `explicit` holds the dotted config keys set on the command line (a default
     vocab_size may shrink to fit a small corpus; an explicit one may not); `threads` is
     the number of worker processes for cleaning and encoding (0: every core); `out_dir`
-    is the directory to prepare into instead of the cache.
+    is the directory to prepare into instead of the cache. Setting `cancel` stops the
+    work at the next unit read, after a commit (raising `Cancelled`); `progress_seconds`
+    spaces the progress events.
     """
     start = time.perf_counter()
     spec = source_spec(data)
@@ -224,24 +262,24 @@ def prepare(
         source = spec.open(emit)
         workers = worker_count(threads)
         if manifest is None:
-            manifest = _start(data, directory, key, spec, source, emit, explicit, workers)
+            manifest = _start(data, directory, key, spec, source, emit, explicit, workers, cancel)
         else:
             emit(Prepare(stage="resume", message=f"Continuing the preparation in {directory} from "
                          f"{_counts_text(manifest)}.", documents=_documents(manifest),
                          tokens=_tokens(manifest)))
-        _encode_pass(data, directory, manifest, source, emit, workers)
+        _encode_pass(data, directory, manifest, source, emit, workers, cancel, progress_seconds)
     prepared = PreparedData.from_dir(directory)
     _emit_done(emit, prepared, time.perf_counter() - start, cached=False)
     return prepared
 
 
 def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source: Source, emit: Emit,
-           explicit: Set[str], workers: int) -> dict[str, Any]:
+           explicit: Set[str], workers: int, cancel: StopRequest | None = None) -> dict[str, Any]:
     """Pass 1: the tokenizer sample, the tokenizer, and the first (empty) manifest."""
     for pattern in ("train-[0-9]*.bin", "val-[0-9]*.bin"):
         for stale in directory.glob(pattern):
             stale.unlink()  # shards of a preparation killed before its first manifest
-    sample, read = tokenizer_sample(data, source, workers)
+    sample, read = tokenizer_sample(data, source, workers, cancel)
     if not sample:
         raise DataError(_no_documents(source, read))
     emit(Prepare(stage="read", message=f"Read {read['documents']:,} documents ({read['bytes']:,} bytes of input) "
@@ -274,12 +312,16 @@ def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source
         "input_bytes": 0,
         "data": {k: getattr(data, k) for k in KEY_FIELDS},
     }
+    if data.phases:
+        manifest["phases"] = [{"documents": n, "ready": False, "train_tokens": 0, "val_tokens": 0}
+                              for n in [*data.phases, None]]
     (directory / SEEN_FILE).write_bytes(b"")
     write_manifest(directory, manifest)
     return manifest
 
 
-def tokenizer_sample(data: DataConfig, source: Source, workers: int) -> tuple[list[str], dict[str, Any]]:
+def tokenizer_sample(data: DataConfig, source: Source, workers: int,
+                     cancel: StopRequest | None = None) -> tuple[list[str], dict[str, Any]]:
     """The first `data.tokenizer_sample_bytes` of training text, in source order, after the filters."""
     filters = Filters(data, set(), {})
     sample: list[str] = []
@@ -288,6 +330,8 @@ def tokenizer_sample(data: DataConfig, source: Source, workers: int) -> tuple[li
     tasks = source.tasks(None)
     try:
         for result, _ in run_tasks(tasks, workers):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled("The preparation stopped on request while reading the tokenizer sample.")
             read["tasks"] += 1
             read["bytes"] += result.bytes
             read["documents"] += len(result.docs)
@@ -326,7 +370,8 @@ def _no_documents(source: Source, read: dict[str, Any]) -> str:
 
 
 def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], source: Source, emit: Emit,
-                 workers: int) -> None:
+                 workers: int, cancel: StopRequest | None = None,
+                 progress_seconds: float = PROGRESS_SECONDS) -> None:
     """Pass 2: read from the manifest's cursor, filter, encode and append, committing as it goes."""
     writer = ShardWriter(directory, manifest)
     seen_path = directory / SEEN_FILE
@@ -347,17 +392,32 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
     started = time.perf_counter()
     last_event = last_commit = started
     session = {"documents": 0, "bytes": 0, "articles": 0}
+    phases = manifest.get("phases", [])
+    kept = _documents(manifest)  # documents kept so far, committed or pending
+    # Phase ends met among the pending documents: (phase, pending train count, pending val count).
+    marks: list[tuple[int, int, int]] = []
+    upcoming = [i for i, ph in enumerate(phases) if not ph["ready"] and ph["documents"] is not None]
 
     def commit(cursor_after: Any, complete: bool = False) -> None:
         nonlocal pending_bytes
-        for split in SPLITS:
+        ends: dict[str, list[int]] = {s: [] for s in SPLITS}
+        for i, split in enumerate(SPLITS):
             texts = pending[split]
+            before = manifest["splits"][split]["tokens"]
+            ids = encoder.encode(texts) if texts else None
+            for mark in marks:
+                n = min(mark[1 + i], len(texts))
+                # Every document ends with the one eos of its own (text never encodes to eos).
+                ends[split].append(before + (int(np.flatnonzero(ids == tok.eos_id)[n - 1]) + 1 if n else 0))
             if texts:
                 info = manifest["splits"][split]
                 info["documents"] += len(texts)
                 info["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
-                writer.append(split, encoder.encode(texts))
+                writer.append(split, ids)
             pending[split] = []
+        for j, (phase, _, _) in enumerate(marks):
+            phases[phase].update(ready=True, train_tokens=ends["train"][j], val_tokens=ends["val"][j])
+        marks.clear()
         pending_bytes = 0
         with open(seen_path, "ab") as f:
             f.write(b"".join(filters.new_hashes))
@@ -379,12 +439,22 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
                 pending[split].append(doc.text)
                 pending_bytes += len(doc.text)
                 session["documents"] += 1
+                kept += 1
+                if upcoming and kept == phases[upcoming[0]]["documents"]:
+                    marks.append((upcoming.pop(0), len(pending["train"]), len(pending["val"])))
             cursor = cursor_after
-            if pending_bytes >= COMMIT_BYTES or (pending_bytes and time.perf_counter() - last_commit >= COMMIT_SECONDS):
+            ended = [phase for phase, _, _ in marks]
+            stopping = cancel is not None and cancel.is_set()
+            if ended or stopping or pending_bytes >= COMMIT_BYTES or (
+                    pending_bytes and time.perf_counter() - last_commit >= COMMIT_SECONDS):
                 commit(cursor)
                 last_commit = time.perf_counter()
+                for phase in ended:
+                    emit(_phase_event(manifest, phase))
+                if stopping:
+                    raise Cancelled(f"The preparation in {directory} stopped on request at {_counts_text(manifest)}.")
                 now = time.perf_counter()
-                if now - last_event >= PROGRESS_SECONDS:
+                if now - last_event >= progress_seconds:
                     last_event = now
                     emit(_progress(manifest, filters, session, now - started))
         problems.extend(p for p in source.problems() if p not in problems)
@@ -407,7 +477,31 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
             f"data.document_bytes cuts files into more documents)."
         )
     emit(_progress(manifest, filters, session, time.perf_counter() - started))
+    # Phases the corpus did not reach, and the last one, hold every document.
+    late = [i for i, ph in enumerate(phases) if not ph["ready"]]
+    short = [phases[i]["documents"] for i in late if phases[i]["documents"] is not None]
+    for i in late:
+        phases[i].update(ready=True, train_tokens=train_tokens, val_tokens=val_tokens)
     writer.commit(complete=True)
+    if short:
+        emit(Warning(message=f"data.phases asks for phases of {', '.join(f'{n:,}' for n in short)} documents, but "
+                     f"the source `{source.name}` has {_documents(manifest):,} to keep: those phases hold every "
+                     f"document.", code="short_phases"))
+    for i in late:
+        emit(_phase_event(manifest, i))
+
+
+def _phase_event(manifest: dict[str, Any], phase: int) -> Prepare:
+    ph = manifest["phases"][phase]
+    last = phase == len(manifest["phases"]) - 1
+    what = "every document" if last or ph["documents"] is None else f"the first {ph['documents']:,} documents"
+    return Prepare(
+        stage="phase",
+        message=f"Phase {phase + 1} of {len(manifest['phases'])} is ready: {what}, {ph['train_tokens']:,} train "
+        f"and {ph['val_tokens']:,} validation tokens.",
+        documents=ph["documents"] or _documents(manifest),
+        tokens=ph["train_tokens"] + ph["val_tokens"],
+    )
 
 
 def _warn_skipped(dropped: dict[str, int], problems: list[str], emit: Emit) -> None:

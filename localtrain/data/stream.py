@@ -271,11 +271,13 @@ def open_local(path: Path, include: list[str], exclude: list[str], document_byte
 # ---- running tasks -------------------------------------------------------------------------
 
 
-def pool_context() -> multiprocessing.context.BaseContext:
+def pool_context(separate: bool = False) -> multiprocessing.context.BaseContext:
+    """The way worker processes start. `separate`: for a process that runs beside a training
+    loop, whose threads a fork could copy mid-lock, so it starts a fresh interpreter."""
     # fork starts workers at once on Linux; elsewhere (macOS) fork is unsafe with system frameworks.
-    if sys.platform.startswith("linux"):
-        return multiprocessing.get_context("fork")
-    return multiprocessing.get_context("spawn")
+    if separate or not sys.platform.startswith("linux"):
+        return multiprocessing.get_context("spawn")
+    return multiprocessing.get_context("fork")
 
 
 def worker_count(threads: int) -> int:

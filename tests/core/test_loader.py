@@ -81,3 +81,52 @@ def test_lr_warms_up_then_follows_a_cosine_to_the_floor() -> None:
     assert lrs[60] == pytest.approx(1e-4 + 0.5 * (1e-3 - 1e-4))
     assert all(a >= b for a, b in zip(lrs[10:110], lrs[11:111]))
     assert lrs[110] == lrs[114] == pytest.approx(1e-4)
+
+
+class ArrayPhases:
+    """Phases over one token array: phase k is its first ends[k] tokens; `ready` of them are written."""
+
+    def __init__(self, tokens: np.ndarray, ends: list[int], ready: int) -> None:
+        self.all, self.ends, self.written = tokens, ends, ready
+
+    def __len__(self) -> int:
+        return len(self.ends)
+
+    def ready(self, phase: int) -> bool:
+        return phase < self.written
+
+    def tokens(self, phase: int) -> np.ndarray:
+        assert self.ready(phase), "the loader opened a phase that is not ready"
+        return self.all[: self.ends[phase]]
+
+
+def test_phases_walk_each_prefix_for_phase_epochs_then_the_whole() -> None:
+    seq, ends = 16, [321, 1601]
+    w = TrainWindows(ArrayPhases(tokens(1601), ends, ready=2), seq_len=seq, seed=4, phase_epochs=2)
+    first = (ends[0] - 1) // seq  # 20 windows per epoch of phase 1
+    x, _, cursor = w.take((0, 0), first)
+    assert cursor == (1, 0) and sorted(x[:, 0].tolist()) == list(range(0, first * seq, seq))
+    seen = [x]
+    while cursor[0] < 2:  # epoch 1 is phase 1 again, cut at a shifted offset
+        x, _, cursor = w.take(cursor, 1)
+        seen.append(x)
+    assert cursor == (2, 0) and np.concatenate(seen).max() < ends[0] and len(seen) > first // 2
+    x, _, cursor = w.take(cursor, 60)
+    assert x.max() >= ends[0] and cursor == (2, 60)  # epoch 2 walks the whole stream
+    assert w.phase_of(2) == w.phase_of(50) == 1
+
+
+def test_a_loader_whose_next_phase_is_late_says_so_and_then_takes_the_same_windows() -> None:
+    seq, ends = 16, [321, 1601]
+    late = ArrayPhases(tokens(1601), ends, ready=1)
+    w = TrainWindows(late, seq_len=seq, seed=4)
+    ref = TrainWindows(ArrayPhases(tokens(1601), ends, ready=2), seq_len=seq, seed=4)
+    assert w.missing_phase((0, 0), 20) is None  # exactly phase 1's 20 windows
+    assert w.missing_phase((0, 0), 21) == 1 and w.missing_phase((0, 15), 8) == 1
+    x, _, cursor = w.take((0, 0), 16)
+    assert w.missing_phase(cursor, 8) == 1
+    late.written = 2
+    assert w.missing_phase(cursor, 8) is None
+    got, _, end = w.take(cursor, 8)
+    want_all, _, want_end = ref.take((0, 0), 24)
+    assert np.array_equal(np.concatenate([x, got]), want_all) and end == want_end

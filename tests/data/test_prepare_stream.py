@@ -46,14 +46,15 @@ def shards_written(directory: Path) -> int:
 
 def test_sigkill_at_random_points_then_rerun_gives_identical_shards(tmp_path: Path, cache_dir: Path) -> None:
     need(ENWIKI)
-    ref = localtrain(["prepare", "--data", str(ENWIKI), "--out", "ref", *ARGS], tmp_path, cache_dir)
+    phased = [*ARGS, "--set", "data.phases=[20,60]"]  # phase ends are recorded on the way
+    ref = localtrain(["prepare", "--data", str(ENWIKI), "--out", "ref", *phased], tmp_path, cache_dir)
     assert ref.returncode == 0, ref.stderr
     expected = files(tmp_path / "ref")
     assert len([n for n in expected if n.startswith("train-")]) > 10
 
     rng = random.Random(7)
     out = tmp_path / "killed"
-    cmd = ["prepare", "--data", str(ENWIKI), "--out", "killed", *ARGS]
+    cmd = ["prepare", "--data", str(ENWIKI), "--out", "killed", *phased]
     complete_after = []
     # While the dump is read for the tokenizer sample, right after the first shards are
     # committed, and at a random point of the resumed run.
@@ -79,6 +80,8 @@ def test_sigkill_at_random_points_then_rerun_gives_identical_shards(tmp_path: Pa
     assert files(out) == expected
     got, want = manifest(out), manifest(tmp_path / "ref")
     assert got["complete"] and got["splits"] == want["splits"] and got["dropped"] == want["dropped"]
+    assert got["phases"] == want["phases"] and [p["documents"] for p in got["phases"]] == [20, 60, None]
+    assert 0 < got["phases"][0]["train_tokens"] < got["phases"][1]["train_tokens"] < got["phases"][2]["train_tokens"]
 
 
 def test_emit_text_cache_reuse_and_loading_the_shards(tmp_path: Path, cache_dir: Path) -> None:
