@@ -285,7 +285,9 @@ def _open_data(config: cfg.Config, emit: ev.Emit, dist: Dist, stack: ExitStack):
         return prepared, prepared.load("train"), prepared.load("val")
     check: Callable[[], None] = lambda: None  # noqa: E731
     if dist.local_rank == 0:
-        background = BackgroundPreparation(config.data, emit, explicit, config.run.threads).start()
+        # Training gets the cores first: the preparation beside it takes half of them for its workers.
+        workers = max(1, (config.run.threads or os.cpu_count() or 1) // 2)
+        background = BackgroundPreparation(config.data, emit, explicit, workers).start()
         stack.callback(_stop_preparation, background, emit)
         check = background.check
     directory = prepared_dir(config.data, explicit)
