@@ -35,6 +35,9 @@ class Phases(Protocol):
     def tokens(self, phase: int) -> Any:
         """The tokens of a ready phase (an array or a `ShardedTokens`)."""
 
+    def describe(self, phase: int) -> str:
+        """What a run waiting for `phase` is waiting for."""
+
 
 class OnePhase:
     """One array of training tokens, always ready."""
@@ -50,6 +53,9 @@ class OnePhase:
 
     def tokens(self, phase: int) -> Any:
         return self._tokens
+
+    def describe(self, phase: int) -> str:
+        return "The training tokens are all there."
 
 
 class TrainWindows:
