@@ -125,3 +125,17 @@ def test_the_recorded_states_in_order(tmp_path) -> None:
         if not seen or seen[-1] != status:
             seen.append(status)
     assert seen == ["running", "paused", "running", "stopping", "stopped"]
+
+
+def test_a_run_waiting_for_its_next_phase_shows_as_waiting(tmp_path) -> None:
+    from localtrain import events as ev
+    from localtrain.tui.runs import describe_status
+
+    state = RunState(tmp_path)
+    state.add(ev.Status(state="running", message="Training from step 0 to 200."))
+    state.add(ev.Status(state="waiting", message="Waiting for phase 2 of 3 (the first 15,000 documents)."))
+    assert run_status(state, alive=True) == "waiting"
+    assert "next phase" in describe_status("waiting")["meaning"]
+    state.add(ev.Status(state="running", message="The data is ready after 3 s of waiting."))
+    assert run_status(state, alive=True) == "running"
+    assert run_status(state, alive=False) == "died"
