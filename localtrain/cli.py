@@ -187,6 +187,9 @@ def run_worker(args: argparse.Namespace, setup) -> int:
         except LocaltrainError as exc:
             print(f"[rank {dist.rank}] error: {exc}", file=sys.stderr)
             return exc.exit_code
+        # Every rank leaves the group together: one tearing it down while another is still
+        # on its way out can abort that one.
+        dist.barrier()
         if dist.is_main and done.reason in ("interrupted", "max_time"):
             print(f"Stopped at step {done.step}. Continue with: localtrain run --resume --run-dir {setup.run_dir}"
                   " (with --nproc N for N processes)")
