@@ -276,14 +276,14 @@ def _open_data(config: cfg.Config, emit: ev.Emit, dist: Dist, stack: ExitStack):
     ready: the figures of the PreparedData returned are phase 1's, and its validation
     tokens stay the same for the whole run, so every evaluation is comparable.
     """
-    from localtrain.data.phases import BackgroundPreparation, GrowingPhases, first_phase
+    from localtrain.data.phases import BackgroundPreparation, GrowingPhases, first_phase, nothing_to_check
     from localtrain.data.prepare import prepare, prepared_dir
 
     explicit = config.explicit_keys()
     if not config.data.phases:
         prepared = _in_turn(dist, lambda: prepare(config.data, emit, explicit=explicit, threads=config.run.threads))
         return prepared, prepared.load("train"), prepared.load("val")
-    check: Callable[[], None] = lambda: None  # noqa: E731
+    check = nothing_to_check
     if dist.local_rank == 0:
         # Training gets the cores first: the preparation beside it takes half of them for its workers.
         workers = max(1, (config.run.threads or os.cpu_count() or 1) // 2)

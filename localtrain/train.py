@@ -19,7 +19,7 @@ import numpy as np
 from localtrain import checkpoint, events as ev, metrics
 from localtrain.backends.base import Backend, OutOfMemory, StepResult
 from localtrain.config import Config, TrainConfig
-from localtrain.data.loader import Cursor, TrainWindows, eval_windows
+from localtrain.data.loader import POLL_SECONDS, Cursor, TrainWindows, eval_windows
 from localtrain.errors import LocaltrainError
 from localtrain.parallel import Dist, Single
 from localtrain.planner import next_smaller_micro
@@ -70,8 +70,6 @@ Control = Callable[[], list[str]]
 """Returns the commands a controller sent since the last call: "pause", "resume",
 "sample", "checkpoint" or "stop". The loop calls it between steps."""
 CONTROL_COMMANDS = ("pause", "resume", "sample", "checkpoint", "stop")
-POLL_SECONDS = 0.2
-"""How often a run waiting for its next phase of data looks again."""
 
 
 @dataclass

@@ -22,6 +22,8 @@ import numpy as np
 from localtrain.errors import DataError
 
 Cursor = tuple[int, int]
+POLL_SECONDS = 0.2
+"""How often a run waiting for a phase of its data that is not written yet looks again."""
 
 
 class Phases(Protocol):

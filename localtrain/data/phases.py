@@ -18,25 +18,25 @@ from pathlib import Path
 from typing import Any
 
 from localtrain.config import DataConfig
+from localtrain.data.loader import POLL_SECONDS
 from localtrain.data.prepare import Cancelled, PreparedData, prepare
 from localtrain.data.shards import read_manifest
 from localtrain.data.stream import pool_context
 from localtrain.errors import LocaltrainError
 from localtrain.events import Emit
 
-POLL_SECONDS = 0.2
 PROGRESS_SECONDS = 30.0
 """Progress events of a preparation behind a training run are spaced wider than alone."""
 
 
-def _no_check() -> None:
-    return None
+def nothing_to_check() -> None:
+    """The check of a process that runs no preparation of its own."""
 
 
 class GrowingPhases:
     """The training tokens of each phase of a prepared directory whose later phases may still be written."""
 
-    def __init__(self, directory: Path, check: Callable[[], None] = _no_check) -> None:
+    def __init__(self, directory: Path, check: Callable[[], None] = nothing_to_check) -> None:
         self.dir = directory
         self.check = check
         self.prepared = PreparedData.from_dir(directory)
@@ -71,11 +71,11 @@ class GrowingPhases:
                 f"written so far. Training continues when it is ready.")
 
 
-def first_phase(directory: Path, check: Callable[[], None] = _no_check) -> PreparedData:
+def first_phase(directory: Path, check: Callable[[], None] = nothing_to_check) -> PreparedData:
     """Wait until phase 1 of the preparation in `directory` is ready; its PreparedData then."""
     while True:
         check()
-        meta = read_manifest(directory) if (directory / "manifest.json").is_file() else None
+        meta = read_manifest(directory)
         if meta is not None and meta.get("phases") and meta["phases"][0]["ready"]:
             return PreparedData.from_dir(directory)
         time.sleep(POLL_SECONDS)

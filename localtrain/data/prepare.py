@@ -160,11 +160,13 @@ def cache_key(data: DataConfig, spec: SourceSpec, explicit: Set[str]) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def prepared_dir(data: DataConfig, explicit: Set[str] = frozenset(), out_dir: Path | str | None = None) -> Path:
-    """The directory `prepare` writes `data` into: `out_dir`, else its place in the cache."""
-    if out_dir:
-        return Path(out_dir).expanduser()
-    return cache_root(data) / "data" / cache_key(data, source_spec(data), explicit)[:20]
+def _directory(data: DataConfig, key: str, out_dir: Path | str | None) -> Path:
+    return Path(out_dir).expanduser() if out_dir else cache_root(data) / "data" / key[:20]
+
+
+def prepared_dir(data: DataConfig, explicit: Set[str] = frozenset()) -> Path:
+    """The cache directory `prepare` writes `data` into."""
+    return _directory(data, cache_key(data, source_spec(data), explicit), None)
 
 
 class StopRequest(Protocol):
@@ -242,7 +244,7 @@ def prepare(
     start = time.perf_counter()
     spec = source_spec(data)
     key = cache_key(data, spec, explicit)
-    directory = Path(out_dir).expanduser() if out_dir else cache_root(data) / "data" / key[:20]
+    directory = _directory(data, key, out_dir)
     directory.mkdir(parents=True, exist_ok=True)
     with _locked(directory):
         manifest = read_manifest(directory)
