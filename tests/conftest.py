@@ -28,6 +28,14 @@ TINY = [
     "train.sample_tokens=16", "train.warmup_steps=5", "train.lr=3e-3", "train.checkpoint_every=10",
     "train.log_every=1",
 ]
+# The CPU dtype the suite's runs train in when they do not pin one: LOCALTRAIN_TEST_DTYPE=bfloat16
+# (on a CPU that computes it natively) or float32 runs the whole suite in that dtype.
+FORCED_DTYPE = os.environ.get("LOCALTRAIN_TEST_DTYPE", "")
+FORCED = [f"train.dtype={FORCED_DTYPE}"] if FORCED_DTYPE else []
+TINY += FORCED
+# Tests that compare figures across processes, micro-batches or backends pin float32: bf16
+# rounding differs with the micro-batch and between frameworks.
+FP32 = ["train.dtype=float32"]
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import TINY, localtrain, read_jsonl, sets, step_losses
+from conftest import FP32, TINY, localtrain, read_jsonl, sets, step_losses
 
 pytest.importorskip("mlx.core", reason="MLX is not installed (pip install 'mlx[cpu]' on Linux)")
 
@@ -15,7 +15,7 @@ N = 20
 @pytest.mark.parametrize("first,second", [("torch", "mlx"), ("mlx", "torch")])
 def test_a_run_moves_between_backends_mid_run(first, second, tmp_path, code_corpus, cache_dir) -> None:
     # A flat learning rate after warmup, so a 20-step run follows the 40-step schedule.
-    common = [*sets(TINY + ["train.min_lr_ratio=1.0"]), "--data", str(code_corpus), "--max-steps", str(2 * N)]
+    common = [*sets(TINY + FP32 + ["train.min_lr_ratio=1.0"]), "--data", str(code_corpus), "--max-steps", str(2 * N)]
     straight = localtrain(["run", "--backend", first, "--run-dir", "straight", *common], tmp_path, cache_dir)
     assert straight.returncode == 0, straight.stderr
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, localtrain, read_jsonl, sets
+from conftest import FORCED, TINY, localtrain, read_jsonl, sets
 from localtrain.cli import main
 
 
@@ -29,13 +30,18 @@ def tiny_run(data: Path, *extra: str) -> list[str]:
 
 def test_the_default_run_trains_on_the_stdlib_prints_samples_and_learns(tmp_path, cache_dir) -> None:
     # `localtrain run` with nothing but a step bound: the python-stdlib preset on the CPU.
-    result = localtrain(["run", "--max-steps", "100"], tmp_path, cache_dir, timeout=600)
+    result = localtrain(["run", "--max-steps", "100", *sets(FORCED)], tmp_path, cache_dir, timeout=600)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert run_dir.name.startswith("python-stdlib-")
     events = read_jsonl(run_dir / "events.jsonl")
     plan = next(e for e in events if e["type"] == "plan")
-    assert (plan["backend"], plan["device"], plan["dtype"]) == ("torch", "cpu", "float32")
+    # The dtype is the planner's to choose (float32, or bfloat16 where the CPU computes it);
+    # the run must train in the one it planned.
+    assert (plan["backend"], plan["device"]) == ("torch", "cpu")
+    assert plan["dtype"] in ("float32", "bfloat16")
+    state = json.loads((run_dir / "checkpoints/step-00000100/state.json").read_text())
+    assert state["backend"]["dtype"] == plan["dtype"]
     samples = [e for e in events if e["type"] == "sample"]
     assert [s["step"] for s in samples][:3] == [50, 50, 50]
     assert {s["prompt"] for s in samples} == {"def ", "import ", "class "}

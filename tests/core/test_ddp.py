@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY, cli_env, last_step, localtrain, read_jsonl, sets, start_localtrain, step_losses, wait_for
+from conftest import FP32, TINY, cli_env, last_step, localtrain, read_jsonl, sets, start_localtrain, step_losses, wait_for
 from localtrain.checkpoint import complete_checkpoints, load
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo workers need a POSIX host")
 
 
 def test_two_processes_match_one_process_with_twice_the_micro_batch(tmp_path, code_corpus, cache_dir) -> None:
-    args = ["run", "--data", str(code_corpus), "--max-steps", "20", "--plain", *sets(TINY)]
+    args = ["run", "--data", str(code_corpus), "--max-steps", "20", "--plain", *sets(TINY + FP32)]
     one = localtrain([*args, "--run-dir", "one"], tmp_path, cache_dir)
     two = localtrain([*args, "--run-dir", "two", "--nproc", "2"], tmp_path, cache_dir)
     assert one.returncode == 0, one.stderr
