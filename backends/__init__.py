@@ -1,1 +1,33 @@
-"""Training backends behind one protocol: torch (cpu, cuda, mps)."""
+"""Training backends behind one protocol (`base.Backend`): torch (cpu, cuda, mps) and MLX.
+
+This registry is the only way in: the runner, the planner's probe, `sample` and `eval`
+reach a backend by name here and never import a framework themselves.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from localtrain.backends.base import Backend
+    from localtrain.planner import RunPlan
+
+NAMES = ("torch", "mlx")
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The backend class for a name: "torch" or "mlx"."""
+    if name == "mlx":
+        from localtrain.backends.mlx_backend import MLXBackend
+
+        return MLXBackend
+    if name == "torch":
+        from localtrain.backends.torch_backend import TorchBackend
+
+        return TorchBackend
+    raise ValueError(f"no backend named {name!r}; the backends are {', '.join(NAMES)}")
+
+
+def make_backend(plan: RunPlan) -> Backend:
+    """The backend a plan chose, with its device, dtype, threads and compile."""
+    return backend_class(plan.backend)(plan.device, plan.dtype, plan.threads, plan.compile)

@@ -93,9 +93,42 @@ class StepResult:
 
 
 class Backend(Protocol):
+    """What the runner, the loop and the planner's probe ask of a framework.
+
+    Constructed as `Backend(device, dtype, threads, compile)` with the plan's decisions; a
+    backend decides nothing itself.
+    """
+
     name: str
     device: str
     dtype: str
+    threads: int
+    """CPU threads the framework uses (0 where it sizes its own pool)."""
+    compile: bool
+    """Whether the training step is compiled."""
+
+    @staticmethod
+    def check_device(device: str) -> str:
+        """The device this backend would run on for a configured device; raises LocaltrainError
+        naming what is missing when it is not available here."""
+
+    def set_distributed(self, dist: Any) -> None:
+        """Train data-parallel in a torchrun job (call before `build`); raises where unsupported."""
+
+    def set_activation_checkpointing(self, on: bool) -> None:
+        """Recompute each block's activations in the backward pass instead of keeping them."""
+
+    def set_memory_limit(self, limit_bytes: int) -> None:
+        """Cap the memory training may take: allocations beyond it fail as out-of-memory."""
+
+    def reset_peak_memory(self) -> None:
+        """Start measuring the peak memory afresh."""
+
+    def peak_memory_bytes(self) -> int:
+        """The peak memory since `reset_peak_memory` (device memory, or the process's resident peak)."""
+
+    def clear_compile_cache(self) -> None:
+        """Forget compiled code held in memory, so that the next compile costs what a new process pays."""
 
     def build(self, model: ModelConfig, vocab_size: int, seed: int) -> None:
         """Create the model with freshly initialised weights (deterministic in `seed`)."""

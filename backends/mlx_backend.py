@@ -47,9 +47,7 @@ def resolve_device(device: str) -> mx.Device:
     )
 
 
-def resolve_dtype(dtype: str, device: mx.Device) -> str:
-    if dtype == "auto":
-        return "bfloat16" if device == mx.gpu else "float32"
+def check_dtype(dtype: str) -> str:
     if dtype not in MX_DTYPES:
         raise LocaltrainError(
             f"train.dtype = {dtype}: the MLX backend trains in float32 or bfloat16 (float16 would need loss"
@@ -83,15 +81,15 @@ def _is_mlx_oom(exc: BaseException) -> bool:
 class MLXBackend:
     name = "mlx"
 
-    def __init__(self, device: str = "auto", dtype: str = "auto", threads: int = 0, compile: str = "auto") -> None:
+    def __init__(self, device: str = "auto", dtype: str = "float32", threads: int = 0, compile: bool = True) -> None:
         self.mx_device = resolve_device(device)
         mx.set_default_device(self.mx_device)
         # The planner and calibration know this backend's device as "mlx"; where it runs
         # (gpu or cpu) is in `where` and in the peak key.
         self.device = "mlx"
         self.where = "gpu" if self.mx_device == mx.gpu else "cpu"
-        self.dtype = resolve_dtype(dtype, self.mx_device)
-        self.compile = compile != "off"
+        self.dtype = check_dtype(dtype)
+        self.compile = compile
         self.threads = 0  # MLX sizes its own CPU thread pool
         self.cfg: ModelConfig | None = None
         self.params: mlx_model.Params = {}
@@ -105,7 +103,7 @@ class MLXBackend:
 
     def build(self, model: ModelConfig, vocab_size: int, seed: int) -> None:
         self.cfg, self.vocab_size = model, vocab_size
-        self.rows = mlx_model.padded_vocab(vocab_size, model.pad_vocab_multiple)
+        self.rows = model.vocab_rows(vocab_size)
         self.shapes = mlx_model.param_shapes(model, self.rows)
         self.params = mlx_model.init_params(model, self.rows, seed)
         mx.eval(self.params)
@@ -123,10 +121,30 @@ class MLXBackend:
         self.moments, self.opt_step = None, 0
         self._compile()
 
+    @staticmethod
+    def check_device(device: str) -> str:
+        resolve_device(device)
+        return "mlx"
+
+    def set_distributed(self, dist) -> None:
+        raise LocaltrainError(
+            "Data-parallel training (--nproc) runs on torch's engine: start it with --backend torch. The"
+            " checkpoints move between backends, so a run can continue on MLX afterwards."
+        )
+
     def set_activation_checkpointing(self, on: bool) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them."""
         self.checkpointing = on
         self._compile()
+
+    def reset_peak_memory(self) -> None:
+        mx.reset_peak_memory()
+
+    def peak_memory_bytes(self) -> int:
+        return int(mx.get_peak_memory())
+
+    def clear_compile_cache(self) -> None:
+        """Nothing to forget: each backend compiles its own step functions, so a new one compiles anew."""
 
     def set_memory_limit(self, limit_bytes: int) -> None:
         """Cap MLX's allocator at the budget; on Metal also keep that much wired (resident)."""

@@ -28,10 +28,6 @@ EMBED = "model.embed_tokens.weight"
 NORM = "model.norm.weight"
 
 
-def padded_vocab(vocab_size: int, multiple: int) -> int:
-    return -(-vocab_size // multiple) * multiple
-
-
 def param_shapes(cfg: ModelConfig, rows: int) -> dict[str, tuple[int, ...]]:
     """Shared name -> shape, in the order every backend lists its parameters."""
     d, q, kv, ffn = cfg.n_embd, cfg.n_head * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.ffn_size

@@ -45,15 +45,40 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def resolve_dtype(dtype: str, device: str) -> str:
-    if dtype != "auto":
-        return dtype
-    if device == "cuda":
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    if device == "mps":
-        return "bfloat16" if torch.backends.mps.is_macos_or_newer(14, 0) else "float32"
-    # CPUs without native bf16 (no AVX512_BF16/AMX) run bf16 autocast far slower than fp32.
-    return "float32"
+def check_dtype(dtype: str) -> str:
+    if dtype not in TORCH_DTYPES:
+        raise LocaltrainError(
+            f"train.dtype = {dtype}: the torch backend trains in {', '.join(TORCH_DTYPES)}; the planner"
+            " decides between them (train.dtype=auto)."
+        )
+    return dtype
+
+
+def _reset_peak_rss() -> None:
+    """Start the process's resident high-water mark (VmHWM) afresh, where Linux allows it."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back first
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    """The resident high-water mark since the last reset (0 where /proc is unavailable)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:
@@ -72,10 +97,10 @@ def _decode_bytes(s: str) -> torch.Tensor:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, device: str = "auto", dtype: str = "auto", threads: int = 0, compile: str = "off") -> None:
+    def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 0, compile: bool = False) -> None:
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
-        self.compile = compile == "on" or (compile == "auto" and self.device == "cuda")
+        self.dtype = check_dtype(dtype)
+        self.compile = compile
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
@@ -88,6 +113,8 @@ class TorchBackend:
         self.optimizer: torch.optim.Optimizer | None = None
         self.scaler: torch.amp.GradScaler | None = None
         self.grad_clip = 0.0
+
+    check_device = staticmethod(resolve_device)
 
     # -- model and optimizer ------------------------------------------------------------
 
@@ -287,6 +314,28 @@ class TorchBackend:
                     h = model.hidden(torch.tensor([[token]], device=self.device), pos, caches)[:, -1]
                     pos += 1
         return out[len(prompt):]
+
+    def reset_peak_memory(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        elif self.device == "cpu":
+            _reset_peak_rss()
+        self._peak_sampled = self.memory_bytes()
+
+    def peak_memory_bytes(self) -> int:
+        if self.device == "cuda":
+            return int(torch.cuda.max_memory_allocated())
+        if self.device == "cpu":
+            peak = _peak_rss()
+            if peak:
+                return peak
+        # MPS (and a CPU without /proc): the most seen after a step.
+        return max(getattr(self, "_peak_sampled", 0), self.memory_bytes())
+
+    def clear_compile_cache(self) -> None:
+        """Forget the compiled code held in memory (the compiler's on-disk cache stays), so the
+        next compile costs what it costs a new process."""
+        torch._dynamo.reset()
 
     def memory_bytes(self) -> int:
         if self.device == "cuda":

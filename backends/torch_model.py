@@ -18,10 +18,6 @@ import torch.nn.functional as F
 from localtrain.config import ModelConfig
 
 
-def padded_vocab(vocab_size: int, multiple: int) -> int:
-    return -(-vocab_size // multiple) * multiple
-
-
 def rope_tables(seq_len: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin of the rotary angles, each (seq_len, head_dim / 2)."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
@@ -141,7 +137,7 @@ class LlamaLM(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.model = Decoder(cfg, padded_vocab(vocab_size, cfg.pad_vocab_multiple))
+        self.model = Decoder(cfg, cfg.vocab_rows(vocab_size))
         cos, sin = rope_tables(cfg.seq_len, cfg.head_dim, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)

@@ -74,6 +74,11 @@ class ModelConfig:
         # As many weights as a 4x GELU MLP, rounded to a multiple of 32 for the matmuls.
         return -(-(8 * self.n_embd) // (3 * 32)) * 32
 
+    def vocab_rows(self, vocab_size: int) -> int:
+        """Rows of the embedding: the vocabulary padded up to a multiple of pad_vocab_multiple."""
+        m = self.pad_vocab_multiple
+        return -(-vocab_size // m) * m
+
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -117,7 +122,7 @@ class TrainConfig:
     batch_size: int = 32
     """Sequences per optimizer step (micro_batch_size x grad_accum_steps)."""
     micro_batch_size: int = 0
-    """Sequences per forward/backward pass; 0 means the whole batch at once."""
+    """Sequences per forward/backward pass; 0: chosen by the planner (the fastest measured that fits)."""
     max_steps: int = 0
     """Stop after this many optimizer steps (0: use max_tokens)."""
     max_tokens: int = 0
@@ -141,7 +146,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
     dtype: str = "auto"
-    """Compute dtype: auto, float32, bfloat16 or float16 (auto: bfloat16/float16 on GPUs, float32 on CPU)."""
+    """Compute dtype: auto, float32, bfloat16 or float16 (auto: the fastest measured on this machine, see run.autotune)."""
     eval_every: int = 250
     """Evaluate on the validation split every this many steps (0 disables)."""
     eval_batches: int = 20
@@ -189,7 +194,11 @@ class RunConfig:
     memory_budget: str = "auto"
     """Memory the run may use, e.g. 6GB; auto: free GPU memory, the unified-memory working set, or available RAM minus headroom."""
     compile: str = "auto"
-    """torch.compile the training step: on, off, or auto (on for CUDA; on a CPU it costs ~15 s up front)."""
+    """torch.compile the training step: on, off, or auto (the tuner times both where compiling is supported)."""
+    autotune: str = "auto"
+    """auto: time a few real steps of each dtype, compile and micro-batch candidate on this machine and pick
+    the fastest whole run (measured once per machine and shape, then cached); off: float32 on a CPU (mixed
+    precision on a GPU), compile on CUDA only, the largest micro-batch that fits. Explicit settings always win."""
     overrides: list[str] = field(default_factory=list)
     """The command-line overrides this run was started with, as key=value."""
 
@@ -219,16 +228,6 @@ class Config:
     def explicit_keys(self) -> set[str]:
         """Dotted keys the user set on the command line."""
         return {o.split("=", 1)[0] for o in self.run.overrides}
-
-    def tokens_per_step(self) -> int:
-        return self.train.batch_size * self.model.seq_len
-
-    def total_steps(self, params: int = 0) -> int:
-        """Optimizer steps the schedule spans: max_steps, max_tokens in steps, or 20 tokens per parameter."""
-        if self.train.max_steps:
-            return self.train.max_steps
-        tokens = self.train.max_tokens or 20 * params
-        return max(1, -(-tokens // self.tokens_per_step()))
 
 
 SECTIONS: dict[str, type] = {

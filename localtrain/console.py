@@ -51,6 +51,15 @@ def describe(event: ev.Event) -> str | None:
         )
     if isinstance(event, ev.Prepare):
         return f"data: {event.message}"
+    if isinstance(event, ev.Tune):
+        if event.stage != "measured":
+            return f"tune: {event.message}"
+        if event.status not in ("ok", "slower"):
+            return f"tune: {event.candidate}: {event.status} ({event.message})"
+        warm = f", warm-up {event.warmup_s:.1f} s" if event.warmup_s >= 0.5 else ""
+        behind = " (behind the best: stopped)" if event.status == "slower" else ""
+        return (f"tune: {event.candidate}: {human(event.tokens_per_s)} tok/s, {event.step_s * 1000:.1f} ms/step,"
+                f" peak {event.peak_bytes / 2**30:.2f} GiB{warm}{behind}")
     if isinstance(event, ev.Step):
         return (
             f"step {event.step}/{event.total_steps} | loss {event.loss:.4f} | lr {event.lr:.2e} |"

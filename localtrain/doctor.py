@@ -20,7 +20,7 @@ from typing import Any
 from localtrain import config as cfg
 from localtrain.errors import LocaltrainError
 from localtrain.hardware import Machine, probe
-from localtrain.planner import GB, Plan, plan
+from localtrain.planner import GB, estimate_vocab, plan
 
 REQUIRED = ("torch", "sentencepiece", "safetensors", "numpy")
 
@@ -38,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override a config key for the plans, e.g. --set train.micro_batch_size=4")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     p.add_argument("--probe", action="store_true",
-                   help="measure each plan's peak memory and speed in short real runs (slow on big presets)")
+                   help="time each preset's candidates (dtype, compile, micro-batch) in short real runs and plan"
+                   " with the fastest (slow on big presets; the measurements are cached)")
     p.add_argument("--strict", action="store_true", help="exit 1 on warnings too")
 
 
@@ -82,36 +83,40 @@ def run_checks(machine: Machine, runs_dir: Path) -> list[Check]:
     return out
 
 
-def peak_for(p: Plan, cache_dir: Path) -> float:
-    """The matmul peak of the plan's backend, device and dtype (measured once, then cached)."""
-    from localtrain.metrics import cached_peak_flops
-    from localtrain.runner import backend_class
+def known_vocab(config: cfg.Config) -> int:
+    """The vocabulary of the preset's prepared data when it is in the cache, else the planner's estimate."""
+    from localtrain.data.prepare import prepared_dir
+    from localtrain.data.shards import read_manifest
 
     try:
-        backend = backend_class(p.backend)(p.device, p.dtype, 0, "off")
-    except (ImportError, LocaltrainError):
-        return 0.0  # reported by the checks; the plan shows no speed
-    return cached_peak_flops(cache_dir, backend.peak_key(), backend.measure_peak_flops)[0]
+        manifest = read_manifest(prepared_dir(config.data, config.explicit_keys()))
+    except (LocaltrainError, OSError, ValueError):
+        manifest = None
+    vocab = manifest.get("vocab_size") if isinstance(manifest, dict) else None
+    return vocab if isinstance(vocab, int) and vocab > 0 else estimate_vocab(config)
 
 
 def capacity(machine: Machine, names: list[str], overrides: list[str], probe_run: bool,
              cache_dir: Path) -> list[dict[str, Any]]:
+    """A plan per preset: measured (or cached from an earlier run or probe) where it can be, else
+    the defaults with no speed figure."""
+    from localtrain import tuner
+    from localtrain.console import describe
+
+    def progress(event) -> None:
+        line = describe(event)
+        if line:
+            print(line, file=sys.stderr, flush=True)
+
     rows = []
-    peaks: dict[tuple[str, str, str], float] = {}
     for name in names:
         try:
             config = cfg.resolve(name, overrides)
-            p = plan(config, machine)
-            k = (p.backend, p.device, p.dtype)
-            if k not in peaks:
-                peaks[k] = peak_for(p, cache_dir)
-            from localtrain.calibration import cached, calibrate
-
-            calibration = cached(p, config, machine, cache_dir)
-            if probe_run and p.fits and calibration is None:
-                calibration = calibrate(p, config, machine, cache_dir, peaks[k])
-            p = plan(config, machine, peak_flops=peaks[k], calibration=calibration)
-            rows.append({"preset": name, "plan": p.to_dict()})
+            vocab = known_vocab(config)
+            tuned = tuner.cached(config, machine, vocab, cache_dir)
+            if tuned is None and probe_run and plan(config, machine, vocab).fits:
+                tuned = tuner.tune(config, machine, vocab, cache_dir, progress)
+            rows.append({"preset": name, "plan": plan(config, machine, vocab, tuned=tuned).to_dict()})
         except LocaltrainError as exc:
             rows.append({"preset": name, "error": str(exc)})
     return rows
@@ -140,8 +145,8 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
         table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
     console.print(table)
     cap = Table("preset", "fits", "backend", "dtype", "micro x accum", "peak / budget", "tokens/s",
-                "time to budget", "disk", title="Capacity: a plan per preset (peak and speed predicted"
-                " unless measured with --probe)", title_justify="left")
+                "time to budget", "disk", title="Capacity: a plan per preset (speed and peak measured by"
+                " --probe or an earlier run on this machine; otherwise the peak is predicted)", title_justify="left")
     for row in rows:
         if "error" in row:
             cap.add_row(row["preset"], "[red]no[/]", "", "", "", "", "", "", "", end_section=False)
@@ -151,11 +156,12 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
         disk = (p["disk_needed"]["data"] + p["disk_needed"]["checkpoints"]) / GB
         cap.add_row(
             row["preset"], "[green]yes[/]" if p["fits"] else "[red]no[/]", f"{p['backend']}/{p['device']}",
-            p["dtype"], f"{p['micro_batch_size']} x {p['grad_accum_steps']}"
+            p["dtype"] + (" compiled" if p["compile"] else ""), f"{p['micro_batch_size']} x {p['grad_accum_steps']}"
             + (" (ckpt)" if p["activation_checkpointing"] else ""),
             f"{p['predicted_peak_bytes'] / GB:.2f} / {p['budget_bytes'] / GB:.1f} GiB"
-            + (" (measured)" if p["calibrated"] else ""),
-            f"{p['predicted_tokens_per_s']:,.0f}", human_time(p["predicted_seconds"]), f"{disk:.1f} GiB",
+            + (" (measured)" if p["candidates"] else ""),
+            f"{p['predicted_tokens_per_s']:,.0f}" if p["predicted_tokens_per_s"] else "not measured",
+            human_time(p["predicted_seconds"]), f"{disk:.1f} GiB",
         )
     console.print(cap)
     if len(rows) == 1 and "plan" in rows[0]:
@@ -166,6 +172,19 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
             terms.add_row(name, f"{value / GB:.3f} GiB")
         terms.add_row("total", f"{sum(p['memory'].values()) / GB:.3f} GiB")
         console.print(terms)
+        if p["candidates"]:
+            found = Table("candidate", "status", "tokens/s", "peak", "warm-up", f"{p['total_steps']} steps",
+                          title="Measured on this machine (the least predicted wall time wins; within 3%, less"
+                          " memory)", title_justify="left", box=None)
+            for c in p["candidates"]:
+                label = f"{c['dtype']} {'compiled' if c['compile'] else 'eager'}, micro {c['micro_batch_size']}"
+                speed = p["tokens_per_step"] / p["world_size"] / c["step_s"] if c["step_s"] else 0
+                wall = human_time(c["predicted_wall_s"]) if c["predicted_wall_s"] is not None else "-"
+                found.add_row(label + (" [green](chosen)[/]" if c["chosen"] else ""), c["status"],
+                              f"{speed:,.0f}" if speed else "-", f"{c['peak_bytes'] / GB:.2f} GiB",
+                              f"{c['warmup_s']:.1f} s", wall)
+            console.print(found)
+        console.print(f"decided by: {p['decided_by']} ({p['why']})")
         for note in p["notes"]:
             console.print(f"note: {note}")
 

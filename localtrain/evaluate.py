@@ -308,6 +308,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["torch", "mlx"], default=None,
                    help="framework to run on (default: mlx on Apple silicon, else torch)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="compute dtype (default: the one the weights were trained in)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -315,7 +317,7 @@ def run_eval(args: argparse.Namespace) -> Figures | dict[str, Any]:
     """The evaluation `args` asks for: Figures for --data (samples inside), or the samples' summary alone."""
     from localtrain.data.tokenizer import Tokenizer
     from localtrain.export import load_source
-    from localtrain.sample import build_backend, default_backend
+    from localtrain.sample import build_backend
 
     if not args.data and not args.samples:
         raise LocaltrainError("Nothing to evaluate: give --data PATH|NAME|split:val, --samples N, or both.")
@@ -328,11 +330,10 @@ def run_eval(args: argparse.Namespace) -> Figures | dict[str, Any]:
             f"{source.tokenizer_path} has {tokenizer.vocab_size} pieces but {source.origin} was trained on"
             f" {source.vocab_size}: it is not the checkpoint's tokenizer. Restore the tokenizer it was trained with."
         )
-    backend_name = args.backend or default_backend()
     stride = args.stride or max(1, source.model.seq_len // 2)
     step = _step_of(source.origin)
     start = time.perf_counter()
-    backend = build_backend(source, backend_name, args.device)  # one load serves samples and scoring
+    backend = build_backend(source, args.backend, args.device, args.dtype)  # one load serves samples and scoring
     samples = _samples(source, args.samples, backend, args.seed) if args.samples else None
     if not args.data:
         return {"checkpoint": str(source.origin), "step": step, "samples": samples}

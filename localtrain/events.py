@@ -59,6 +59,9 @@ class Plan(Event):
     predicted_tokens_per_s: float = 0.0
     notes: list[str] = field(default_factory=list)
     world_size: int = 1
+    decided_by: str = ""
+    """Where dtype, compile and micro-batch came from: measured, measured (cached), resumed, explicit, defaults."""
+    why: str = ""
 
 
 @dataclass
@@ -79,6 +82,23 @@ class Prepare(Event):
     mb_per_s: float = 0.0
     dropped: dict[str, int] = field(default_factory=dict)
     """Documents dropped so far, by reason (redirect, disambiguation, duplicate, short, ...)."""
+
+
+@dataclass
+class Tune(Event):
+    """The tuner's progress: timing the planner's candidates of this shape on this machine."""
+
+    kind: ClassVar[str] = "tune"
+    stage: str
+    """start, measured (one candidate), or cached (measurements of an earlier run reused)."""
+    message: str = ""
+    candidate: str = ""
+    status: str = ""
+    """ok, slower (stopped early), oom or crashed."""
+    step_s: float = 0.0
+    tokens_per_s: float = 0.0
+    peak_bytes: int = 0
+    warmup_s: float = 0.0
 
 
 @dataclass
@@ -211,7 +231,7 @@ class Done(Event):
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls
-    for cls in (Plan, Prepare, Download, Step, Eval, Sample, SampleQuality, Checkpoint, Status, Warning, Error, Done)
+    for cls in (Plan, Tune, Prepare, Download, Step, Eval, Sample, SampleQuality, Checkpoint, Status, Warning, Error, Done)
 }
 
 Emit = Callable[[Event], None]

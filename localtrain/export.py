@@ -54,6 +54,8 @@ class Source:
     origin: Path
     """The checkpoint or export directory the weights came from."""
     run_config: cfg.Config | None = None
+    dtype: str = "float32"
+    """The dtype the weights were trained in (a checkpoint's) or stored in (an export's)."""
 
 
 def checkpoint_dir(run_dir: Path, which: str) -> list[Path]:
@@ -125,7 +127,7 @@ def load_source(path: Path | str, which: str = "latest", warn: Callable[[str], N
             " would mean other text. Restore the run's tokenizer.model."
         )
     return Source(config.model, int(loaded.state["vocab_size"]), loaded.weights, tokenizer,
-                  config.data.tokenizer, loaded.path, config)
+                  config.data.tokenizer, loaded.path, config, trained_dtype(loaded.state))
 
 
 def _load_export(path: Path) -> Source:
@@ -138,8 +140,15 @@ def _load_export(path: Path) -> Source:
         rope_theta=float(c.get("rope_theta", 10000.0)), norm_eps=float(c["rms_norm_eps"]), pad_vocab_multiple=1,
     )
     kind = c.get("localtrain", {}).get("tokenizer", "bpe")
+    dtype = c.get("torch_dtype") if c.get("torch_dtype") in DTYPES else "float32"
     return Source(model, int(c["vocab_size"]), read_safetensors(path / "model.safetensors"),
-                  path / "tokenizer.model", kind, path)
+                  path / "tokenizer.model", kind, path, dtype=dtype)
+
+
+def trained_dtype(state: dict) -> str:
+    """The dtype a checkpoint's run trained in, from its state.json (float32 for a record without one)."""
+    dtype = state.get("plan", {}).get("dtype") or state.get("backend", {}).get("dtype")
+    return dtype if dtype in DTYPES else "float32"
 
 
 # -- safetensors, with bfloat16 (which numpy lacks) ---------------------------------------
@@ -311,7 +320,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="hf: Hugging Face Llama (transformers, mlx-lm); mlx: the same layout marked as MLX weights")
     p.add_argument("--checkpoint", default="best", metavar="best|latest|step-N",
                    help="which weights (default best: the best validation loss; latest when there is no best)")
-    p.add_argument("--dtype", choices=list(DTYPES), default="float32", help="dtype of the exported weights")
+    p.add_argument("--dtype", choices=list(DTYPES), default=None,
+                   help="dtype of the exported weights (default: the dtype the run trained in)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
 
 
@@ -321,8 +331,9 @@ def main(args: argparse.Namespace) -> int:
     if which == "best" and (run / CONFIG_FILE).is_file() and not (run / "best" / checkpoint.MARKER).is_file():
         which = "latest"  # a run that never evaluated has no best/
     source = load_source(run, which)
-    out = export(source, Path(args.out), args.format, args.dtype, args.force)
+    dtype = args.dtype or source.dtype
+    out = export(source, Path(args.out), args.format, dtype, args.force)
     params = sum(v.size for v in source.weights.values())
     print(f"Exported {source.origin} ({params:,} parameters, vocabulary {source.vocab_size}) to {out}"
-          f" as {'Hugging Face' if args.format == 'hf' else 'MLX'} Llama weights in {args.dtype}.")
+          f" as {'Hugging Face' if args.format == 'hf' else 'MLX'} Llama weights in {dtype}.")
     return 0

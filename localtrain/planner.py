@@ -1,19 +1,28 @@
-"""The memory model and `plan()`: which backend, dtype, micro-batch and accumulation fit.
+"""The planner: the memory model and the one place where a run's decisions are made.
 
-The model predicts the peak memory of a training step as named terms (weights,
-gradients, AdamW moments, activations, logits, backend overhead), so `doctor` can show
-the breakdown. The activation and logits coefficients were fitted to peaks measured on
-a CPU (peak RSS of a process running two optimizer steps, 18 shapes, see
-`scripts/bench_planner.py`); a calibration probe (`calibrate`) measures the same peak on
-this machine for a given shape and replaces the prediction where one exists.
+`plan()` returns a `RunPlan`, a frozen value holding every decision of a run: backend,
+device, dtype, compile, micro-batch, accumulation, activation checkpointing, the batch
+arithmetic and the schedule's length, with the predicted peak memory and speed. The
+trainer, the backends, `doctor`, `sample`, `eval`, the dashboard and plan.json read it;
+none of them decides again.
+
+The choices that only a measurement can settle (dtype, compile, micro-batch) come, in
+order of precedence, from the user's explicit settings, from the checkpoint a run
+resumes, from the tuner's measurements (`localtrain.tuner`), or — before anything is
+measured, or with run.autotune=off — from defaults that need no measurement.
+
+The memory model predicts the peak of a training step as named terms (weights,
+gradients, AdamW moments, activations, logits, the compiler, backend overhead), so
+`doctor` can show the breakdown. It decides which candidates fit before any is timed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 from localtrain.config import Config, ModelConfig
 from localtrain.errors import LocaltrainError
@@ -23,24 +32,33 @@ from localtrain.metrics import flops_per_token, params_count
 GB = 1024**3
 MB = 1024**2
 
+# The coefficients below are effective values fitted to 32 measured peaks (CPU: the resident
+# high-water mark of a process running optimizer steps; 4 shapes x fp32/bf16 x eager/compiled x
+# micro-batch 4 and 8; torch 2.13 on an Intel Xeon with AMX; largest error 6.8%, see
+# scripts/bench_planner.py). Other CPUs hold the logits differently (an AMD EPYC measured
+# about twice as much per logit): the tuner's measured peak replaces the prediction for the
+# candidate it picks, and a candidate whose measured peak exceeds the budget is never picked.
+#
 # Per token and layer, the block saves about 11 d + 4 f values for its backward (norm
 # inputs and outputs, q/k/v before and after rope, attention output, the MLP's gate,
-# up, SiLU and product); measured peaks carry 1.2x that (allocator slack, transients).
-LAYER_FACTOR = 1.2
-# The logits, their log-softmax and their gradient: 2.6 fp32 copies of a vocab row per token.
-LOGITS_COPIES_FP32 = 2.6
-# Under autocast the logits are also held once in 16 bits before the fp32 loss.
-LOGITS_BYTES_MIXED = 2 + LOGITS_COPIES_FP32 * 4
+# up, SiLU and product); the allocator reuses some of them within the step.
+LAYER_FACTOR = 0.95
+# A compiled step fuses the norms, rope and SwiGLU and saves fewer intermediates: its
+# per-token activations at this share of the eager ones (CUDA: about half, on gpt2-124m).
+COMPILED_LAYER_SHARE = {"cpu": 0.85, "cuda": 0.50}
+# The logits and their gradient, in fp32 copies of a vocab row per token at the peak.
+LOGITS_COPIES_FP32 = 1.2
+# Under autocast: bytes per logit at the peak (the 16-bit logits, the fp32 loss in pieces).
+LOGITS_BYTES_MIXED = 1.6
 # Embedding output, final norm input/output and the loss's row buffers, per token.
 EMBED_VALUES = 12
 # Memory a backend holds before the model: the interpreter and libraries (CPU RSS), a
 # CUDA context outside the caching allocator, Metal/MLX runtime buffers.
-OVERHEAD = {"cpu": 330 * MB, "cuda": 600 * MB, "mps": 500 * MB, "mlx": 200 * MB}
+OVERHEAD = {"cpu": 400 * MB, "cuda": 600 * MB, "mps": 500 * MB, "mlx": 200 * MB}
+# What the compiler itself keeps in the training process beyond the step (none measurable on a CPU).
+COMPILER = {"cuda": 250 * MB}
 # Share of the budget kept free, for fragmentation and what the model does not count.
 SAFETY_MARGIN = 0.10
-# Model FLOPs utilisation assumed before a calibration measures it (CPU: measured on
-# this project's benchmarks, 49-60%; GPUs: typical eager mixed-precision figures).
-ASSUMED_MFU = {"cpu": 0.50, "cuda": 0.35, "mps": 0.25, "mlx": 0.30}
 # Approximate bytes of text and of the download for the named sources.
 SOURCE_BYTES = {
     "tinyshakespeare": (1_115_394, 1_115_394),
@@ -63,23 +81,86 @@ class MemoryEstimate:
         return sum(self.terms.values())
 
 
-@dataclass
-class Plan:
-    """What `localtrain run` will do on this machine, and what it predicts."""
+@dataclass(frozen=True)
+class Choice:
+    """What a measurement settles: the compute dtype, compile, and the micro-batch."""
+
+    dtype: str
+    compile: bool
+    micro_batch_size: int
+    activation_checkpointing: bool = False
+
+    @property
+    def label(self) -> str:
+        ckpt = ", checkpointing" if self.activation_checkpointing else ""
+        return f"{self.dtype} {'compiled' if self.compile else 'eager'}, micro-batch {self.micro_batch_size}{ckpt}"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One candidate timed in a few real optimizer steps of the run's shape."""
+
+    choice: Choice
+    status: str
+    """ok; slower (stopped early, already behind the best); oom; crashed."""
+    step_s: float = math.inf
+    """Median seconds of one optimizer step over the per-process batch."""
+    peak_bytes: int = 0
+    warmup_s: float = 0.0
+    """What a new process pays before its first step runs at speed: a warm compile, first-step set-up."""
+    detail: str = ""
+
+    def wall_s(self, steps: int) -> float:
+        """The predicted wall time of `steps` optimizer steps: warm-up, then steps at the measured rate."""
+        return self.warmup_s + steps * self.step_s
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(d.pop("choice"))
+        d["step_s"] = d["step_s"] if math.isfinite(d["step_s"]) else None  # strict JSON
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Measured:
+        names = {f.name for f in dataclasses.fields(Choice)}
+        choice = Choice(**{k: d[k] for k in names if k in d})
+        rest = {k: v for k, v in d.items() if k not in names}
+        rest["step_s"] = math.inf if rest.get("step_s") is None else float(rest["step_s"])
+        return cls(choice, **rest)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """The tuner's measurements of one shape on this machine."""
+
+    measured: tuple[Measured, ...]
+    cached: bool = False
+    seconds: float = 0.0
+    """Machine time the measurements took (0 when read from the cache)."""
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Every decision of a run, made once, with what the planner predicts of it."""
 
     backend: str
     device: str
     dtype: str
+    compile: bool
+    threads: int
     batch_size: int
+    """Sequences per optimizer step, over every process."""
+    world_size: int
     micro_batch_size: int
     grad_accum_steps: int
     activation_checkpointing: bool
-    params: int
-    vocab_size: int
-    flops_per_token: float
+    seq_len: int
     tokens_per_step: int
     total_steps: int
     total_tokens: int
+    params: int
+    vocab_size: int
+    flops_per_token: float
     memory: dict[str, int]
     predicted_peak_bytes: int
     budget_bytes: int
@@ -89,12 +170,34 @@ class Plan:
     min_peak_bytes: int
     """The predicted peak at one sequence per micro-batch with activation checkpointing."""
     predicted_tokens_per_s: float
+    """Measured tokens/s of the chosen candidate (0 when nothing was measured)."""
     predicted_seconds: float
     disk_needed: dict[str, int]
     disk_free: dict[str, int]
-    calibrated: bool = False
-    world_size: int = 1
+    decided_by: str
+    """measured, measured (cached), resumed, explicit, or defaults: where dtype/compile/micro-batch came from."""
+    why: str
+    candidates: list[dict[str, Any]] = field(default_factory=list)
+    """The candidates measured, with their figures and predicted wall time."""
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def rank_batch(self) -> int:
+        """Sequences each process trains on per step."""
+        return self.batch_size // self.world_size
+
+    @property
+    def measured(self) -> bool:
+        return self.predicted_tokens_per_s > 0
+
+    @property
+    def choice(self) -> Choice:
+        return Choice(self.dtype, self.compile, self.micro_batch_size, self.activation_checkpointing)
+
+    def backed_off(self, micro_batch_size: int) -> RunPlan:
+        """The same plan at a smaller micro-batch and more accumulation (the OOM back-off)."""
+        return dataclasses.replace(self, micro_batch_size=micro_batch_size,
+                                   grad_accum_steps=self.rank_batch // micro_batch_size)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -108,10 +211,6 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
 
 
-def vocab_rows(model: ModelConfig, vocab_size: int) -> int:
-    return -(-vocab_size // model.pad_vocab_multiple) * model.pad_vocab_multiple
-
-
 def memory_estimate(
     model: ModelConfig,
     vocab_size: int,
@@ -120,9 +219,10 @@ def memory_estimate(
     device: str,
     checkpointing: bool = False,
     fused_attention: bool = True,
+    compiled: bool = False,
 ) -> MemoryEstimate:
     """The named terms of the predicted peak of one optimizer step."""
-    rows = vocab_rows(model, vocab_size)
+    rows = model.vocab_rows(vocab_size)
     p = params_count(model, rows)
     mixed = dtype != "float32"
     d, f, kv = model.n_embd, model.ffn_size, model.kv_heads * model.head_dim
@@ -131,6 +231,8 @@ def memory_estimate(
     # around rope (3 kv), the MLP's gate/up, SiLU and product (4 f). The two residual
     # values stay fp32 under autocast; the rest is 16-bit there.
     layer = LAYER_FACTOR * (2 * d * 4 + (6 * d + 3 * kv + 4 * f) * act_bytes)
+    if compiled:
+        layer *= COMPILED_LAYER_SHARE.get(device, COMPILED_LAYER_SHARE["cpu"])
     if not fused_attention:
         # The math path keeps the score and probability matrices: 2 x heads x T per token.
         layer += 2 * model.n_head * model.seq_len * 4
@@ -142,6 +244,7 @@ def memory_estimate(
     logits = rows * (LOGITS_BYTES_MIXED if mixed else LOGITS_COPIES_FP32 * 4)
     per_token = per_token_layers + logits + EMBED_VALUES * d * 4
     per_sample = int(per_token * model.seq_len)
+    kind = "mlx" if device == "mlx" else device
     terms = {
         "weights": 4 * p,
         # Autocast keeps a 16-bit copy of each weight for the step.
@@ -150,7 +253,8 @@ def memory_estimate(
         "optimizer": 8 * p,
         "activations": int(per_token_layers * model.seq_len + EMBED_VALUES * d * 4 * model.seq_len) * micro_batch_size,
         "logits": int(logits * model.seq_len) * micro_batch_size,
-        "overhead": OVERHEAD.get("mlx" if device == "mlx" else device, OVERHEAD["cpu"]),
+        "compiler": COMPILER.get(kind, 0) if compiled else 0,
+        "overhead": OVERHEAD.get(kind, OVERHEAD["cpu"]),
     }
     return MemoryEstimate(terms=terms, per_sample=per_sample)
 
@@ -172,19 +276,34 @@ def choose_backend(config: Config, machine: Machine) -> tuple[str, str, list[str
     return backend, device, notes
 
 
-def choose_dtype(config: Config, machine: Machine, backend: str, device: str) -> tuple[str, list[str]]:
-    if config.train.dtype != "auto":
-        return config.train.dtype, []
+def default_dtype(machine: Machine, device: str) -> str:
+    """The dtype when nothing was measured: fp32 on every CPU (it runs at full speed on all of
+    them), mixed precision on the GPUs, where it is how models are trained."""
     if device == "cuda":
         bf16 = all(g.bf16 for g in machine.gpus) if machine.gpus else False
-        return ("bfloat16" if bf16 else "float16"), []
+        return "bfloat16" if bf16 else "float16"
     if device == "mps" or (device == "mlx" and machine.apple_silicon):
-        return ("float32" if "M1" in machine.chip else "bfloat16"), []
-    # Otherwise the CPU (MLX's CPU build included) decides.
-    if machine.cpu_native_bf16:
-        return "bfloat16", ["The CPU computes bf16 natively (AVX512_BF16/AMX)."]
-    return "float32", ["No native bf16 on this CPU (no AVX512_BF16/AMX): bf16 autocast would run"
-                       " many times slower than fp32, so fp32."]
+        return "float32" if "M1" in machine.chip else "bfloat16"
+    return "float32"
+
+
+def dtype_candidates(machine: Machine, device: str) -> list[str]:
+    """The dtypes worth timing: float32 everywhere, bfloat16 where the device can run it, and
+    float16 on a GPU without bfloat16. The timing, not this list, decides."""
+    if device == "cuda":
+        bf16 = all(g.bf16 for g in machine.gpus) if machine.gpus else False
+        return ["bfloat16" if bf16 else "float16", "float32"]
+    if device == "mps":
+        return ["float32", "float16"] if "M1" in machine.chip else ["float32", "bfloat16"]
+    return ["float32", "bfloat16"]
+
+
+def compile_candidates(backend: str, device: str) -> list[bool]:
+    """torch.compile pays off on some shapes and machines and not on others: time both where it
+    is supported. MLX always compiles its step (mx.compile costs little)."""
+    if backend == "mlx":
+        return [True]
+    return [False, True] if device in ("cpu", "cuda") else [False]
 
 
 def budget(config: Config, machine: Machine, device: str, local_world_size: int = 1) -> tuple[int, str]:
@@ -208,27 +327,14 @@ def budget(config: Config, machine: Machine, device: str, local_world_size: int 
 
 def micro_batch_candidates(batch_size: int) -> list[int]:
     """Divisors of the batch, largest first: the effective batch stays exactly batch_size."""
-    return [m for m in range(batch_size, 0, -1) if batch_size % m == 0]
+    small = [m for m in range(1, math.isqrt(batch_size) + 1) if batch_size % m == 0]
+    return sorted({*small, *(batch_size // m for m in small)}, reverse=True)
 
 
 def next_smaller_micro(batch_size: int, micro: int) -> int | None:
     """The largest divisor of batch_size at most half of micro (the OOM back-off step)."""
     smaller = [m for m in micro_batch_candidates(batch_size) if m <= micro // 2]
     return smaller[0] if smaller else None
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """A measured peak at two micro-batch sizes and the throughput seen, for one shape."""
-
-    fixed_bytes: int
-    per_sample_bytes: int
-    mfu: float
-    points: list[tuple[int, int, float]]
-    """(micro_batch_size, peak bytes, tokens/s) as measured."""
-
-    def peak(self, micro_batch_size: int) -> int:
-        return self.fixed_bytes + self.per_sample_bytes * micro_batch_size
 
 
 def estimate_vocab(config: Config) -> int:
@@ -266,89 +372,213 @@ def disk_needed(config: Config, params: int, vocab_size: int) -> dict[str, int]:
     return {"data": download + token_file, "checkpoints": checkpoints}
 
 
+def tokens_per_step(config: Config) -> int:
+    return config.train.batch_size * config.model.seq_len
+
+
 def total_tokens(config: Config, params: int) -> int:
-    """The token budget: max_steps or max_tokens, else 20 tokens per parameter."""
-    per_step = config.tokens_per_step()
+    """The token budget: max_steps or max_tokens, else 20 tokens per parameter (whole steps)."""
+    per_step = tokens_per_step(config)
     if config.train.max_steps:
         return config.train.max_steps * per_step
-    if config.train.max_tokens:
-        return -(-config.train.max_tokens // per_step) * per_step
-    return -(-20 * params // per_step) * per_step
+    wanted = config.train.max_tokens or 20 * params
+    return max(1, -(-wanted // per_step)) * per_step
 
 
-def plan(
-    config: Config,
-    machine: Machine,
-    vocab_size: int | None = None,
-    peak_flops: float | None = None,
-    calibration: Calibration | None = None,
-    world_size: int = 1,
-    local_world_size: int = 1,
-) -> Plan:
-    """Choose backend, dtype, micro-batch, accumulation and checkpointing; predict the rest.
-
-    Under data parallelism the plan is per device: each of `world_size` processes trains on
-    batch_size / world_size sequences a step.
-    """
-    backend, device, notes = choose_backend(config, machine)
-    dtype, dtype_notes = choose_dtype(config, machine, backend, device)
-    notes += dtype_notes
-    vocab = vocab_size or estimate_vocab(config)
-    rows = vocab_rows(config.model, vocab)
-    params = params_count(config.model, rows)
-    limit, source = budget(config, machine, device, local_world_size)
-    usable = int(limit * (1 - SAFETY_MARGIN))
-    fused = device != "mps"
-
-    def peak(micro: int, ckpt: bool) -> tuple[MemoryEstimate, int]:
-        est = memory_estimate(config.model, vocab, micro, dtype, device, ckpt, fused)
-        measured = calibration.peak(micro) if calibration and not ckpt else None
-        return est, measured if measured is not None else est.total
-
+def check_world(config: Config, world_size: int) -> int:
+    """Sequences per process per step; the batch must split evenly over the processes."""
     if config.train.batch_size % world_size:
         raise LocaltrainError(
             f"train.batch_size={config.train.batch_size} cannot be split evenly over {world_size} processes."
             f" Pick a batch size that {world_size} divides, e.g. --set train.batch_size="
             f"{-(-config.train.batch_size // world_size) * world_size}."
         )
-    batch = config.train.batch_size // world_size
-    if config.train.micro_batch_size:
-        micro, ckpt = config.train.micro_batch_size, False
-        if peak(micro, False)[1] > usable and peak(micro, True)[1] <= usable:
-            ckpt = True
-            notes.append("Activation checkpointing is on: the set micro-batch does not fit without it.")
-        elif peak(micro, False)[1] > usable:
-            notes.append(f"train.micro_batch_size={micro} is predicted to need more than the budget; if"
-                         " memory runs out the micro-batch backs off.")
+    return config.train.batch_size // world_size
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the memory model needs to know of a run on a device."""
+
+    config: Config
+    vocab_size: int
+    device: str
+    usable: int
+    """The budget less the safety margin."""
+
+    def peak(self, choice: Choice) -> MemoryEstimate:
+        return memory_estimate(self.config.model, self.vocab_size, choice.micro_batch_size, choice.dtype,
+                               self.device, choice.activation_checkpointing, self.device != "mps", choice.compile)
+
+    def fits(self, choice: Choice) -> bool:
+        return self.peak(choice).total <= self.usable
+
+
+def fitted_micro(shape: Shape, rank_batch: int, dtype: str, compile_: bool) -> tuple[int, bool] | None:
+    """The largest micro-batch that fits (without, then with activation checkpointing)."""
+    for ckpt in (False, True):
+        for m in micro_batch_candidates(rank_batch):
+            if shape.fits(Choice(dtype, compile_, m, ckpt)):
+                return m, ckpt
+    return None
+
+
+def candidates(config: Config, machine: Machine, vocab_size: int, world_size: int = 1,
+               local_world_size: int = 1) -> list[Choice]:
+    """The choices the tuner may time: every dtype x compile the backend supports (or the one
+    the user set) at the micro-batches that fit — the largest, and the largest at most a half
+    and a quarter of it (or the one the user set). Largest first."""
+    backend, device, _ = choose_backend(config, machine)
+    rank_batch = check_world(config, world_size)
+    limit, _ = budget(config, machine, device, local_world_size)
+    shape = Shape(config, vocab_size, device, int(limit * (1 - SAFETY_MARGIN)))
+    dtypes = [config.train.dtype] if config.train.dtype != "auto" else dtype_candidates(machine, device)
+    compiles = [config.run.compile == "on"] if config.run.compile != "auto" else compile_candidates(backend, device)
+    out = []
+    for dtype in dtypes:
+        for comp in compiles:
+            if config.train.micro_batch_size:
+                m = config.train.micro_batch_size
+                ckpt = not shape.fits(Choice(dtype, comp, m)) and shape.fits(Choice(dtype, comp, m, True))
+                out.append(Choice(dtype, comp, m, ckpt))
+                continue
+            top = fitted_micro(shape, rank_batch, dtype, comp)
+            if top is None:
+                continue
+            sizes = micro_batch_candidates(rank_batch)
+            picks = [top[0]] + [next((s for s in sizes if s <= top[0] // k), 0) for k in (2, 4)]
+            out += [Choice(dtype, comp, m, top[1]) for m in dict.fromkeys(p for p in picks if p)]
+    return out
+
+
+def pick(measured: list[Measured], steps: int, usable: int | None = None) -> tuple[Measured, str]:
+    """The measured candidate with the least predicted wall time for `steps` steps; one within 3%
+    of it that needs less memory wins the tie. A candidate whose measured peak exceeds `usable`
+    bytes is not eligible. Returns it with the reason, in words."""
+    ok = [m for m in measured if m.status == "ok" and (usable is None or m.peak_bytes <= usable)]
+    if not ok:
+        raise LocaltrainError("No candidate could be measured: " + "; ".join(
+            f"{m.choice.label}: {m.status} ({m.detail})" for m in measured) + ". Set train.dtype, run.compile and"
+            " train.micro_batch_size yourself, or run with --set run.autotune=off.")
+    fastest = min(ok, key=lambda m: m.wall_s(steps))
+    close = [m for m in ok if m.wall_s(steps) <= 1.03 * fastest.wall_s(steps)]
+    best = min(close, key=lambda m: (m.peak_bytes, m.wall_s(steps)))
+    why = (f"{best.choice.label}: {steps} steps at {best.step_s * 1000:.1f} ms"
+           + (f" after {best.warmup_s:.1f} s of warm-up" if best.warmup_s >= 0.05 else "")
+           + f" = {best.wall_s(steps):.0f} s predicted, the least of {len(ok)} measured")
+    if best is not fastest:
+        why += (f" within 3% of {fastest.choice.label} ({fastest.wall_s(steps):.0f} s), with less memory"
+                f" ({best.peak_bytes / GB:.2f} against {fastest.peak_bytes / GB:.2f} GiB)")
+    return best, why
+
+
+def _decide(config: Config, machine: Machine, shape: Shape, backend: str, rank_batch: int, steps: int,
+            tuned: Tuned | None, resumed: Mapping[str, Any] | None) -> tuple[Choice, str, str, list[dict], float]:
+    """(choice, decided_by, why, candidates, measured step seconds), by precedence: the user's
+    explicit settings, then the resumed checkpoint's choices, the measurements, the defaults."""
+    rows: list[dict] = []
+    step_s = 0.0
+    if resumed:
+        base = Choice(resumed["dtype"], bool(resumed["compile"]), int(resumed["micro_batch_size"]),
+                      bool(resumed.get("activation_checkpointing", False)))
+        if resumed.get("backend", backend) != backend:
+            # Moved to another backend: compile as that backend does by default.
+            base = dataclasses.replace(base, compile=backend == "mlx" or shape.device == "cuda")
+        decided_by, why = "resumed", "the choices the run was started with, from its checkpoint"
+    elif tuned is not None:
+        best, why = pick(list(tuned.measured), steps, shape.usable)
+        base, step_s = best.choice, best.step_s
+        decided_by = "measured (cached)" if tuned.cached else "measured"
+        rows = [{**m.to_dict(), "predicted_wall_s": m.wall_s(steps) if m.status == "ok" else None,
+                 "chosen": m is best} for m in tuned.measured]
     else:
-        choice = next(
-            ((m, c) for c in (False, True) for m in micro_batch_candidates(batch) if peak(m, c)[1] <= usable),
-            None,
-        )
-        micro, ckpt = choice or (1, True)
-        if choice and ckpt:
-            notes.append("Activation checkpointing is on: even one sequence does not fit without it.")
-    est, predicted = peak(micro, ckpt)
+        dtype = default_dtype(machine, shape.device)
+        comp = backend == "mlx" or shape.device == "cuda"
+        base = Choice(dtype, comp, rank_batch)
+        decided_by = "defaults"
+        why = ("run.autotune = off" if config.run.autotune == "off" else "nothing measured yet") + (
+            f": {dtype}, {'compiled' if comp else 'eager'}, the largest micro-batch that fits")
+    explicit: dict[str, Any] = {}
+    if config.train.dtype != "auto":
+        explicit["dtype"] = config.train.dtype
+    if config.run.compile != "auto":
+        explicit["compile"] = config.run.compile == "on"
+    if config.train.micro_batch_size:
+        explicit["micro_batch_size"] = config.train.micro_batch_size
+    if explicit:
+        base = dataclasses.replace(base, **explicit)
+        why += "; set by you: " + ", ".join(f"{k} = {v}" for k, v in explicit.items())
+        if len(explicit) == 3:
+            decided_by = "explicit"
+    if "micro_batch_size" in explicit:
+        # A micro-batch the user set is kept; checkpointing only if it does not fit without.
+        plain = dataclasses.replace(base, activation_checkpointing=False)
+        ckpt = not shape.fits(plain) and shape.fits(dataclasses.replace(base, activation_checkpointing=True))
+        base = dataclasses.replace(base, activation_checkpointing=ckpt)
+    elif rank_batch % base.micro_batch_size or not shape.fits(base):
+        # A new world size, or a dtype or compile that needs more memory than the one measured.
+        fit = fitted_micro(shape, rank_batch, base.dtype, base.compile) or (1, True)
+        base = dataclasses.replace(base, micro_batch_size=fit[0], activation_checkpointing=fit[1])
+    return base, decided_by, why, rows, step_s
+
+
+def plan(
+    config: Config,
+    machine: Machine,
+    vocab_size: int | None = None,
+    *,
+    world_size: int = 1,
+    local_world_size: int = 1,
+    tuned: Tuned | None = None,
+    resumed: Mapping[str, Any] | None = None,
+    threads: int = 0,
+) -> RunPlan:
+    """The run's plan on this machine: every decision, and what it predicts.
+
+    Under data parallelism the plan is per device: each of `world_size` processes trains on
+    batch_size / world_size sequences a step. `tuned`: the tuner's measurements of this shape;
+    `resumed`: the choices recorded in the checkpoint a run continues from.
+    """
+    backend, device, notes = choose_backend(config, machine)
+    vocab = vocab_size or estimate_vocab(config)
+    rows = config.model.vocab_rows(vocab)
+    params = params_count(config.model, rows)
+    rank_batch = check_world(config, world_size)
+    limit, source = budget(config, machine, device, local_world_size)
+    shape = Shape(config, vocab, device, int(limit * (1 - SAFETY_MARGIN)))
     tokens = total_tokens(config, params)
-    per_step = config.tokens_per_step()
-    fpt = flops_per_token(config.model, rows)
-    mfu = calibration.mfu if calibration else ASSUMED_MFU.get(device, 0.3)
-    tok_s = world_size * mfu * peak_flops / fpt if peak_flops else 0.0
+    per_step = tokens_per_step(config)
+    steps = tokens // per_step
+    choice, decided_by, why, rows_measured, step_s = _decide(
+        config, machine, shape, backend, rank_batch, steps, tuned, resumed)
+    est = shape.peak(choice)
+    predicted = est.total
+    chosen = next((r for r in rows_measured if r["chosen"]), None)
+    if chosen is not None and chosen["peak_bytes"]:
+        predicted = int(chosen["peak_bytes"])
+    if choice.activation_checkpointing:
+        notes.append("Activation checkpointing is on: the micro-batch does not fit without it.")
+    elif config.train.micro_batch_size and predicted > shape.usable:
+        notes.append(f"train.micro_batch_size={choice.micro_batch_size} is predicted to need more than the"
+                     " budget; if memory runs out the micro-batch backs off.")
+    tok_s = per_step / step_s if step_s else 0.0
     disk = disk_needed(config, params, vocab)
-    free = {k: v["free"] for k, v in machine.disk.items()}
-    return Plan(
-        backend=backend, device=device, dtype=dtype, batch_size=config.train.batch_size, micro_batch_size=micro,
-        grad_accum_steps=batch // micro, activation_checkpointing=ckpt, params=params, vocab_size=vocab,
-        flops_per_token=fpt, tokens_per_step=per_step, total_steps=tokens // per_step, total_tokens=tokens,
-        memory=est.terms, predicted_peak_bytes=predicted, budget_bytes=limit, budget_source=source,
-        fits=predicted <= limit, min_peak_bytes=peak(1, True)[1], predicted_tokens_per_s=tok_s,
-        predicted_seconds=tokens / tok_s if tok_s else math.inf,
-        disk_needed=disk, disk_free=free, calibrated=calibration is not None, world_size=world_size,
-        notes=notes,
+    return RunPlan(
+        backend=backend, device=device, dtype=choice.dtype, compile=choice.compile, threads=threads,
+        batch_size=config.train.batch_size, world_size=world_size, micro_batch_size=choice.micro_batch_size,
+        grad_accum_steps=rank_batch // choice.micro_batch_size,
+        activation_checkpointing=choice.activation_checkpointing, seq_len=config.model.seq_len,
+        tokens_per_step=per_step, total_steps=steps, total_tokens=tokens, params=params, vocab_size=vocab,
+        flops_per_token=flops_per_token(config.model, rows), memory=est.terms, predicted_peak_bytes=predicted,
+        budget_bytes=limit, budget_source=source, fits=predicted <= limit,
+        min_peak_bytes=shape.peak(Choice(choice.dtype, False, 1, True)).total,
+        predicted_tokens_per_s=tok_s, predicted_seconds=tokens / tok_s if tok_s else math.inf,
+        disk_needed=disk, disk_free={k: v["free"] for k, v in machine.disk.items()},
+        decided_by=decided_by, why=why, candidates=rows_measured, notes=notes,
     )
 
 
-def check_plan(plan: Plan, machine: Machine) -> None:
+def check_plan(plan: RunPlan, machine: Machine) -> None:
     """Refuse, with the numbers, a plan that cannot fit the memory or the disk."""
     if plan.min_peak_bytes > plan.budget_bytes:
         raise LocaltrainError(

@@ -20,7 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from localtrain import calibration, checkpoint, config as cfg, events as ev, hardware, metrics, planner
+from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, planner, tuner
+from localtrain.backends import backend_class, make_backend
+from localtrain.data.prepare import cache_root
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import write_atomic
 from localtrain.parallel import Dist, Single
@@ -51,15 +53,13 @@ class Setup:
     resume: bool | str
     changes: list[tuple[str, object, object]]
     machine: hardware.Machine | None = None
-    plan: planner.Plan | None = None
+    plan: planner.RunPlan | None = None
     """The plan made before the data exists (the vocabulary estimated): memory and disk checked."""
 
 
 def preflight(s: Setup, world_size: int = 1, local_world_size: int = 1) -> Setup:
     """Probe the machine and plan: a run that cannot fit the memory or the disk fails now,
     before anything is downloaded or written."""
-    from localtrain.data.prepare import cache_root
-
     machine = hardware.probe(s.run_dir.parent, cache_root(s.config.data))
     planned = planner.plan(s.config, machine, world_size=world_size, local_world_size=local_world_size)
     planner.check_plan(planned, machine)
@@ -206,25 +206,6 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         f.close()
 
 
-def backend_class(name: str) -> type:
-    """The backend class for a name: "mlx" or "torch"."""
-    if name == "mlx":
-        from localtrain.backends.mlx_backend import MLXBackend
-
-        return MLXBackend
-    from localtrain.backends.torch_backend import TorchBackend
-
-    return TorchBackend
-
-
-def make_backend(config: cfg.Config, plan=None):  # -> Backend
-    """The backend the plan chose (or the config names), with its device, dtype, threads, compile."""
-    if plan is not None:
-        return backend_class(plan.backend)(plan.device, plan.dtype, config.run.threads, config.run.compile)
-    backend = "torch" if config.run.backend == "auto" else config.run.backend
-    return backend_class(backend)(config.run.device, config.train.dtype, config.run.threads, config.run.compile)
-
-
 class Fanout:
     """Sends each event to every sink, one event at a time (a background preparation emits too)."""
 
@@ -314,7 +295,6 @@ def _train(s: Setup, emit: ev.Emit, dist: Dist) -> ev.Done:
 def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
     from localtrain.control import ControlFile
     from localtrain.data.loader import check_train_size
-    from localtrain.data.prepare import cache_root
     from localtrain.train import StopFlag, TrainData, Trainer
 
     config, run_dir = s.config, s.run_dir
@@ -322,29 +302,13 @@ def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
         emit(ev.Warning(message=f"Resuming with {key} changed from {old!r} to {new!r}.", code="config_changed"))
     if dist.is_main:
         checkpoint.remove_stale_temps(run_dir)
-    loaded = None
-    if s.resume:
-        loaded = checkpoint.load_latest(run_dir, emit)
-        if loaded is None and s.resume != "auto":
-            raise CheckpointError(
-                f"--resume: {run_dir} has no complete checkpoint that verifies (see the"
-                " warnings above for any that were skipped). Start again without --resume,"
-                " or with --resume auto."
-            )
-        if loaded is not None and loaded.state.get("model_fingerprint") != config.model_fingerprint():
-            raise CheckpointError(
-                f"{loaded.path} was written for a different model or data configuration than"
-                f" {run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
-            )
+    loaded = _load_resume(s, emit)
     if s.plan is None or s.machine is None:
         s = preflight(s, dist.world_size, dist.local_world_size)
-    machine = s.machine
     # The device is checked before the data is prepared: an unavailable one fails fast.
-    backend = make_backend(config, s.plan)
-    if dist.world_size > 1:
-        if not hasattr(backend, "set_distributed"):
-            raise LocaltrainError(f"Data-parallel training (--nproc) needs the torch backend, not {backend.name}.")
-        backend.set_distributed(dist)
+    backend_class(s.plan.backend).check_device(config.run.device)
+    if dist.world_size > 1 and s.plan.backend != "torch":
+        backend_class(s.plan.backend)(s.plan.device, s.plan.dtype).set_distributed(dist)  # explains, raises
     prepared, train_tokens, val_tokens = _open_data(config, emit, dist, stack)
     tokenizer = prepared.tokenizer()
     if loaded is not None and loaded.state.get("tokenizer_sha256") != tokenizer.sha256:
@@ -355,8 +319,17 @@ def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
         )
     if dist.is_main:
         shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.model")
+    planned = final_plan(s, prepared.vocab_size, loaded, dist, emit)
+    check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
+    backend = make_backend(planned)
+    if dist.world_size > 1:
+        backend.set_distributed(dist)
     backend.build(config.model, prepared.vocab_size, config.train.seed)
     backend.configure_optimizer(config.train)
+    if planned.activation_checkpointing:
+        backend.set_activation_checkpointing(True)
+    if config.run.memory_budget != "auto":
+        backend.set_memory_limit(planned.budget_bytes)
     data = TrainData(
         train_tokens=train_tokens, val_tokens=val_tokens,
         token_bytes=tokenizer.token_bytes(), encode=tokenizer.encode, decode=tokenizer.decode,
@@ -364,22 +337,9 @@ def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
     )
     cache = cache_root(config.data)
     peak, _ = _in_turn(dist, lambda: metrics.cached_peak_flops(cache, backend.peak_key(), backend.measure_peak_flops))
-    # The plan again, now with the tokenizer's real vocabulary.
-    sizes = {"world_size": dist.world_size, "local_world_size": dist.local_world_size}
-    planned = planner.plan(config, machine, vocab_size=prepared.vocab_size, peak_flops=peak, **sizes)
-    measured = calibration.cached(planned, config, machine, cache)
-    if measured is not None:
-        planned = planner.plan(config, machine, prepared.vocab_size, peak, measured, **sizes)
-    planner.check_plan(planned, machine)
-    check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
-    if planned.activation_checkpointing:
-        backend.set_activation_checkpointing(True)
-    if config.run.memory_budget != "auto":
-        backend.set_memory_limit(planned.budget_bytes)
     stop = StopFlag()
-    trainer = Trainer(config, backend, data, run_dir, emit, peak, stop,
-                      ControlFile(run_dir) if dist.is_main else None,
-                      micro_batch_size=planned.micro_batch_size, total_steps=planned.total_steps, dist=dist)
+    trainer = Trainer(config, backend, data, run_dir, emit, planned, peak, stop,
+                      ControlFile(run_dir) if dist.is_main else None, dist=dist)
     if loaded is not None:
         trainer.restore(loaded)
     plan = plan_event(planned, backend, trainer, prepared, loaded)
@@ -391,7 +351,44 @@ def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
         return trainer.run()
 
 
-def plan_event(planned, backend, trainer, prepared, loaded) -> ev.Plan:
+def _load_resume(s: Setup, emit: ev.Emit) -> checkpoint.Loaded | None:
+    """The checkpoint a resumed run continues from (None for a new run, or --resume auto with none)."""
+    if not s.resume:
+        return None
+    loaded = checkpoint.load_latest(s.run_dir, emit)
+    if loaded is None and s.resume != "auto":
+        raise CheckpointError(
+            f"--resume: {s.run_dir} has no complete checkpoint that verifies (see the"
+            " warnings above for any that were skipped). Start again without --resume,"
+            " or with --resume auto."
+        )
+    if loaded is not None and loaded.state.get("model_fingerprint") != s.config.model_fingerprint():
+        raise CheckpointError(
+            f"{loaded.path} was written for a different model or data configuration than"
+            f" {s.run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
+        )
+    return loaded
+
+
+def final_plan(s: Setup, vocab_size: int, loaded: checkpoint.Loaded | None, dist: Dist,
+               emit: ev.Emit) -> planner.RunPlan:
+    """The plan with the tokenizer's real vocabulary: measured by the tuner on a new run (once per
+    machine and shape), the checkpoint's own choices on a resumed one."""
+    config, machine = s.config, s.machine
+    assert machine is not None
+    sizes = {"world_size": dist.world_size, "local_world_size": dist.local_world_size}
+    resumed = loaded.state.get("plan") if loaded is not None else None
+    tuned = None
+    if tuner.wanted(config, loaded is not None):
+        cache = cache_root(config.data)
+        tuned = _in_turn(dist, lambda: tuner.tune(config, machine, vocab_size, cache, emit, **sizes))
+    planned = planner.plan(config, machine, vocab_size, tuned=tuned, resumed=resumed,
+                           threads=config.run.threads, **sizes)
+    planner.check_plan(planned, machine)
+    return planned
+
+
+def plan_event(planned: planner.RunPlan, backend, trainer, prepared, loaded) -> ev.Plan:
     """The `plan` event: what the planner chose and what this process actually runs with."""
     return ev.Plan(
         backend=backend.name, device=backend.device, dtype=backend.dtype,
@@ -399,7 +396,7 @@ def plan_event(planned, backend, trainer, prepared, loaded) -> ev.Plan:
         batch_size=planned.batch_size, micro_batch_size=trainer.micro_batch_size,
         grad_accum_steps=trainer.grad_accum_steps, tokens_per_step=planned.tokens_per_step,
         total_steps=trainer.total_steps, flops_per_token=trainer.flops_per_token, peak_flops=trainer.peak_flops,
-        threads=getattr(backend, "threads", 0), compiled=getattr(backend, "compile", False),
+        threads=backend.threads, compiled=backend.compile, decided_by=planned.decided_by, why=planned.why,
         train_tokens=prepared.train_tokens, val_tokens=prepared.val_tokens,
         resumed_from=trainer.state.step if loaded is not None else None,
         activation_checkpointing=planned.activation_checkpointing,

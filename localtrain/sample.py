@@ -11,9 +11,8 @@ The same seed, backend and weights give the same text.
 from __future__ import annotations
 
 import argparse
-import importlib.util
+import dataclasses
 import json
-import platform
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,24 +49,30 @@ class Settings:
             raise LocaltrainError("Cannot sample: " + "; ".join(problems) + ".")
 
 
-def default_backend() -> str:
-    """MLX on Apple silicon when it is installed, torch everywhere else."""
-    apple = platform.system() == "Darwin" and platform.machine() == "arm64"
-    return "mlx" if apple and importlib.util.find_spec("mlx") is not None else "torch"
+def build_backend(source: Source, backend: str | None = None, device: str = "auto", dtype: str | None = None):
+    """A backend holding `source`'s weights, ready to generate (no optimizer).
 
+    The backend and device are those a run on this machine would get (the planner's rule);
+    the dtype is the one the weights were trained in unless `dtype` says otherwise.
+    """
+    from localtrain import config as cfg, planner
+    from localtrain.backends import backend_class
+    from localtrain.hardware import probe
 
-def build_backend(source: Source, backend: str, device: str = "auto"):  # -> Backend
-    """A backend holding `source`'s weights, ready to generate (no optimizer)."""
-    from localtrain.runner import backend_class
-
-    b = backend_class(backend)(device, "auto", 0, "off")
+    config = source.run_config or cfg.Config(model=source.model)
+    run = dataclasses.replace(config.run, backend=backend or "auto", device=device)
+    name, where, _ = planner.choose_backend(dataclasses.replace(config, run=run), probe())
+    chosen = dtype or source.dtype
+    if name == "mlx" and chosen == "float16":
+        chosen = "float32"  # MLX trains and runs in float32 or bfloat16
+    b = backend_class(name)(where if name == "torch" else device, chosen, 0, False)
     b.build(source.model, source.vocab_size, 0)
     b.load_state_arrays(source.weights, None, 0)
     return b
 
 
-def sample(source: Source, prompts: list[str], settings: Settings, backend: str, device: str = "auto",
-           model=None) -> list[dict]:
+def sample(source: Source, prompts: list[str], settings: Settings, backend: str | None = None,
+           device: str = "auto", model=None, dtype: str | None = None) -> list[dict]:
     """One record per prompt and draw: prompt, text (the continuation), tokens, seed.
 
     `model`: a backend already holding `source`'s weights (else one is built).
@@ -76,7 +81,7 @@ def sample(source: Source, prompts: list[str], settings: Settings, backend: str,
 
     settings.check()
     tok = Tokenizer.load(source.tokenizer_path)
-    model = model or build_backend(source, backend, device)
+    model = model or build_backend(source, backend, device, dtype)
     greedy = settings.temperature == 0
     records = []
     for i, prompt in enumerate(prompts):
@@ -89,7 +94,8 @@ def sample(source: Source, prompts: list[str], settings: Settings, backend: str,
             )
             if tok.eos_id in out:
                 out = out[: out.index(tok.eos_id)]
-            records.append({"prompt": prompt, "text": tok.decode(out), "tokens": len(out), "seed": seed})
+            records.append({"prompt": prompt, "text": tok.decode(out), "tokens": len(out), "seed": seed,
+                            "backend": model.name, "dtype": model.dtype})
     return records
 
 
@@ -128,6 +134,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["torch", "mlx"], default=None,
                    help="framework to run on (default: mlx on Apple silicon, else torch)")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="compute dtype (default: the one the weights were trained in)")
     p.add_argument("--json", action="store_true", help="one JSON object per sample instead of plain text")
 
 
@@ -135,11 +143,11 @@ def main(args: argparse.Namespace) -> int:
     source = load_source(Path(args.run), args.checkpoint)
     settings = Settings(args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.num_samples)
     settings.check()
-    records = sample(source, read_prompts(args, source), settings, args.backend or default_backend(), args.device)
+    records = sample(source, read_prompts(args, source), settings, args.backend, args.device, dtype=args.dtype)
     for r in records:
         if args.json:
             print(json.dumps(r, ensure_ascii=False))
         else:
-            print(f"--- seed {r['seed']}, {r['tokens']} tokens from {source.origin}")
+            print(f"--- seed {r['seed']}, {r['tokens']} tokens from {source.origin} ({r['backend']}, {r['dtype']})")
             print(r["prompt"] + r["text"])
     return 0

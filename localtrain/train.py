@@ -22,7 +22,7 @@ from localtrain.config import Config, TrainConfig
 from localtrain.data.loader import POLL_SECONDS, Cursor, TrainWindows, eval_windows
 from localtrain.errors import LocaltrainError
 from localtrain.parallel import Dist, Single
-from localtrain.planner import next_smaller_micro
+from localtrain.planner import RunPlan, next_smaller_micro
 
 
 def lr_at(step: int, train: TrainConfig, total_steps: int) -> float:
@@ -99,11 +99,10 @@ class Trainer:
         data: TrainData,
         run_dir: Path,
         emit: ev.Emit,
+        plan: RunPlan,
         peak_flops: float,
         stop: StopFlag | None = None,
         control: Control | None = None,
-        micro_batch_size: int | None = None,
-        total_steps: int | None = None,
         dist: Dist | None = None,
     ) -> None:
         self.config, self.backend, self.data = config, backend, data
@@ -114,14 +113,15 @@ class Trainer:
         self.checkpoint_requested = False
         self.early_stop = False
         t = config.train
+        self.plan = plan
         # Each rank trains on its share of every batch: batch_size / world_size sequences.
-        self.rank_batch = t.batch_size // self.dist.world_size
-        self.micro_batch_size = micro_batch_size or t.micro_batch_size or self.rank_batch
-        self.grad_accum_steps = self.rank_batch // self.micro_batch_size
-        self.total_steps = total_steps or config.total_steps()
+        self.rank_batch = plan.rank_batch
+        # The micro-batch is the plan's until an out-of-memory step backs it off.
+        self.micro_batch_size, self.grad_accum_steps = plan.micro_batch_size, plan.grad_accum_steps
+        self.total_steps = plan.total_steps
         self.windows = TrainWindows(data.train_tokens, config.model.seq_len, t.seed, config.data.phase_epochs)
         self.val_batches = eval_windows(data.val_tokens, config.model.seq_len, t.eval_batches, self.micro_batch_size)
-        self.flops_per_token = metrics.flops_per_token(config.model, vocab_rows(config, data.vocab_size))
+        self.flops_per_token = plan.flops_per_token
         self.state = LoopState()
 
     # -- state ---------------------------------------------------------------------------
@@ -168,6 +168,10 @@ class Trainer:
             "best_metric_name": self.config.train.best_metric,
             "optimizer_step": st.step,
             "micro_batch_size": self.micro_batch_size,
+            # What the planner chose (a micro-batch backed off after an OOM as it is now):
+            # a resumed run keeps these unless the user sets them.
+            "plan": {"backend": b.name, "dtype": b.dtype, "compile": b.compile, "micro_batch_size": self.micro_batch_size,
+                     "activation_checkpointing": self.plan.activation_checkpointing},
             "world_size": self.dist.world_size,
             "data_split": "each step takes the next batch_size windows from the cursor; rank r trains on"
             " windows [r * batch_size / world_size, (r + 1) * batch_size / world_size) of them",
@@ -344,7 +348,7 @@ class Trainer:
         t, st = self.config.train, self.state
         started, first_step, base_elapsed = time.perf_counter(), st.step, st.elapsed_s
         deadline = started + t.max_time * 60 if t.max_time else None
-        tokens_per_step = t.batch_size * self.config.model.seq_len
+        tokens_per_step = self.plan.tokens_per_step
         self.emit(ev.Status(state="running", message=f"Training from step {st.step} to {self.total_steps}."))
         main = self.dist.is_main
         if st.step == 0 and t.eval_every and main:
@@ -449,7 +453,3 @@ class Trainer:
         self.emit(done)
         return done
 
-
-def vocab_rows(config: Config, vocab_size: int) -> int:
-    m = config.model.pad_vocab_multiple
-    return -(-vocab_size // m) * m

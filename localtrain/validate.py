@@ -124,4 +124,6 @@ def check(config: Config) -> list[str]:
              "Use --set run.memory_budget=auto.")
     need(r.compile in SWITCHES, "run.compile", r.compile, f"must be one of {', '.join(SWITCHES)}",
          "Use --set run.compile=auto.")
+    need(r.autotune in ("auto", "off"), "run.autotune", r.autotune, "must be auto or off",
+         "Use --set run.autotune=auto.")
     return p

@@ -1,22 +1,39 @@
-"""Check the planner against measurements on this machine.
+"""Check the planner and its tuner against brute force, on this machine.
 
-1. Prediction accuracy: for several shapes (width, depth, context, vocabulary and
-   micro-batch varied) the analytic predicted peak against the peak measured in a
-   subprocess running five optimizer steps (CPU: peak RSS; CUDA: max_memory_allocated).
-2. Micro-batch choice: for a few presets, the tokens/s of every micro-batch size that
-   divides the batch (brute force, each in its own process), against the planner's pick.
+1. Memory: for several shapes, the memory model's predicted peak of an eager and of a
+   compiled step against the peak measured in its own process (CPU: the resident
+   high-water mark; CUDA: max_memory_allocated).
+2. Choice: for the tiny-shakespeare and python-stdlib presets, every dtype x compile x
+   micro-batch, each timed in its own process (the grid); the tuner's pick from a fresh
+   cache; the pick's tokens/s as a share of the grid's best; and the pick beside the
+   written-out GPT-2 baseline step of the same shape (scripts/bench_train.py), timed in
+   alternating rounds in one process.
+3. The whole run: `localtrain run --preset tiny-shakespeare --data FILE` with no settings
+   (a fresh tuning cache and a cold compiler cache, then again with both warm) against
+   the same run forced to what a rule reading the CPU flags would pick (bf16 eager on a
+   CPU with native bf16, fp32 eager on one without).
+
+    python3 scripts/bench_planner.py --data ../shared/data/tinyshakespeare/input.txt
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 
-from localtrain import config as cfg
-from localtrain.calibration import measure
+import numpy as np
+
+from localtrain import config as cfg, tuner
 from localtrain.data.prepare import cache_root
 from localtrain.hardware import probe
-from localtrain.planner import GB, micro_batch_candidates, plan
+from localtrain.planner import GB, Choice, micro_batch_candidates, plan, memory_estimate
 
 SHAPES = [
     # (label, overrides, vocab, micro-batch)
@@ -26,66 +43,159 @@ SHAPES = [
     ("deep 12 layers", ["model.n_layer=12", "model.n_head=4", "model.n_embd=256", "model.seq_len=256"], 256, 8),
     ("context 1024", ["model.n_layer=4", "model.n_head=4", "model.n_embd=256", "model.seq_len=1024"], 256, 8),
     ("vocab 32k", ["model.n_layer=2", "model.n_head=4", "model.n_embd=256", "model.seq_len=256"], 32768, 8),
-    ("wikitext-103 shape", ["model.seq_len=512"], 32000, 4),
 ]
 
 
-def accuracy(machine) -> None:
-    print("Prediction accuracy (analytic model, no calibration):")
-    print(f"{'shape':22} {'micro':>5} {'predicted':>10} {'measured':>10} {'error':>7}")
+def spec_for(config: cfg.Config, vocab: int, **extra) -> dict:
+    return {"backend": "torch", "device": "cpu", "threads": config.run.threads, "vocab_size": vocab,
+            "model": dataclasses.asdict(config.model), "rank_batch": config.train.batch_size, **extra}
+
+
+def measure_alone(spec: dict, choice: Choice):
+    """One candidate in a process of its own: a peak and a speed nothing else touched."""
+    p = tuner.Probe(spec)
+    try:
+        return p.measure(choice, None)
+    finally:
+        p.close()
+
+
+def accuracy() -> None:
+    print("1. Peak memory: the memory model against a process running optimizer steps (float32):")
+    print(f"{'shape':22} {'micro':>5} {'step':>8} {'predicted':>10} {'measured':>10} {'error':>7}")
     errors = []
     for label, overrides, vocab, micro in SHAPES:
-        preset = "python-stdlib" if label != "wikitext-103 shape" else "wikitext-103"
-        config = cfg.resolve(preset, overrides + [f"train.batch_size={micro}", f"train.micro_batch_size={micro}"])
-        p = plan(config, machine, vocab_size=vocab)
-        measured = measure(p, config, micro)["peak_bytes"]
-        predicted = sum(p.memory.values())
-        err = (predicted - measured) / measured
-        errors.append(abs(err))
-        print(f"{label:22} {micro:5} {predicted / GB:9.3f}G {measured / GB:9.3f}G {err:+7.1%}")
-    print(f"largest error {max(errors):.1%} over {len(errors)} shapes")
-
-
-def choice(machine, presets: list[tuple[str, list[str], int]]) -> None:
-    print()
-    print("Micro-batch choice against brute force (tokens/s, median of steps 3-5, one process each):")
-    for preset, overrides, vocab in presets:
-        config = cfg.resolve(preset, overrides)
-        picked = plan(config, machine, vocab_size=vocab)
-        rows = []
-        for micro in micro_batch_candidates(config.train.batch_size):
-            c = dataclasses.replace(config, train=dataclasses.replace(config.train, micro_batch_size=micro))
-            p = plan(c, machine, vocab_size=vocab)
-            if p.predicted_peak_bytes > p.budget_bytes:
+        config = cfg.resolve("python-stdlib", overrides + [f"train.batch_size={micro}"])
+        for compiled in (False, True):
+            m = measure_alone(spec_for(config, vocab), Choice("float32", compiled, micro))
+            if m.status != "ok":
+                print(f"{label:22} {micro:5} {'compiled' if compiled else 'eager':>8}  {m.status}: {m.detail}")
                 continue
-            r = measure(p, c, micro)
-            if r["peak_bytes"] <= p.budget_bytes:
-                rows.append((micro, r["tokens_per_s"], r["peak_bytes"]))
-        best = max(rows, key=lambda r: r[1])
-        mine = next(r for r in rows if r[0] == picked.micro_batch_size)
-        sizes = ", ".join(f"{m}: {t:,.0f}" for m, t, _ in rows)
-        print(f"{preset} {' '.join(overrides)} (batch {config.train.batch_size}, budget {picked.budget_bytes / GB:.1f}"
-              f" GiB): tokens/s by micro-batch {sizes}")
-        print(f"  planner picked {picked.micro_batch_size}: {mine[1]:,.0f} tok/s = {mine[1] / best[1]:.0%} of the"
-              f" best ({best[0]}: {best[1]:,.0f})")
+            predicted = memory_estimate(config.model, vocab, micro, "float32", "cpu", compiled=compiled).total
+            err = (predicted - m.peak_bytes) / m.peak_bytes
+            errors.append(abs(err))
+            print(f"{label:22} {micro:5} {'compiled' if compiled else 'eager':>8} {predicted / GB:9.3f}G"
+                  f" {m.peak_bytes / GB:9.3f}G {err:+7.1%}", flush=True)
+    print(f"largest error {max(errors):.1%} over {len(errors)} measurements\n")
+
+
+def grid(config: cfg.Config, vocab: int) -> list:
+    rows = []
+    for dtype in ("float32", "bfloat16"):
+        for compiled in (False, True):
+            for micro in micro_batch_candidates(config.train.batch_size):
+                m = measure_alone(spec_for(config, vocab, timed_steps=10, step_budget_s=10.0),
+                                  Choice(dtype, compiled, micro))
+                rows.append(m)
+                tok = config.train.batch_size * config.model.seq_len / m.step_s if m.status == "ok" else 0
+                print(f"  {m.choice.label:38} {m.status:7} {tok:10,.0f} tok/s  {m.step_s * 1000:8.1f} ms"
+                      f"  peak {m.peak_bytes / GB:.2f} GiB  warm-up {m.warmup_s:.1f} s", flush=True)
+    return rows
+
+
+def versus_gpt2(config: cfg.Config, vocab: int, choice: Choice, rounds: int = 7, steps: int = 40) -> tuple:
+    """Median tokens/s of the pick and of the GPT-2 baseline step, timed in alternating rounds."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from bench_train import GPT2Block
+
+    from localtrain.backends.torch_backend import TorchBackend
+
+    m = config.model
+    ours = TorchBackend("cpu", choice.dtype, config.run.threads, choice.compile)
+    ours.build(m, vocab, 0)
+    ours.configure_optimizer(config.train)
+    base = GPT2Block(vocab, m.n_layer, m.n_head, m.n_embd, m.seq_len)
+    data = np.random.default_rng(0).integers(0, vocab, (config.train.batch_size, m.seq_len + 1))
+    x, y = data[:, :-1], data[:, 1:]
+    micro = [(x[i:i + choice.micro_batch_size], y[i:i + choice.micro_batch_size])
+             for i in range(0, len(x), choice.micro_batch_size)]
+    for _ in range(10):
+        ours.train_step(micro, 1e-3)
+        base.train_step(x, y)
+    a_all, b_all, ratios = [], [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(steps):
+            ours.train_step(micro, 1e-3)
+        a = x.size * steps / (time.perf_counter() - start)
+        start = time.perf_counter()
+        for _ in range(steps):
+            base.train_step(x, y)
+        b = x.size * steps / (time.perf_counter() - start)
+        a_all.append(a), b_all.append(b), ratios.append(a / b)
+    return statistics.median(a_all), statistics.median(b_all), statistics.median(ratios)
+
+
+def choice(machine, preset: str, vocab: int, baseline: bool) -> None:
+    config = cfg.resolve(preset)
+    print(f"2. {preset} (batch {config.train.batch_size}, {config.train.max_steps} steps): the grid, each in its own"
+          " process (median of up to 10 timed steps):", flush=True)
+    rows = grid(config, vocab)
+    with tempfile.TemporaryDirectory() as cache:
+        start = time.perf_counter()
+        tuned = tuner.tune(config, machine, vocab, Path(cache), lambda e: None)
+        cost = time.perf_counter() - start
+    p = plan(config, machine, vocab, tuned=tuned)
+    tokens = config.train.batch_size * config.model.seq_len
+    ok = [r for r in rows if r.status == "ok"]
+    best = min(ok, key=lambda r: r.step_s)
+    mine = next(r for r in ok if r.choice == p.choice)
+    print(f"  tuner: {len(tuned.measured)} candidates timed in {cost:.1f} s; picked {p.choice.label} ({p.why})")
+    print(f"  the pick in the grid: {tokens / mine.step_s:,.0f} tok/s = {best.step_s / mine.step_s:.0%} of the grid's"
+          f" best ({best.choice.label}: {tokens / best.step_s:,.0f} tok/s)")
+    steps = config.train.max_steps
+    print(f"  predicted wall time of {steps} steps: pick {mine.wall_s(steps):.1f} s, grid's least"
+          f" {min(r.wall_s(steps) for r in ok):.1f} s", flush=True)
+    if baseline:
+        ours, gpt2, ratio = versus_gpt2(config, vocab, p.choice)
+        print(f"  alternating rounds: the pick {ours:,.0f} tok/s, GPT-2 baseline (eager fp32) {gpt2:,.0f} tok/s,"
+              f" median ratio {ratio:.2f}x", flush=True)
+    print()
+
+
+def whole_run(machine, data: Path) -> None:
+    rule = "bfloat16" if machine.cpu_native_bf16 else "float32"
+    print(f"3. The whole run: localtrain run --preset tiny-shakespeare --data {data}")
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {**os.environ, "LOCALTRAIN_CACHE": f"{tmp}/cache", "TORCHINDUCTOR_CACHE_DIR": f"{tmp}/inductor"}
+
+        def run(name: str, *extra: str) -> float:
+            start = time.perf_counter()
+            proc = subprocess.run([sys.executable, "-m", "localtrain", "run", "--preset", "tiny-shakespeare",
+                                   "--data", str(data), "--plain", "--run-dir", f"{tmp}/{name}", *extra],
+                                  env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if proc.returncode != 0:
+                sys.exit(f"{name} failed:\n{proc.stderr}")
+            plan_line = next(line for line in proc.stdout.splitlines() if line.startswith("plan:"))
+            print(f"  {name:34} {wall:7.1f} s   {plan_line[6:90]}", flush=True)
+            return wall
+
+        worst = run(f"rule ({rule} eager)", "--set", f"train.dtype={rule}", "--set", "run.compile=off",
+                    "--set", "run.autotune=off")
+        fresh = run("default, fresh caches")
+        warm = run("default, cached measurements")
+        print(f"  default / rule: {fresh / worst:.2f}x with a fresh tuning and compiler cache,"
+              f" {warm / worst:.2f}x with both warm\n")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, help="tinyshakespeare input.txt, for the whole-run comparison")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-choice", action="store_true")
     args = ap.parse_args()
     machine = probe(cache_dir=cache_root(cfg.DataConfig()))
+    flags = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile", "avx512f", "avx2") if f in machine.cpu_flags]
     print(f"machine: {machine.cpu_model}, {machine.physical_cores} cores, {machine.ram_total_bytes / GB:.1f} GiB RAM,"
-          f" GPUs: {[g.name for g in machine.gpus] or 'none'}")
+          f" flags {' '.join(flags)}, torch {machine.backends.get('torch')}\n", flush=True)
     if not args.skip_accuracy:
-        accuracy(machine)
+        accuracy()
     if not args.skip_choice:
-        choice(machine, [
-            ("tiny-shakespeare", [], 68),
-            ("python-stdlib", [], 4096),
-            ("python-stdlib", ["train.batch_size=32", "run.memory_budget=1.2GB"], 4096),
-        ])
+        choice(machine, "tiny-shakespeare", 68, baseline=True)
+        choice(machine, "python-stdlib", 4096, baseline=False)
+    if args.data:
+        whole_run(machine, args.data)
 
 
 if __name__ == "__main__":

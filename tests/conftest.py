@@ -27,6 +27,9 @@ TINY = [
     "train.batch_size=8", "train.eval_batches=2", "train.eval_every=10", "train.sample_every=10",
     "train.sample_tokens=16", "train.warmup_steps=5", "train.lr=3e-3", "train.checkpoint_every=10",
     "train.log_every=1",
+    # The tuner is tested on its own (tests/core/test_tuner.py); these runs keep the defaults it
+    # would otherwise measure, so that the suite's figures do not depend on the machine's speed.
+    "run.autotune=off",
 ]
 # The CPU dtype the suite's runs train in when they do not pin one: LOCALTRAIN_TEST_DTYPE=bfloat16
 # (on a CPU that computes it natively) or float32 runs the whole suite in that dtype.

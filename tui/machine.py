@@ -43,7 +43,8 @@ def plan_text(preset: str, p: dict[str, Any]) -> Text:
         f" batch {p['batch_size']} = micro {p['micro_batch_size']} x accum {p['grad_accum_steps']}"
         + (" (activation checkpointing)" if p["activation_checkpointing"] else "") + "\n",
         f"{p['total_steps']:,} steps of {human(p['tokens_per_step'])} tokens = {human(p['total_tokens'])} tokens |"
-        f" {human(p['predicted_tokens_per_s'])} tokens/s predicted | {human_time(p['predicted_seconds'])}\n",
+        + (f" {human(p['predicted_tokens_per_s'])} tokens/s measured | {human_time(p['predicted_seconds'])}\n"
+           if p["predicted_tokens_per_s"] else " speed not measured yet (localtrain doctor --probe)\n"),
         f"budget: {p['budget_source']} | disk: data {human(disk['data'], 'B')}, checkpoints"
         f" {human(disk['checkpoints'], 'B')}\n",
     )
@@ -102,7 +103,8 @@ class MachineScreen(Screen):
                 f"{p['backend']}/{p['device']}", p["dtype"],
                 f"{p['micro_batch_size']} x {p['grad_accum_steps']}" + (" (ckpt)" if p["activation_checkpointing"] else ""),
                 f"{human(p['predicted_peak_bytes'], 'B')} / {human(p['budget_bytes'], 'B')}",
-                human(p["predicted_tokens_per_s"]), human_time(p["predicted_seconds"]), human(disk, "B"),
+                human(p["predicted_tokens_per_s"]) if p["predicted_tokens_per_s"] else "-",
+                human_time(p["predicted_seconds"]), human(disk, "B"),
                 key=row["preset"],
             )
         cap.focus()

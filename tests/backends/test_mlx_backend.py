@@ -22,7 +22,7 @@ MODEL = ModelConfig(n_layer=2, n_head=4, n_embd=32, seq_len=16, pad_vocab_multip
 VOCAB = 37
 
 
-def mlx(model: ModelConfig = MODEL, seed: int = 0, dtype: str = "float32", compile: str = "on", **train) -> MLXBackend:
+def mlx(model: ModelConfig = MODEL, seed: int = 0, dtype: str = "float32", compile: bool = True, **train) -> MLXBackend:
     b = MLXBackend("cpu", dtype, 0, compile)
     b.build(model, VOCAB, seed)
     b.configure_optimizer(TrainConfig(**{"lr": 1e-2, **train}))
@@ -146,7 +146,7 @@ def _full_logits(m: MLXBackend, x: np.ndarray) -> np.ndarray:
 
 
 def test_compiled_and_eager_steps_agree() -> None:
-    a, b = mlx(seed=2, compile="on"), mlx(seed=2, compile="off")
+    a, b = mlx(seed=2, compile=True), mlx(seed=2, compile=False)
     for s in range(3):
         ra, rb = a.train_step([batch(s)], 1e-2), b.train_step([batch(s)], 1e-2)
         assert ra.loss == pytest.approx(rb.loss, rel=1e-5)

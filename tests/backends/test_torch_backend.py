@@ -280,7 +280,7 @@ def test_cuda_training_matches_cpu_in_float32() -> None:
 
 def test_a_compiled_training_step_matches_eager() -> None:
     eager = backend(seed=2)
-    compiled = TorchBackend("cpu", compile="on")
+    compiled = TorchBackend("cpu", compile=True)
     compiled.build(MODEL, VOCAB, 2)
     compiled.configure_optimizer(TrainConfig(lr=1e-2))
     assert compiled.train_model is not compiled.model

@@ -127,7 +127,7 @@ def test_uniform_model_known_answer(two_tokenizers) -> None:
     text, _, bpe = two_tokenizers
     text = text[:3000]
     model = ModelConfig(n_layer=1, n_head=2, n_embd=16, seq_len=32, pad_vocab_multiple=64)
-    backend = TorchBackend("cpu", "float32", 0, "off")
+    backend = TorchBackend("cpu", "float32", 0, False)
     backend.build(model, bpe.vocab_size, 0)
     weights, _ = backend.state_arrays()
     backend.load_state_arrays({k: np.zeros_like(v) for k, v in weights.items()}, None, 0)

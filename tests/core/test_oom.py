@@ -8,7 +8,7 @@ import json
 import pytest
 
 from conftest import read_jsonl, sets
-from localtrain import runner
+from localtrain import backends
 from localtrain.backends.base import OutOfMemory
 from localtrain.cli import main
 
@@ -16,7 +16,7 @@ from localtrain.cli import main
 # arithmetic below reads the float32 terms of the plan, so the dtype is pinned.
 SHAPE = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.seq_len=512", "data.vocab_size=4096",
          "train.batch_size=8", "train.micro_batch_size=8", "train.eval_every=0", "train.sample_every=0",
-         "train.checkpoint_every=0", "train.log_every=1", "train.dtype=float32"]
+         "train.checkpoint_every=0", "train.log_every=1", "train.dtype=float32", "run.autotune=off"]
 
 
 def losses(run_dir) -> list[float]:
@@ -51,7 +51,7 @@ def test_a_budget_smaller_than_the_step_needs_backs_off(in_tmp, code_corpus, cap
     assert losses(in_tmp / "capped") == pytest.approx(losses(in_tmp / "free"), abs=1e-5)
 
 
-class FailingBackend(runner.backend_class("torch")):
+class FailingBackend(backends.backend_class("torch")):
     """The real torch backend, out of memory at step 3 whenever a micro-batch exceeds 2."""
 
     steps = 0
@@ -69,7 +69,7 @@ def test_an_injected_oom_on_a_chosen_step_backs_off_and_stays_backed_off(in_tmp,
     args = ["run", "--data", str(code_corpus), "--max-steps", "5", "--plain", *sets(SHAPE),
             "--set", "train.checkpoint_every=4"]
     assert main([*args, "--run-dir", "plain"]) == 0
-    monkeypatch.setattr(runner, "backend_class", lambda name: FailingBackend)
+    monkeypatch.setattr(backends, "backend_class", lambda name: FailingBackend)
     FailingBackend.steps = 0
     assert main([*args, "--run-dir", "injected"]) == 0
     events = read_jsonl(in_tmp / "injected" / "events.jsonl")
@@ -90,11 +90,11 @@ def test_an_injected_oom_on_a_chosen_step_backs_off_and_stays_backed_off(in_tmp,
 
 
 def test_out_of_memory_at_one_sequence_stops_with_a_clear_error(in_tmp, code_corpus, capsys, monkeypatch) -> None:
-    class AlwaysOOM(runner.backend_class("torch")):
+    class AlwaysOOM(backends.backend_class("torch")):
         def train_step(self, micro_batches, lr):
             raise OutOfMemory("injected")
 
-    monkeypatch.setattr(runner, "backend_class", lambda name: AlwaysOOM)
+    monkeypatch.setattr(backends, "backend_class", lambda name: AlwaysOOM)
     code = main(["run", "--data", str(code_corpus), "--max-steps", "3", "--plain", *sets(SHAPE), "--run-dir", "r"])
     assert code == 2
     err = capsys.readouterr().err

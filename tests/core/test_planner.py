@@ -9,7 +9,8 @@ from localtrain import config as cfg
 from localtrain.errors import LocaltrainError
 from localtrain.hardware import GPU, Machine
 from localtrain.planner import (
-    GB, check_plan, memory_estimate, micro_batch_candidates, next_smaller_micro, parse_size, plan,
+    GB, Choice, Measured, Tuned, candidates, check_plan, memory_estimate, micro_batch_candidates, next_smaller_micro,
+    parse_size, pick, plan,
 )
 
 MB = 1024**2
@@ -32,7 +33,9 @@ def test_memory_terms_are_named_and_scale_with_the_micro_batch() -> None:
     m = cfg.resolve("wikitext-103").model
     one = memory_estimate(m, 32000, 1, "float32", "cpu")
     four = memory_estimate(m, 32000, 4, "float32", "cpu")
-    assert set(one.terms) == {"weights", "weight_casts", "gradients", "optimizer", "activations", "logits", "overhead"}
+    assert set(one.terms) == {"weights", "weight_casts", "gradients", "optimizer", "activations", "logits",
+                              "compiler", "overhead"}
+    assert one.terms["compiler"] == 0
     assert one.terms["optimizer"] == 2 * one.terms["weights"] == 2 * one.terms["gradients"]
     assert four.total - one.total == 3 * one.per_sample
     assert four.terms["logits"] == 4 * one.terms["logits"]
@@ -45,6 +48,11 @@ def test_memory_terms_are_named_and_scale_with_the_micro_batch() -> None:
     mixed = memory_estimate(m, 32000, 4, "bfloat16", "cuda")
     assert mixed.terms["weights"] == four.terms["weights"] and mixed.terms["weight_casts"] > 0
     assert mixed.terms["activations"] < four.terms["activations"]
+    # A compiled step saves fewer intermediates, and the compiler holds memory of its own.
+    compiled = memory_estimate(m, 32000, 4, "float32", "cpu", compiled=True)
+    assert compiled.terms["activations"] < four.terms["activations"]
+    assert compiled.terms["logits"] == four.terms["logits"]
+    assert memory_estimate(m, 32000, 4, "bfloat16", "cuda", compiled=True).terms["compiler"] > 0
     # The math attention path keeps T x T scores per head.
     assert memory_estimate(m, 32000, 4, "float32", "mps", fused_attention=False).terms["activations"] > \
         four.terms["activations"]
@@ -72,12 +80,83 @@ def test_backend_and_device_choice() -> None:
     assert plan(cfg.resolve("tiny-shakespeare", ["run.device=cpu"]), cuda).device == "cpu"
 
 
-def test_dtype_follows_the_cpu_flags() -> None:
+def test_no_rule_reads_the_cpu_flags_the_tuner_times_both_dtypes() -> None:
     config = cfg.resolve("tiny-shakespeare")
-    p = plan(config, machine())
-    assert p.dtype == "float32" and any("bf16" in n for n in p.notes)
-    assert plan(config, machine(cpu_flags=["avx512_bf16"], cpu_native_bf16=True)).dtype == "bfloat16"
+    bf16_cpu = machine(cpu_flags=["avx512_bf16", "amx_bf16"], cpu_native_bf16=True)
+    for m in (machine(), bf16_cpu):
+        p = plan(config, m)
+        # Unmeasured, every CPU trains in float32; bfloat16 is a candidate on both, for timing to decide.
+        assert (p.dtype, p.decided_by) == ("float32", "defaults")
+        assert {c.dtype for c in candidates(config, m, 68)} == {"float32", "bfloat16"}
+        assert {c.compile for c in candidates(config, m, 68)} == {False, True}
     assert plan(cfg.resolve("tiny-shakespeare", ["train.dtype=float16"]), machine()).dtype == "float16"
+    only = candidates(cfg.resolve("tiny-shakespeare", ["train.dtype=bfloat16", "run.compile=off"]), machine(), 68)
+    assert {(c.dtype, c.compile) for c in only} == {("bfloat16", False)}
+
+
+def test_micro_batch_candidates_are_the_largest_that_fits_and_about_a_half_and_a_quarter_of_it() -> None:
+    roomy = candidates(cfg.resolve("wikitext-103", ["train.dtype=float32", "run.compile=off"]), machine(), 32000)
+    assert [c.micro_batch_size for c in roomy] == [32, 16, 8]
+    tight = cfg.resolve("wikitext-103", ["train.dtype=float32", "run.compile=off", "run.memory_budget=3GB"])
+    sizes = [c.micro_batch_size for c in candidates(tight, machine(), 32000)]
+    largest = max(m for m in micro_batch_candidates(32)
+                  if memory_estimate(tight.model, 32000, m, "float32", "cpu").total <= 0.9 * 3 * GB)
+    assert sizes == [largest, largest // 2, largest // 4] and largest < 32
+    set_by_user = cfg.resolve("wikitext-103", ["train.micro_batch_size=4", "run.compile=off", "train.dtype=float32"])
+    assert [c.micro_batch_size for c in candidates(set_by_user, machine(), 32000)] == [4]
+    # A batch of a prime number of sequences has only itself and 1 to offer.
+    assert [c.micro_batch_size for c in candidates(cfg.resolve(
+        "tiny-shakespeare", ["train.batch_size=13", "train.dtype=float32", "run.compile=off"]), machine(), 68)] == [13, 1]
+
+
+def measured(dtype: str, compile_: bool, micro: int, step_s: float, peak_gib: float, warmup_s: float = 0.0,
+             status: str = "ok") -> Measured:
+    return Measured(Choice(dtype, compile_, micro), status, step_s, int(peak_gib * GB), warmup_s)
+
+
+def test_the_pick_is_the_least_predicted_wall_time_of_the_whole_run() -> None:
+    eager = measured("float32", False, 12, step_s=0.033, peak_gib=0.40)
+    compiled = measured("float32", True, 12, step_s=0.026, peak_gib=0.38, warmup_s=3.0)
+    bf16 = measured("bfloat16", False, 12, step_s=0.041, peak_gib=0.39)
+    # Compiling costs 3 s: over 100 steps it saves 0.7 s, over 2,000 it saves 14 s.
+    assert pick([eager, compiled, bf16], 100)[0] is eager
+    best, why = pick([eager, compiled, bf16], 2000)
+    assert best is compiled and "2000 steps at 26.0 ms after 3.0 s of warm-up" in why
+    # Within 3% of the fastest, the one that needs less memory wins.
+    lean = measured("float32", False, 6, step_s=0.0335, peak_gib=0.30)
+    best, why = pick([eager, lean], 1000)
+    assert best is lean and "with less memory" in why
+    assert pick([eager, measured("float32", False, 6, step_s=0.036, peak_gib=0.30)], 1000)[0] is eager
+    # What failed or stopped early is never picked; when nothing could be measured, the error says what to do.
+    assert pick([measured("float32", True, 12, 0.001, 0.1, status="crashed"), eager], 10)[0] is eager
+    # A measured peak over the budget is not eligible: over 100 steps eager would win, but needs 0.40 GiB.
+    assert pick([compiled, eager], 100, usable=int(0.39 * GB))[0] is compiled
+    with pytest.raises(LocaltrainError, match="run.autotune=off"):
+        pick([measured("float32", False, 12, 0.0, 0.0, status="oom")], 10)
+
+
+def test_precedence_explicit_then_resumed_then_measured_then_defaults() -> None:
+    config = cfg.resolve("tiny-shakespeare")
+    m = machine()
+    tuned = Tuned((measured("bfloat16", True, 6, 0.02, 0.3, warmup_s=1.0), measured("float32", False, 12, 0.05, 0.4)))
+    p = plan(config, m, 68, tuned=tuned)
+    assert (p.dtype, p.compile, p.micro_batch_size, p.grad_accum_steps, p.decided_by) == ("bfloat16", True, 6, 2,
+                                                                                        "measured")
+    assert p.predicted_tokens_per_s == pytest.approx(12 * 64 / 0.02)
+    assert p.predicted_peak_bytes == int(0.3 * GB)  # the measured peak of the chosen candidate
+    assert [c["chosen"] for c in p.candidates] == [True, False]
+    resumed = {"backend": "torch", "dtype": "float32", "compile": False, "micro_batch_size": 4}
+    p = plan(config, m, 68, tuned=tuned, resumed=resumed)
+    assert (p.dtype, p.compile, p.micro_batch_size, p.decided_by) == ("float32", False, 4, "resumed")
+    p = plan(cfg.resolve("tiny-shakespeare", ["train.dtype=bfloat16"]), m, 68, resumed=resumed)
+    assert (p.dtype, p.compile, p.micro_batch_size) == ("bfloat16", False, 4) and "set by you" in p.why
+    p = plan(cfg.resolve("tiny-shakespeare", ["train.micro_batch_size=3", "run.compile=on"]), m, 68, tuned=tuned)
+    assert (p.dtype, p.compile, p.micro_batch_size) == ("bfloat16", True, 3)
+    # A resumed run moved to MLX compiles as MLX does; one on a new world size re-fits the micro-batch.
+    p = plan(cfg.resolve("tiny-shakespeare", ["run.backend=mlx"]), m, 68, resumed=resumed)
+    assert p.compile
+    p = plan(config, m, 68, resumed={**resumed, "micro_batch_size": 12}, world_size=2)
+    assert p.micro_batch_size == 6 and p.grad_accum_steps == 1
 
 
 def test_the_largest_micro_batch_that_fits_is_chosen() -> None:
@@ -90,8 +169,12 @@ def test_the_largest_micro_batch_that_fits_is_chosen() -> None:
         config.model, 32000, next(m for m in micro_batch_candidates(32) if m > tight.micro_batch_size),
         "float32", "cpu").total
     assert not tight.activation_checkpointing
-    squeezed = plan(cfg.resolve("wikitext-103", ["run.memory_budget=1.4GB"]), machine())
-    assert squeezed.activation_checkpointing and squeezed.fits
+    # A budget between one sequence with and without checkpointing: only checkpointing fits.
+    lean = memory_estimate(config.model, 32000, 1, "float32", "cpu", checkpointing=True).total
+    full = memory_estimate(config.model, 32000, 1, "float32", "cpu").total
+    squeezed = plan(cfg.resolve("wikitext-103", [f"run.memory_budget={int((lean + full) / 2 / 0.9)}"]), machine(),
+                    vocab_size=32000)
+    assert squeezed.activation_checkpointing and squeezed.fits and squeezed.micro_batch_size == 1
 
 
 def test_a_model_that_cannot_fit_is_refused_with_numbers() -> None:
@@ -117,8 +200,11 @@ def test_the_token_budget_defaults_to_20_tokens_per_parameter() -> None:
     p = plan(cfg.resolve("python-stdlib", ["train.max_steps=0"]), machine(), vocab_size=4096)
     assert p.total_tokens >= 20 * p.params > p.total_tokens - p.tokens_per_step
     assert p.total_steps == p.total_tokens // p.tokens_per_step
-    timed = plan(cfg.resolve("python-stdlib"), machine(), vocab_size=4096, peak_flops=100e9)
-    assert timed.predicted_tokens_per_s == pytest.approx(0.5 * 100e9 / timed.flops_per_token)
+    # Unmeasured, no speed is claimed; measured, the time is the tokens at the measured rate.
+    assert p.predicted_tokens_per_s == 0 and p.predicted_seconds == float("inf")
+    timed = plan(cfg.resolve("python-stdlib"), machine(), vocab_size=4096,
+                 tuned=Tuned((measured("float32", False, 8, step_s=0.5, peak_gib=0.6),)))
+    assert timed.predicted_tokens_per_s == pytest.approx(8 * 256 / 0.5)
     assert timed.predicted_seconds == pytest.approx(timed.total_tokens / timed.predicted_tokens_per_s)
 
 
@@ -127,6 +213,8 @@ def test_sizes_and_back_off_steps() -> None:
     with pytest.raises(ValueError):
         parse_size("lots")
     assert micro_batch_candidates(12) == [12, 6, 4, 3, 2, 1]
+    # Divisors are found up to the square root: a huge batch answers at once.
+    assert micro_batch_candidates(10**12)[:3] == [10**12, 5 * 10**11, 25 * 10**10]
     assert [next_smaller_micro(12, m) for m in (12, 6, 3, 1)] == [6, 3, 1, None]
 
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import localtrain
+from conftest import TINY, localtrain, sets
 
 
 def samples(args: list[str], tmp_path, cache_dir) -> list[dict]:
@@ -54,3 +54,20 @@ def test_bad_settings_and_sources_are_clear_errors(trained_run, tmp_path, cache_
         done = localtrain(["sample", *args], tmp_path, cache_dir)
         assert done.returncode == 2 and message in done.stderr, done.stderr
         assert "Traceback" not in done.stderr
+
+
+def test_a_bf16_checkpoint_samples_and_exports_in_bf16_unless_told(tmp_path, code_corpus, cache_dir) -> None:
+    from localtrain.export import load_source
+
+    done = localtrain(["run", "--data", str(code_corpus), "--max-steps", "10", "--run-dir", "bf", "--backend", "torch",
+                       *sets(TINY + ["train.dtype=bfloat16"])], tmp_path, cache_dir)
+    assert done.returncode == 0, done.stderr
+    assert load_source(tmp_path / "bf").dtype == "bfloat16"
+    plain = samples(["bf", "--max-tokens", "4", "--num-samples", "1"], tmp_path, cache_dir)
+    assert {r["dtype"] for r in plain} == {"bfloat16"}
+    told = samples(["bf", "--max-tokens", "4", "--num-samples", "1", "--dtype", "float32"], tmp_path, cache_dir)
+    assert {r["dtype"] for r in told} == {"float32"}
+    out = localtrain(["export", "bf", "--out", "hf"], tmp_path, cache_dir)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    assert "in bfloat16" in out.stdout

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from conftest import CORPUS_MODULES, STDLIB, TINY, last_step, localtrain, read_jsonl, sets, start_localtrain, step_losses, wait_for
-from localtrain import config as cfg, events as ev
+from localtrain import config as cfg, events as ev, hardware, planner
 from localtrain.data.prepare import iter_documents, prepare
 from localtrain.data.tokenizer import Tokenizer
-from localtrain.runner import make_backend
+from localtrain.backends import make_backend
 from localtrain.train import TrainData, Trainer
 
 PHASED = [o for o in TINY if not o.startswith("data.document_bytes")] + [
@@ -91,13 +91,14 @@ class LatePhases:
 def train_on(phases: LatePhases, run_dir: Path, emit) -> None:
     config = cfg.resolve("tiny-shakespeare", [*TINY, "train.max_steps=20", "train.eval_every=0",
                                               "train.sample_every=0", "train.checkpoint_every=0", "run.threads=1"])
-    backend = make_backend(config)
+    plan = planner.plan(config, hardware.probe(), vocab_size=50)
+    backend = make_backend(plan)
     backend.build(config.model, 50, config.train.seed)
     backend.configure_optimizer(config.train)
     val = np.random.default_rng(1).integers(0, 50, 2000).astype(np.uint16)
     data = TrainData(train_tokens=phases, val_tokens=val, token_bytes=np.ones(50, dtype=np.int64),
                      encode=lambda text: [], decode=lambda ids: "", eos_id=0, tokenizer_sha256="", vocab_size=50)
-    Trainer(config, backend, data, run_dir, emit, peak_flops=1e12).run()
+    Trainer(config, backend, data, run_dir, emit, plan, peak_flops=1e12).run()
 
 
 def test_the_trainer_waits_for_a_late_phase_and_trains_as_if_it_had_been_ready(tmp_path: Path) -> None:
