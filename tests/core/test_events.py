@@ -16,6 +16,8 @@ def test_every_event_round_trips(tmp_path) -> None:
                 batch_size=2, micro_batch_size=1, grad_accum_steps=2, tokens_per_step=16, total_steps=5,
                 flops_per_token=60.0, peak_flops=1e9, threads=2, compiled=False, train_tokens=100, val_tokens=10),
         ev.Prepare(stage="read", message="read", files=3),
+        ev.Tune(stage="measured", candidate="float32 eager, micro-batch 2", status="ok", step_s=0.1,
+                tokens_per_s=160.0, peak_bytes=1 << 20, warmup_s=0.0, message="first step 0.12 s, 3 timed"),
         ev.Download(url="http://x", bytes=5, total=10, bytes_per_s=1.0, eta_s=5.0),
         ev.Step(step=1, total_steps=5, loss=2.5, lr=1e-3, grad_norm=1.0, tokens=16, tokens_per_s=100.0,
                 mfu=0.5, step_time_s=0.1, elapsed_s=0.1, eta_s=0.4, memory_bytes=1),
