@@ -10,6 +10,10 @@ A multistream dump is a concatenation of independent bz2 streams of about 100 pa
 each, listed by its index file (`offset:page_id:title` lines). Each stream is a unit of
 work of its own: it can be read from its byte offset, decoded and parsed apart from the
 others, on any core, and a position in the dump is a stream offset.
+
+The header before the first page, `<siteinfo>`, names the wiki's namespaces in its own
+language (`read_site`): the cleaner needs them to know `[[Dosya:...]]` or
+`[[Thể loại:...]]` for a file or a category link.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from localtrain.data.wiki import Page
+from localtrain.data.wiki import Page, Site
 from localtrain.errors import DataError
 
 READ_BYTES = 1 << 20
+HEADER_LIMIT = 16 << 20  # a header longer than this is not a MediaWiki export's
 _NS = re.compile(r"^\{[^}]*\}")
 
 
@@ -37,10 +42,45 @@ class DumpReport:
     compressed_bytes: int = 0
     problem: str | None = None
     skipped_streams: list[int] = field(default_factory=list)
+    site: Site | None = None
+    """The namespaces the dump's header names, once it has been read."""
 
 
 def _local(tag: str) -> str:
     return _NS.sub("", tag) if tag.startswith("{") else tag
+
+
+def read_site(header: bytes) -> Site:
+    """The namespaces a dump header's `<siteinfo>` names, with the canonical names and the table's aliases.
+
+    A header without `<siteinfo>` (or with a broken one) gives the canonical names and aliases alone.
+    """
+    start, end = header.find(b"<siteinfo"), header.find(b"</siteinfo>")
+    if start < 0 or end < start:
+        return Site.from_namespaces()
+    try:
+        info = ET.fromstring(header[start : end + len(b"</siteinfo>")])
+    except ET.ParseError:
+        return Site.from_namespaces()
+    local: dict[int, list[str]] = {}
+    for elem in info.iter():
+        if _local(elem.tag) == "namespace" and (elem.text or "").strip():
+            try:
+                local.setdefault(int(elem.get("key", "")), []).append(elem.text.strip())
+            except ValueError:
+                continue
+    return Site.from_namespaces(local)
+
+
+def read_site_at(path: Path | str, length: int) -> Site:
+    """The namespaces named by the first `length` bytes of a multistream dump (its header stream)."""
+    with open(path, "rb") as f:
+        data = f.read(length)
+    try:
+        header = bz2.BZ2Decompressor().decompress(data)
+    except (OSError, EOFError, ValueError):
+        return Site.from_namespaces()
+    return read_site(header)
 
 
 def _page(elem: ET.Element) -> Page:
@@ -88,6 +128,7 @@ def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0) -> Iterator[
     raw = open(path, "rb")
     stream: BinaryIO = bz2.BZ2File(raw) if path.suffix == ".bz2" else raw  # type: ignore[assignment]
     closed = False
+    header = b""
     try:
         while True:
             try:
@@ -97,6 +138,12 @@ def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0) -> Iterator[
                                   f"the {report.pages} complete pages before that point were kept")
                 break
             report.compressed_bytes = raw.tell()
+            if report.site is None:
+                # The header ends where the first page starts: it is read before any page is handed on.
+                header += chunk
+                if b"<page" in header or not chunk or len(header) > HEADER_LIMIT:
+                    report.site = read_site(header[: header.find(b"<page")] if b"<page" in header else header)
+                    header = b""
             if not chunk:
                 try:
                     parser.close()

@@ -113,8 +113,12 @@ def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool
     return Result(docs, dict(dropped), len(raw))
 
 
-def clean_pages(pages: list[wiki.Page], nbytes: int) -> Result:
-    """Dump pages to article documents; other namespaces, redirects and disambiguations dropped."""
+def clean_pages(pages: list[wiki.Page], nbytes: int, site: wiki.Site | None = None) -> Result:
+    """Dump pages to article documents; other namespaces, redirects and disambiguations dropped.
+
+    `site` holds the dump's namespace names (dump.read_site); None: the canonical ones and aliases.
+    """
+    site = site or wiki.DEFAULT_SITE
     docs: list[Doc] = []
     dropped: collections.Counter[str] = collections.Counter()
     for page in pages:
@@ -122,7 +126,7 @@ def clean_pages(pages: list[wiki.Page], nbytes: int) -> Result:
         if reason:
             dropped[reason] += 1
             continue
-        text = wiki.clean(page.text)
+        text = wiki.clean(page.text, site)
         if not text:
             dropped["empty"] += 1
             continue
@@ -130,10 +134,10 @@ def clean_pages(pages: list[wiki.Page], nbytes: int) -> Result:
     return Result(docs, dict(dropped), nbytes, articles=len(docs))
 
 
-def multistream_task(path: str, offset: int, length: int) -> Result:
+def multistream_task(path: str, offset: int, length: int, site: wiki.Site | None = None) -> Result:
     """One bz2 stream of a multistream dump: decode, parse and clean its pages."""
     pages, problem = dump.stream_pages(path, offset, length)
-    result = clean_pages(pages, length)
+    result = clean_pages(pages, length, site)
     if problem:
         result.problems.append(problem + "; its pages were skipped")
         result.dropped["corrupt_stream"] = 1
@@ -223,11 +227,11 @@ class DumpSource(Source):
             batch.append(page)
             if len(batch) == PAGES_PER_TASK:
                 nbytes, last = self.report.compressed_bytes - last, self.report.compressed_bytes
-                yield clean_pages, (batch, nbytes), {"pages": self.report.pages,
-                                                     "compressed_offset": self.report.compressed_bytes}
+                yield clean_pages, (batch, nbytes, self.report.site), {
+                    "pages": self.report.pages, "compressed_offset": self.report.compressed_bytes}
                 batch = []
         if batch:
-            yield clean_pages, (batch, self.report.compressed_bytes - last), {
+            yield clean_pages, (batch, self.report.compressed_bytes - last, self.report.site), {
                 "pages": self.report.pages, "compressed_offset": self.report.compressed_bytes}
 
     def problems(self) -> list[str]:
@@ -242,6 +246,8 @@ class MultistreamSource(Source):
     def __init__(self, path: Path, index: Path) -> None:
         self.path, self.index, self.name = path, index, str(path)
         self.streams = dump.read_index(index, path.stat().st_size)
+        # The first stream before the pages is the header: <siteinfo> and its namespaces.
+        self.site = dump.read_site_at(path, self.streams[0][0]) if self.streams[0][0] else wiki.DEFAULT_SITE
 
     def fingerprint(self) -> dict[str, Any]:
         st, si = self.path.stat(), self.index.stat()
@@ -254,7 +260,7 @@ class MultistreamSource(Source):
             if offset < start:
                 continue
             after = self.streams[i + 1][0] if i + 1 < len(self.streams) else self.path.stat().st_size
-            yield multistream_task, (str(self.path), offset, length), {"offset": after, "stream": i + 1}
+            yield multistream_task, (str(self.path), offset, length, self.site), {"offset": after, "stream": i + 1}
 
 
 def open_local(path: Path, include: list[str], exclude: list[str], document_bytes: int) -> Source:

@@ -1,21 +1,28 @@
 """MediaWiki pages: wiki markup to plain text, and the page filters.
 
-`clean(markup)` turns one page's wikitext into the prose a reader sees: templates,
+`clean(markup, site)` turns one page's wikitext into the prose a reader sees: templates,
 references, tables, files and images, categories and interlanguage links, comments,
 HTML tags and bold/italic quotes go; links keep their label; section titles stay as
 lines of their own; HTML entities become characters. It is a single pass of regular
 expressions plus two linear scanners for the nested constructs (templates and tables),
-so it runs in time linear in the page.
+so it runs in time linear in the page. The `Site` says which link prefixes name the file,
+media and category namespaces: the dump's own names (`<siteinfo>`) with the canonical
+English ones and the aliases of `wikilang`.
 
 `page_drop_reason(page)` says why a page is not an article (another namespace, a
-redirect, a disambiguation page), or None for an article.
+redirect, a disambiguation page), or None for an article; `residue(texts, site)` measures
+the markup left in cleaned text.
 """
 
 from __future__ import annotations
 
+import functools
 import html
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from localtrain.data import wikilang
 
 
 @dataclass(frozen=True)
@@ -43,21 +50,28 @@ _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 _TEMPLATE_TOKENS = re.compile(r"\{\{|\}\}")
 _TABLE_TOKENS = re.compile(r"\{\||\|\}")
 _EXTERNAL = re.compile(r"\[(?:https?:|ftp:|mailto:|//)[^\s\[\]]*(?:\s+([^\[\]]*))?\]", re.I)
-_LINK = re.compile(r"\[\[([^\[\]]*)\]\]([a-z]*)")
-_INTERLANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z]+)*:")
+# A link holds no other link, but may hold single brackets: a caption's "[above]", "Bicyclo[1.1.0]butane".
+_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\]))[^\[\]]*)*)\]\]([a-z]*)")
+_INTERLANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z]+)*|simple")  # language codes of other wikis
 _HEADING = re.compile(r"(={1,6})\s*(.*?)\s*\1$")
-_SWITCH = re.compile(r"__[A-Z]+__")
+# Behaviour switches (__TOC__, __目次__, __БЕЗ_ОГЛ__), never a lower-case Latin name like __init__.
+_SWITCH = re.compile(r"__[^\W_a-z]+(?:_[^\W_a-z]+)*__")
 _EMPTY_PARENS = re.compile(r"\(\s*[,;:.]?\s*\)")
 _SPLIT_ARGS = re.compile(r"\|(?![^\[]*\]\])")
+
+
+def _names(names: Iterable[str]) -> str:
+    """An alternation of names, longest first, where a space also matches `_`."""
+    return "|".join("[ _]+".join(map(re.escape, n.split())) for n in sorted(set(names), key=len, reverse=True))
+
+
 _DISAMBIGUATION = re.compile(
-    r"\{\{\s*(?:[^{}|]*disambig[^{}|]*|dab|disamb|hndis|geodis|numberdis|schooldis|hospitaldis|mathdab|"
-    r"roaddis|shipindex|letter-number combination disambiguation)\s*(?:\|[^{}]*)?\}\}",
+    rf"\{{\{{\s*(?:{_names(wikilang.DISAMBIGUATION_TEMPLATES)}|(?![^{{}}|]*needed)[^{{}}|]*"
+    rf"{wikilang.DISAMBIGUATION_WORD}[^{{}}|]*)\s*(?:\|[^{{}}]*)?\}}\}}",
     re.I,
 )
 HEADING_MARK = "\x00"
 
-# Namespaces whose links are not text: the file, image or category they name is dropped.
-_DROPPED_LINK_NAMESPACES = {"file", "image", "media", "category"}
 # Templates that stand for text in the sentence: their first argument (or a fixed string) is kept.
 _KEEP_FIRST_ARG = {"nowrap", "nobr", "small", "big", "smaller", "larger", "sc", "smallcaps", "nowrap begin",
                    "lang", "transl", "transliteration", "script", "math", "mvar", "var", "em", "strong",
@@ -68,16 +82,61 @@ _FIXED = {"'": "'", "' \"": "'\"", "\" '": "\"'", "ndash": "–", "mdash": "—"
           "and": " and ", "=": "="}
 
 
+def _fold(name: str) -> str:
+    # MediaWiki compares namespace names without case, `_` as a space; casefold spells a
+    # Turkish dotted capital I with a combining dot, which the lower-case spelling lacks.
+    return " ".join(name.replace("_", " ").split()).casefold().replace("\u0307", "")
+
+
+@dataclass(frozen=True)
+class Site:
+    """The namespaces of one wiki: every name a link may use for each, folded (see `_fold`)."""
+
+    names: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_namespaces(cls, local: dict[int, list[str]] | None = None) -> Site:
+        """The dump's own namespace names (`local`, from `<siteinfo>`) over the table's canonical names and aliases."""
+        names: dict[str, int] = {}
+        for key, aliases in wikilang.namespace_aliases().items():
+            for name in aliases:
+                names[_fold(name)] = key
+        for key, own in (local or {}).items():
+            for name in own:
+                if name.strip():
+                    names[_fold(name)] = key
+        return cls(names)
+
+    def namespace(self, prefix: str) -> int | None:
+        """The namespace key a link prefix names, or None when it names none."""
+        return self.names.get(_fold(prefix))
+
+    def names_of(self, keys: Iterable[int]) -> list[str]:
+        """Every (folded) name of the given namespaces."""
+        wanted = set(keys)
+        return [name for name, key in self.names.items() if key in wanted]
+
+
+DEFAULT_SITE = Site.from_namespaces()
+_REDIRECTS = tuple(_fold(w) for w in wikilang.REDIRECTS)
+
+
 def is_disambiguation(title: str, markup: str) -> bool:
-    """Whether a page is a disambiguation page: by its title or its disambiguation template."""
-    return title.endswith("(disambiguation)") or _DISAMBIGUATION.search(markup) is not None
+    """Whether a page is a disambiguation page: by its title, the magic word or a disambiguation template."""
+    return (title.endswith(wikilang.DISAMBIGUATION_TITLES) or wikilang.DISAMBIGUATION_MAGIC in markup
+            or _DISAMBIGUATION.search(markup) is not None)
+
+
+def is_redirect(page: Page) -> bool:
+    """Whether a page is a redirect: marked so by the dump, or starting with a redirect word of any language."""
+    return page.redirect or _fold(page.text.lstrip()[:24]).startswith(_REDIRECTS)
 
 
 def page_drop_reason(page: Page) -> str | None:
     """Why a page is not an article ("namespace", "redirect", "disambiguation"); None if it is one."""
     if page.ns != 0:
         return "namespace"
-    if page.redirect or page.text.lstrip()[:9].upper() == "#REDIRECT":
+    if is_redirect(page):
         return "redirect"
     if is_disambiguation(page.title, page.text):
         return "disambiguation"
@@ -161,18 +220,31 @@ def _external(m: re.Match[str]) -> str:
     return m.group(1) or ""
 
 
-def _link(m: re.Match[str]) -> str:
+def _link(site: Site, m: re.Match[str]) -> str:
     inner, trail = m.group(1), m.group(2)
     target, sep, label = inner.partition("|")
     target = target.strip()
     colon = target.startswith(":")
     target = target.lstrip(":").strip()
     prefix, has_prefix, rest = target.partition(":")
-    namespace = prefix.strip().lower() if has_prefix else ""
-    if namespace in _DROPPED_LINK_NAMESPACES and not (colon and namespace == "category"):
-        return ""
-    if not colon and has_prefix and _INTERLANGUAGE.fullmatch(prefix + ":"):
-        return ""  # an interlanguage link: [[fr:Article]]
+    if has_prefix:
+        namespace = site.namespace(prefix)
+        if namespace is None:
+            code = prefix.strip()
+            interwiki = code.lower() in wikilang.INTERWIKI
+            language = _INTERLANGUAGE.fullmatch(code) is not None  # lower case: [[Re:Zero]] is an article
+            if language and not colon and not interwiki:
+                return ""  # an interlanguage link, [[fr:Article]]: shown beside the page, not in it
+            if interwiki or language:
+                # [[wikt:word]], [[:fr:Paris|Paris]]: the text without the prefix of the other wiki
+                label = label.strip() if sep else ""
+                return (label or rest.strip().lstrip(":")) + trail
+        elif namespace in wikilang.DROPPED_NAMESPACES:
+            if not colon:
+                return ""  # a file, a sound or a category of the page: not text
+            # [[:Category:X|the category]] is a plain link to that page: its label, or its name
+            label = label.strip() if sep else ""
+            return (label or rest.strip()) + trail
     if sep:
         label = label.strip()
         if not label:
@@ -223,8 +295,11 @@ def _lines(text: str) -> str:
     return "\n".join(keep)
 
 
-def clean(markup: str) -> str:
-    """Plain text of one page's wiki markup; section titles are kept as lines of their own."""
+def clean(markup: str, site: Site = DEFAULT_SITE) -> str:
+    """Plain text of one page's wiki markup; section titles are kept as lines of their own.
+
+    `site` names the wiki's namespaces (`dump.read_site` reads them from a dump).
+    """
     text = markup
     if "<!--" in text:
         text = _COMMENT.sub("", text)
@@ -236,12 +311,14 @@ def clean(markup: str) -> str:
     text = strip_templates(text)
     text = strip_tables(text)
     if "[" in text:
-        text = _EXTERNAL.sub(_external, text)
+        link = functools.partial(_link, site)
         for _ in range(8):  # innermost links first: a file caption may hold links of its own
-            text, n = _LINK.subn(_link, text)
+            text, n = _LINK.subn(link, text)
             if not n:
                 break
         text = text.replace("[[", "").replace("]]", "")
+        # After the links: an external link's label may hold one, [http://... talk at [[UC Berkeley]]].
+        text = _EXTERNAL.sub(_external, text)
     if "<" in text:
         text = _BREAK.sub(" ", text)
         text = _TAG.sub("", text)
@@ -257,3 +334,58 @@ def clean(markup: str) -> str:
         text = text.replace("  ", " ")
     text = text.replace(" ,", ",").replace(" . ", ". ").replace(" .\n", ".\n")
     return _lines(text).strip()
+
+
+# ---- residue: markup left in cleaned text ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Residue:
+    """How much of a cleaned text is markup: the share of its characters, and the first leaks seen."""
+
+    fraction: float
+    chars: int
+    total: int
+    examples: list[str]
+
+
+@functools.lru_cache(maxsize=16)
+def _residue_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
+    words, keys = _names(wikilang.IMAGE_WORDS), _names(wikilang.IMAGE_KEYS)
+    pixels = _names(wikilang.PIXELS)
+    return re.compile("|".join((
+        r"\[\[|\]\]|\{\{|\}\}|\{\||\|\}|\|\||\[(?:https?:|ftp:|mailto:)?//",  # links, templates, tables
+        r"'{2,}",  # bold and italic quotes
+        r"<!--|-->|</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>\n]*)?/?>",  # comments and HTML tags
+        r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});",  # HTML entities
+        r"(?-i:__[^\W_a-z]+(?:_[^\W_a-z]+)*__)",  # behaviour switches
+        r"^[ \t]*[|!].*$",  # a table row or cell
+        rf"(?:^|\|)[ \t]*(?:{words})[ \t]*\|",  # image parameters: thumb|, |right|
+        rf"\b\d+(?:x\d+)?[ \t]*(?:{pixels})[ \t]*\|",  # 220px|
+        rf"(?<![^\s|])(?:{keys})[ \t]*=",  # upright=, alt=, 代替文=
+        # File:, Kategori:, Thể loại: before a name, at a line start or inside a line (Category:社会言語学),
+        # not "subcategory:x"; Chinese and Japanese prose writes its colon "："
+        rf"(?<![A-Za-z\u00C0-\u024F\u0400-\u04FF])(?:{_names(names)})[ \t]*:(?=[^\s:])",
+    )), re.M | re.I)
+
+
+def residue(texts: Iterable[str], site: Site = DEFAULT_SITE) -> Residue:
+    """The markup left in cleaned texts, as a share of their characters.
+
+    Counted: link, template and table brackets and cells (`[[ ]] {{ }} {| |} ||`, a line
+    starting with `|` or `!`), external-link openings, bold/italic quotes, comments, HTML
+    tags and entities, behaviour switches, image parameters (`thumb|`, `220px|`, `upright=`,
+    `alt=` and their spellings in `wikilang`) and the names of the file, media and category
+    namespaces in `site`'s languages followed by a colon and a name. `examples` are the
+    first matches.
+    """
+    pattern = _residue_pattern(tuple(sorted(site.names_of(wikilang.DROPPED_NAMESPACES))))
+    chars = total = 0
+    examples: list[str] = []
+    for text in texts:
+        total += len(text)
+        for m in pattern.finditer(text):
+            chars += len(m.group())
+            if len(examples) < 20:
+                examples.append(m.group())
+    return Residue(chars / total if total else 0.0, chars, total, examples)

@@ -8,15 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from localtrain.data import dump
+from localtrain.data import dump, wiki
 from localtrain.data.stream import DumpSource, MultistreamSource, clean_pages, open_local, run_tasks
-from localtrain.data.wiki import clean, page_drop_reason
+from localtrain.data.wiki import clean, page_drop_reason, residue
 
 WIKI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikipedia"
 ENWIKI = WIKI / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 TABLES = WIKI / "enwiki-table-markup.xml.bz2"
 MULTI = WIKI / "multistream" / "enwiktionary-20150224-pages-articles-multistream.xml.bz2"
-RESIDUE = ("{{", "}}", "[[", "]]", "<ref", "{|", "|}")
+# Markup that must never survive cleaning, counted as plain substrings (independently of wiki.residue).
+MARKERS = ("{{", "}}", "[[", "]]", "<ref", "{|", "|}", "'''", "<!--", "&amp;", "&nbsp;", "[http", "Category:",
+           "File:", "Image:", "thumb|", "px|", "upright=", "__TOC__")
 
 
 def need(path: Path) -> Path:
@@ -30,9 +32,15 @@ def raw_pages(path: Path) -> list[str]:
     return re.findall(r"<page>.*?</page>", bz2.decompress(path.read_bytes()).decode("utf-8"), re.S)
 
 
-def residue(texts: list[str]) -> float:
-    chars = sum(len(t) for t in texts)
-    return sum(t.count(r) * len(r) for t in texts for r in RESIDUE) / chars
+def header_site(path: Path) -> wiki.Site:
+    xml = bz2.decompress(path.read_bytes())
+    return dump.read_site(xml[: xml.find(b"<page>")])
+
+
+def markers(texts: list[str]) -> dict[str, int]:
+    """How often each marker occurs in the texts (those that occur)."""
+    counts = {m: sum(t.count(m) for t in texts) for m in MARKERS}
+    return {m: n for m, n in counts.items() if n}
 
 
 def articles(path: Path, workers: int = 1) -> tuple[list, dict]:
@@ -69,7 +77,7 @@ def test_cleaner_on_every_construct() -> None:
     for gone in ("Portrait", "Chalon", "Category", "1815 births", "fr:", "Year", "1843", "References", "cite",
                  "hidden", "source"):
         assert gone not in text, gone
-    assert residue([text]) == 0
+    assert markers([text]) == {} and residue([text]).chars == 0
 
 
 def test_enwiki_dump_keeps_every_article_and_its_prose() -> None:
@@ -88,7 +96,13 @@ def test_enwiki_dump_keeps_every_article_and_its_prose() -> None:
     anarchism = docs[0].text
     assert anarchism.startswith("Anarchism is a political philosophy that advocates self-governed societies")
     assert "\nEtymology and terminology\n" in anarchism
-    assert residue([d.text for d in docs]) < 0.001
+    # A caption with brackets of its own ("[above]") and an external link whose label holds a link.
+    animal_farm = next(d.text for d in docs if d.title == "Animal Farm")
+    assert "Skrypnyk" not in animal_farm and "drowned in the continual" not in animal_farm
+    huxley = next(d.text for d in docs if d.title == "Aldous Huxley")
+    assert '"The Ultimate Revolution" (talk at UC Berkeley, 20 March 1962)' in huxley.splitlines()
+    texts = [d.text for d in docs]
+    assert markers(texts) == {} and residue(texts, header_site(ENWIKI)).chars == 0
     assert all(len(d.text) > 0 for d in docs)
 
 
@@ -98,7 +112,8 @@ def test_table_heavy_articles_lose_their_tables_not_their_prose() -> None:
     assert len(docs) == 5 and not dropped
     prison = next(d for d in docs if d.title == "List of Prison Break characters")
     assert prison.text.startswith("This is a list of characters in the American television series, Prison Break.")
-    assert residue([d.text for d in docs]) < 0.001
+    texts = [d.text for d in docs]
+    assert markers(texts) == {} and residue(texts).chars == 0
     assert not any(line.startswith(("|", "!")) for d in docs for line in d.text.splitlines())
 
 
@@ -106,7 +121,10 @@ def test_multistream_stream_by_stream_equals_reading_it_whole() -> None:
     need(MULTI)
     source = open_local(MULTI, [], [], 1 << 16)
     assert isinstance(source, MultistreamSource) and len(source.streams) == 3
-    whole = clean_pages(list(dump.iter_pages(MULTI, dump.DumpReport())), 0)
+    report = dump.DumpReport()
+    pages = list(dump.iter_pages(MULTI, report))
+    assert source.site.names == report.site.names and source.site.namespace("Wiktionary") == 4
+    whole = clean_pages(pages, 0, report.site)
     for workers in (1, 2):
         docs, dropped = articles(MULTI, workers)
         assert docs == whole.docs and dropped == whole.dropped
