@@ -98,8 +98,9 @@ class DataConfig:
     """Sentencepiece model type: bpe, unigram or char."""
     vocab_size: int = 4096
     """Tokenizer vocabulary size for bpe/unigram (a char vocabulary is sized by the corpus)."""
-    character_coverage: float = 0.9995
-    """Share of the sample's characters the vocabulary must cover; rarer characters become bytes or <unk>."""
+    character_coverage: float = 0.0
+    """Share of the sample's characters the vocabulary must cover; rarer characters become bytes or <unk>.
+    0 chooses from the corpus: 0.9995 for Chinese, Japanese or Korean text or a large alphabet, 1.0 for a small one."""
     tokenizer_sample_bytes: int = 20_000_000
     """Upper bound on the bytes of text the tokenizer is trained on (a reproducible sample)."""
     cache_dir: str = ""

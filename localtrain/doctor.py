@@ -3,8 +3,9 @@
 One row per check (ok / warn / fail / skip), then a capacity table with one row per
 preset: whether it fits, the backend, dtype, micro-batch x accumulation, the predicted
 peak against the memory budget, tokens/s, the time to the token budget and the disk
-needed. Exit status 0 when nothing fails, 1 when a check fails (with --strict, also when
-one warns).
+needed; then the corpora prepared in the cache, with the characters and bytes of text
+per token their vocabulary gives. Exit status 0 when nothing fails, 1 when a check fails
+(with --strict, also when one warns).
 """
 
 from __future__ import annotations
@@ -132,7 +133,24 @@ def human_time(seconds: float) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any]]) -> None:
+def print_prepared(console: Any, prepared: list[dict[str, Any]], shown: int = 10) -> None:
+    """The prepared corpora in the cache with what their vocabulary does to their text."""
+    from rich.table import Table
+
+    if not prepared:
+        return
+    table = Table("source", "tokenizer", "coverage", "documents", "tokens", "chars/token", "bytes/token",
+                  title="Prepared data in the cache (what each vocabulary does to its text)", title_justify="left")
+    for r in prepared[:shown]:
+        chars, nbytes = r["chars_per_token"], r["bytes_per_token"]
+        table.add_row(str(r["source"]), f"{r['tokenizer']} {r['vocab_size']}", f"{r['character_coverage']}",
+                      f"{r['documents']:,}", f"{r['tokens']:,}", "?" if chars is None else f"{chars:.2f}",
+                      "?" if nbytes is None else f"{nbytes:.2f}")
+    console.print(table)
+
+
+def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any]],
+                 prepared: list[dict[str, Any]] | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -187,10 +205,11 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
         console.print(f"decided by: {p['decided_by']} ({p['why']})")
         for note in p["notes"]:
             console.print(f"note: {note}")
+    print_prepared(console, prepared or [])
 
 
 def main(args: argparse.Namespace) -> int:
-    from localtrain.data.prepare import cache_root
+    from localtrain.data.prepare import cache_root, cached_summaries
 
     runs_dir = Path(getattr(args, "runs_dir", "runs"))
     cache_dir = cache_root(cfg.DataConfig())
@@ -198,11 +217,12 @@ def main(args: argparse.Namespace) -> int:
     checks = run_checks(machine, runs_dir)
     names = [args.preset] if args.preset else cfg.preset_names()
     rows = capacity(machine, names, args.overrides, args.probe, cache_dir)
+    prepared = cached_summaries(cache_dir)
     if args.json:
         print(json.dumps({"machine": machine.to_dict(), "checks": [asdict(c) for c in checks],
-                          "capacity": rows}, indent=1, default=str))
+                          "capacity": rows, "prepared": prepared}, indent=1, default=str))
     else:
-        print_report(machine, checks, rows)
+        print_report(machine, checks, rows, prepared)
     failed = any(c.status == "fail" for c in checks) or any("error" in r for r in rows)
     warned = any(c.status == "warn" for c in checks)
     return 1 if failed or (args.strict and warned) else 0

@@ -82,6 +82,10 @@ class Prepare(Event):
     mb_per_s: float = 0.0
     dropped: dict[str, int] = field(default_factory=dict)
     """Documents dropped so far, by reason (redirect, disambiguation, duplicate, short, ...)."""
+    chars_per_token: float = 0.0
+    """Characters of text per token of the prepared data (stage "done"; 0 when not known)."""
+    bytes_per_token: float = 0.0
+    """UTF-8 bytes of text per token of the prepared data (stage "done"; 0 when not known)."""
 
 
 @dataclass

@@ -61,8 +61,9 @@ def check(config: Config) -> list[str]:
          (did_you_mean(d.tokenizer, list(TOKENIZER_TYPES)) or " Pick one of them.").strip())
     need(16 <= d.vocab_size <= 2**31 - 1, "data.vocab_size", d.vocab_size, "must be at least 16",
          "Typical values are 4096 to 50304.")
-    need(0.5 < d.character_coverage <= 1.0, "data.character_coverage", d.character_coverage,
-         "must be in (0.5, 1]", "Use 1.0 for small alphabets, 0.9995 for big ones.")
+    need(d.character_coverage == 0 or 0.5 < d.character_coverage <= 1.0, "data.character_coverage",
+         d.character_coverage, "must be 0 (chosen from the corpus) or in (0.5, 1]",
+         "Use 1.0 for small alphabets, 0.9995 for big ones, or 0 to let the corpus decide.")
     need(all(n >= 1 for n in d.phases) and all(a < b for a, b in zip(d.phases, d.phases[1:])), "data.phases",
          d.phases, "must be increasing document counts, each at least 1",
          "For example --set data.phases=[100000,1000000] (a last phase of every document follows), or [] for none.")

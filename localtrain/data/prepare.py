@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import hashlib
@@ -135,6 +136,22 @@ class PreparedData:
         """The progressive phases the manifest records (empty without data.phases)."""
         return self.meta.get("phases", [])
 
+    @property
+    def chars_per_token(self) -> float | None:
+        """Characters of text per token (see `text_per_token`)."""
+        return text_per_token(self.meta)[0]
+
+
+def text_per_token(meta: dict[str, Any]) -> tuple[float | None, float | None]:
+    """(characters, UTF-8 bytes) of text per token of a manifest's splits, leaving out the eos that
+    ends each document; characters are None for data prepared before they were counted."""
+    splits = [meta["splits"][s] for s in SPLITS]
+    tokens = sum(s["tokens"] - s["documents"] for s in splits)
+    if tokens <= 0:
+        return None, None
+    chars = sum(s["chars"] for s in splits) / tokens if all("chars" in s for s in splits) else None
+    return chars, sum(s["bytes"] for s in splits) / tokens
+
 
 def cache_root(data: DataConfig) -> Path:
     """Where prepared data lives: data.cache_dir, else $LOCALTRAIN_CACHE, else ~/.cache/localtrain."""
@@ -158,6 +175,26 @@ def cache_key(data: DataConfig, spec: SourceSpec, explicit: Set[str]) -> str:
     if data.phases:  # (data without phases keeps the key it had before phases existed)
         payload["phases"] = list(data.phases)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def cached_summaries(root: Path) -> list[dict[str, Any]]:
+    """What each finished preparation in the cache under `root` holds: source, tokenizer, documents,
+    tokens and the text per token, newest first (for `localtrain doctor`)."""
+    rows = []
+    for path in sorted((root / "data").glob("*/manifest.json")):
+        try:
+            meta = json.loads(path.read_text(encoding="utf-8"))
+            if not meta.get("complete"):
+                continue
+            chars, nbytes = text_per_token(meta)
+            tok = meta.get("tokenizer", {})
+            rows.append({"dir": str(path.parent), "created": meta.get("created", ""), "source": meta.get("source"),
+                         "tokenizer": tok.get("model_type"), "vocab_size": meta.get("vocab_size"),
+                         "character_coverage": tok.get("character_coverage"), "documents": _documents(meta),
+                         "tokens": _tokens(meta), "chars_per_token": chars, "bytes_per_token": nbytes})
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a manifest being written, or not one of ours
+    return sorted(rows, key=lambda r: r["created"], reverse=True)
 
 
 def _directory(data: DataConfig, key: str, out_dir: Path | str | None) -> Path:
@@ -290,6 +327,8 @@ def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source
                  skipped=sum(read["dropped"].values()), dropped=dict(read["dropped"])))
     tok = train_tokenizer(sample, data, explicit, emit)
     del sample
+    # The coverage the tokenizer was trained at: data.character_coverage, or the one chosen from the sample.
+    used = dataclasses.replace(data, character_coverage=tok.character_coverage or data.character_coverage)
     write_atomic(directory / "tokenizer.model", tok.model_bytes)
     manifest = {
         "format": FORMAT_VERSION,
@@ -302,12 +341,12 @@ def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source
         "vocab_size": tok.vocab_size,
         "bos_id": tok.bos_id,
         "eos_id": tok.eos_id,
-        "tokenizer": {**tokenizer_settings(data), "vocab_size": tok.vocab_size,
+        "tokenizer": {**tokenizer_settings(used), "vocab_size": tok.vocab_size,
                       "requested_vocab_size": data.vocab_size},
         "tokenizer_sha256": tok.sha256,
         "shard_tokens": data.shard_tokens,
         "split": {"rule": SPLIT_RULE, "val_fraction": data.val_fraction, "document_bytes": data.document_bytes},
-        "splits": {s: {"shards": [], "tokens": 0, "documents": 0, "bytes": 0} for s in SPLITS},
+        "splits": {s: {"shards": [], "tokens": 0, "documents": 0, "bytes": 0, "chars": 0} for s in SPLITS},
         "dedup": {"file": SEEN_FILE, "count": 0},
         "dropped": {},
         "problems": [],
@@ -415,6 +454,8 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
                 info = manifest["splits"][split]
                 info["documents"] += len(texts)
                 info["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
+                if "chars" in info:  # (absent from data whose preparation began before characters were counted)
+                    info["chars"] += sum(len(t) for t in texts)
                 writer.append(split, ids)
             pending[split] = []
         for j, (phase, _, _) in enumerate(marks):
@@ -548,11 +589,18 @@ def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool)
     how = "Using the cached" if cached else "Prepared"
     meta = prepared.meta
     dropped = meta.get("dropped", {})
+    chars, nbytes = text_per_token(meta)
+    per_token = ""
+    if nbytes is not None:
+        per_token = (f", {chars:.2f} characters ({nbytes:.2f} bytes) per token" if chars is not None
+                     else f", {nbytes:.2f} bytes per token")
     emit(Prepare(
         stage="done",
         message=f"{how} data in {prepared.dir}: {prepared.train_tokens:,} train and {prepared.val_tokens:,} "
         f"validation tokens in {sum(len(meta['splits'][s]['shards']) for s in SPLITS)} shards, vocabulary "
-        f"{prepared.vocab_size}.",
+        f"{prepared.vocab_size}{per_token}.",
+        chars_per_token=chars or 0.0,
+        bytes_per_token=nbytes or 0.0,
         documents=_documents(meta),
         tokens=prepared.train_tokens + prepared.val_tokens,
         bytes=prepared.train_bytes + prepared.val_bytes,

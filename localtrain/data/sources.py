@@ -12,6 +12,7 @@ import codecs
 import glob
 import hashlib
 import os
+import re
 import stat
 import sysconfig
 from dataclasses import dataclass
@@ -182,13 +183,46 @@ def decode_text(raw: bytes) -> str | None:
     return text
 
 
-def cut_text(text: str, document_bytes: int) -> list[str]:
-    """Pieces of about `document_bytes` UTF-8 bytes each, cut after line breaks.
+# Where a line longer than a document may be cut, best first: after a sentence's end (in
+# any script: 。！？ as well as . ! ?), then after a space; else between two characters.
+_SENTENCE_END = re.compile(r"[.!?;…][\"'”’)\]]*\s+|[。！？；][」』）”’)]*\s*")
+_SPACE = re.compile(r"\s+")
 
-    A single line longer than that is cut at character boundaries, so a file without
-    newlines still splits into documents of a bounded size.
+
+def _cut_line(line: str, limit: int) -> list[str]:
+    """A line of more than `limit` UTF-8 bytes in pieces of at most `limit` bytes each,
+    each ending at a sentence end or a space in its second half when there is one."""
+    pieces: list[str] = []
+    start = 0
+    while start < len(line):
+        window = line[start : start + limit]  # a character is at least one byte
+        encoded = window.encode("utf-8")
+        if len(encoded) <= limit and start + len(window) == len(line):
+            pieces.append(window)
+            break
+        fits = encoded[:limit].decode("utf-8", "ignore")  # the longest whole-character prefix
+        half = len(encoded[: limit // 2].decode("utf-8", "ignore"))
+        cut = len(fits)
+        for rule in (_SENTENCE_END, _SPACE):
+            ends = [m.end() for m in rule.finditer(fits, half)]
+            if ends:
+                cut = ends[-1]
+                break
+        cut = max(cut, 1)  # a bound below one character's bytes still moves on
+        pieces.append(line[start : start + cut])
+        start += cut
+    return pieces
+
+
+def cut_text(text: str, document_bytes: int) -> list[str]:
+    """Pieces of at most `document_bytes` UTF-8 bytes each, cut after line breaks, joining back into `text`.
+
+    A single line longer than that is cut after a sentence end or a space near the bound,
+    or between two characters when it has neither (Chinese or Japanese text needs no
+    spaces to be cut, and is cut at 。 like English at a full stop), so every script
+    splits into documents of the same bounded size.
     """
-    if len(text.encode("utf-8")) <= document_bytes:
+    if len(text) <= document_bytes // 4 or len(text.encode("utf-8")) <= document_bytes:
         return [text]
     pieces: list[str] = []
     current: list[str] = []
@@ -199,9 +233,7 @@ def cut_text(text: str, document_bytes: int) -> list[str]:
             pieces.append("".join(current))
             current, size = [], 0
         if n > document_bytes:
-            # Characters are at most 4 bytes, so this many of them never exceed the bound.
-            step = max(1, document_bytes // 4)
-            pieces.extend(line[i : i + step] for i in range(0, len(line), step))
+            pieces.extend(_cut_line(line, document_bytes))
             continue
         current.append(line)
         size += n

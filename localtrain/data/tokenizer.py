@@ -3,11 +3,16 @@
 Every setting below serves one promise: `decode(encode(text)) == text` for code and
 prose alike. No normalisation, no dummy prefix, runs of spaces kept, newlines a token
 of their own, and (for bpe/unigram) bytes for characters outside the vocabulary.
+
+The character coverage, unless set, is chosen from the sample (`choose_coverage`):
+Chinese, Japanese or Korean text has thousands of characters, and the rarest are better
+spelled in bytes than given a piece each; a small alphabet is covered whole.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import io
 import os
@@ -32,17 +37,33 @@ SPACE_PIECE = "\u2581"  # ▁, sentencepiece's stand-in for a space
 TRAINER_UNK_CHAR = "\u2585"
 CHUNK_BYTES = 4096
 SHRINK_RETRIES = 4
+# Coverage chosen from the sample when data.character_coverage is 0 (the values sentencepiece
+# recommends): text where Han, kana or Hangul make up CJK_SHARE of the characters, or a sample
+# of more distinct characters than SMALL_ALPHABET, gets LARGE_ALPHABET_COVERAGE; a small
+# alphabet is covered whole.
+CJK_SHARE = 0.1
+SMALL_ALPHABET = 512
+LARGE_ALPHABET_COVERAGE = 0.9995
+SMALL_ALPHABET_COVERAGE = 1.0
+# Han (with extensions and compatibility forms), kana, Bopomofo and Hangul.
+_CJK = ((0x1100, 0x11FF), (0x2E80, 0x2FDF), (0x3040, 0x30FF), (0x3100, 0x312F), (0x3130, 0x318F),
+        (0x31A0, 0x31FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xA960, 0xA97F), (0xAC00, 0xD7FF),
+        (0xF900, 0xFAFF), (0xFF66, 0xFF9F), (0x20000, 0x3134F))
 
 _TOO_HIGH = re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)")
 _TOO_SMALL = re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)")
 
 
 class Tokenizer:
-    """A trained sentencepiece model; ids 0, 1, 2 are <unk>, <s>, </s>."""
+    """A trained sentencepiece model; ids 0, 1, 2 are <unk>, <s>, </s>.
 
-    def __init__(self, model: bytes) -> None:
+    `character_coverage` is the coverage it was trained at, when it was trained here (None when loaded).
+    """
+
+    def __init__(self, model: bytes, character_coverage: float | None = None) -> None:
         self._model = bytes(model)
         self._sp = spm.SentencePieceProcessor(model_proto=self._model)
+        self.character_coverage = character_coverage
 
     @classmethod
     def load(cls, path: Path | str) -> Tokenizer:
@@ -117,6 +138,29 @@ def trainer_sentences(sample: list[str]) -> list[str]:
     return sentences
 
 
+def _is_cjk(char: str) -> bool:
+    code = ord(char)
+    return any(lo <= code <= hi for lo, hi in _CJK)
+
+
+def choose_coverage(sentences: list[str], data: DataConfig) -> tuple[float, str]:
+    """The character coverage for a sample when data.character_coverage is 0 (chosen from the
+    corpus), and why: LARGE_ALPHABET_COVERAGE for CJK-heavy text or a large alphabet (for
+    bpe/unigram: more characters than a quarter of the vocabulary), else 1.0."""
+    counts = collections.Counter("".join(sentences))
+    letters = sum(n for c, n in counts.items() if not c.isspace())
+    cjk = sum(n for c, n in counts.items() if _is_cjk(c))
+    distinct = len(counts)
+    small = SMALL_ALPHABET if data.tokenizer == "char" else min(SMALL_ALPHABET, data.vocab_size // 4)
+    if letters and cjk >= CJK_SHARE * letters:
+        return LARGE_ALPHABET_COVERAGE, (f"chosen from the sample: CJK-heavy, {cjk / letters:.0%} of its characters "
+                                         f"are Han, kana or Hangul, {distinct:,} distinct characters")
+    if distinct > small:
+        return LARGE_ALPHABET_COVERAGE, (f"chosen from the sample: {distinct:,} distinct characters, more than "
+                                         f"{small}; the rarest are spelled in bytes")
+    return SMALL_ALPHABET_COVERAGE, f"chosen from the sample: a small alphabet of {distinct} characters"
+
+
 def required_chars(sentences: list[str], coverage: float) -> list[str]:
     """The characters a vocabulary needs to cover `coverage` of the sample, most frequent first.
 
@@ -181,7 +225,7 @@ def _train(sentences: list[str], settings: dict[str, Any]) -> bytes:
 def _train_char(sentences: list[str], data: DataConfig) -> Tokenizer:
     need = required_chars(sentences, data.character_coverage)
     alphabet = set(need) | {NEWLINE}
-    tok = Tokenizer(_train(sentences, _settings(data, len(alphabet) + len(SPECIAL_PIECES))))
+    tok = Tokenizer(_train(sentences, _settings(data, len(alphabet) + len(SPECIAL_PIECES))), data.character_coverage)
     got = set(tok.pieces()) - set(SPECIAL_PIECES)
     if got != alphabet:
         raise RuntimeError(
@@ -196,7 +240,7 @@ def _train_subword(sentences: list[str], data: DataConfig, explicit: Set[str], e
     asked = vocab_size = data.vocab_size
     for _ in range(SHRINK_RETRIES + 1):
         try:
-            return Tokenizer(_train(sentences, _settings(data, vocab_size)))
+            return Tokenizer(_train(sentences, _settings(data, vocab_size)), data.character_coverage)
         except RuntimeError as exc:
             message = str(exc)
             small = _TOO_SMALL.search(message)
@@ -239,7 +283,8 @@ def train_tokenizer(sample: list[str], data: DataConfig, explicit: Set[str], emi
 
     For bpe/unigram, a default vocab_size that the corpus cannot fill shrinks with a
     warning; one set on the command line (in `explicit`) raises DataError instead. A char
-    vocabulary is exactly the characters needed at `data.character_coverage`.
+    vocabulary is exactly the characters needed at `data.character_coverage`;
+    data.character_coverage 0 is chosen from the sample (`choose_coverage`).
     """
     start = time.perf_counter()
     sentences = trainer_sentences(sample)
@@ -247,6 +292,10 @@ def train_tokenizer(sample: list[str], data: DataConfig, explicit: Set[str], emi
         raise DataError(
             "The tokenizer sample is empty, so no tokenizer can be trained. Give the data source some text."
         )
+    why = "set in the configuration"
+    if not data.character_coverage:
+        coverage, why = choose_coverage(sentences, data)
+        data = dataclasses.replace(data, character_coverage=coverage)
     if data.tokenizer == "char":
         tok = _train_char(sentences, data)
     else:
@@ -256,7 +305,7 @@ def train_tokenizer(sample: list[str], data: DataConfig, explicit: Set[str], emi
     emit(Prepare(
         stage="tokenizer",
         message=f"Trained a {data.tokenizer} tokenizer of {tok.vocab_size} pieces on {sample_bytes:,} bytes "
-        f"in {seconds:.1f}s.",
+        f"in {seconds:.1f}s, character coverage {data.character_coverage:g} ({why}).",
         bytes=sample_bytes,
         seconds=seconds,
     ))

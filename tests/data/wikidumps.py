@@ -491,9 +491,9 @@ def write_multistream(lang: str, directory: Path, per_stream: int = 2, pages: li
 
 def corpus_pages(lang: str, copies: int) -> list[Page]:
     """A bigger dump of the same wiki to train on: every article `copies` times, each copy with a
-    title and a last line of its own (so none is dropped as a duplicate), then the other pages once."""
+    title and a first line of its own (so none is dropped as a duplicate), then the other pages once."""
     articles = [p for p in PAGES[lang] if KINDS[lang][p[0]] == "article"]
     others = [p for p in PAGES[lang] if KINDS[lang][p[0]] != "article"]
-    copied = [(f"{title} {n}", ns, redirect, f"{text}\n\n{n}.")
+    copied = [(f"{title} {n}", ns, redirect, f"{n}.\n\n{text}")
               for n in range(copies) for title, ns, redirect, text in articles]
     return copied + others
