@@ -1,13 +1,15 @@
-"""Benchmark of corpus preparation: cleaning per core, encoding per worker, memory.
+"""Benchmark of corpus preparation: cleaning per core, encoding per worker, memory, markup residue.
 
-    python3 scripts/bench_prepare.py [DUMP.xml.bz2] [--repeat 33] [--skip-memory]
+    python3 scripts/bench_prepare.py [DUMP.xml.bz2] [--repeat 33] [--skip-memory] [--residue DUMP ...]
 
 Prints a table: bz2 decompression, XML parse + wiki cleaning (MB/s of XML, articles/s)
 on one core, sentencepiece's own encode speed on the cleaned text (one thread), the
 encoder with 1 and 2 worker processes and its ratio to that, and the peak RSS of
 `localtrain prepare` on the dump and on a synthetic repetition of it (each page
 repeated `--repeat` times with a distinct title and a distinct last line, so nothing is
-dropped as a duplicate).
+dropped as a duplicate). Then the markup left in the cleaned articles of each dump in
+`--residue` (default: every dump of the shared data, the multistream one included), in
+the measure of `wiki.residue`, with the first leaks found.
 """
 
 from __future__ import annotations
@@ -27,23 +29,32 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from localtrain.data import dump
+from localtrain.data import dump, wiki
 from localtrain.data.encode import Encoder
-from localtrain.data.stream import clean_pages
+from localtrain.data.stream import MultistreamSource, clean_pages, open_local, run_tasks
 
-DEFAULT = (Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia"
-           / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia"
+DEFAULT = SHARED / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 
 
 def parse_and_clean(xml: bytes) -> tuple[int, list[str]]:
+    site = dump.read_site(xml[: xml.find(b"<page")])
     parser = ET.XMLPullParser(events=("end",))
     pages = []
     for start in range(0, len(xml), 1 << 20):
         parser.feed(xml[start : start + (1 << 20)])
         pages.extend(dump._pages_from_parser(parser))
     parser.close()
-    result = clean_pages(pages, len(xml))
+    result = clean_pages(pages, len(xml), site)
     return result.articles, [d.text for d in result.docs]
+
+
+def residue_of(path: Path) -> tuple[int, wiki.Residue]:
+    """(articles, residue) of a dump read as `localtrain prepare` reads it (its index too, if any)."""
+    source = open_local(path, [], [], 1 << 16)
+    texts = [d.text for result, _ in run_tasks(source.tasks(None), 1) for d in result.docs]
+    site = source.site if isinstance(source, MultistreamSource) else source.report.site
+    return len(texts), wiki.residue(texts, site or wiki.DEFAULT_SITE)
 
 
 def best_of(n: int, fn):
@@ -91,6 +102,7 @@ def main() -> None:
     ap.add_argument("dump", nargs="?", default=str(DEFAULT))
     ap.add_argument("--repeat", type=int, default=33, help="repetitions for the memory case (33: ~200 MB)")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--residue", nargs="*", type=Path, help="dumps whose cleaned text's markup residue is measured")
     args = ap.parse_args()
     path = Path(args.dump)
     compressed = path.read_bytes()
@@ -134,6 +146,16 @@ def main() -> None:
     width = max(len(r[0]) for r in rows)
     for name, a, b in rows:
         print(f"{name:<{width}}  {a:>22}  {b}")
+    dumps = args.residue if args.residue is not None else sorted(
+        p for p in SHARED.rglob("*.bz2") if not p.name.endswith("-index.txt.bz2"))
+    if dumps:
+        print("\nmarkup residue of the cleaned articles (wiki.residue: brackets, image parameters, file and category"
+              " prefixes, entities, tags, table and template remnants)")
+    for path in dumps:
+        articles, found = residue_of(path)
+        leaks = ", ".join(repr(e[:40]) for e in found.examples[:3])
+        print(f"{path.name:<72} {articles:>5} articles {found.total:>10,} chars  residue {found.fraction:.4%}"
+              f" ({found.chars} chars){'  e.g. ' + leaks if leaks else ''}")
 
 
 if __name__ == "__main__":

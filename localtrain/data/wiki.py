@@ -50,8 +50,9 @@ _TAG = re.compile(r"</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>]*)?/?>")
 _TEMPLATE_TOKENS = re.compile(r"\{\{|\}\}")
 _TABLE_TOKENS = re.compile(r"\{\||\|\}")
 _EXTERNAL = re.compile(r"\[(?:https?:|ftp:|mailto:|//)[^\s\[\]]*(?:\s+([^\[\]]*))?\]", re.I)
+_LINK = re.compile(r"\[\[([^\[\]]*)\]\]([a-z]*)")
 # A link holds no other link, but may hold single brackets: a caption's "[above]", "Bicyclo[1.1.0]butane".
-_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\]))[^\[\]]*)*)\]\]([a-z]*)")
+_BRACKETED_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\]))[^\[\]]*)*)\]\]([a-z]*)")
 _INTERLANGUAGE = re.compile(r"[a-z]{2,3}(?:-[a-z]+)*|simple")  # language codes of other wikis
 _HEADING = re.compile(r"(={1,6})\s*(.*?)\s*\1$")
 # Behaviour switches (__TOC__, __目次__, __БЕЗ_ОГЛ__), never a lower-case Latin name like __init__.
@@ -88,6 +89,10 @@ def _fold(name: str) -> str:
     return " ".join(name.replace("_", " ").split()).casefold().replace("\u0307", "")
 
 
+# Link prefixes repeat (File, Category, the language codes of interlanguage links): fold each once.
+_fold_prefix = functools.lru_cache(maxsize=4096)(_fold)
+
+
 @dataclass(frozen=True)
 class Site:
     """The namespaces of one wiki: every name a link may use for each, folded (see `_fold`)."""
@@ -109,7 +114,7 @@ class Site:
 
     def namespace(self, prefix: str) -> int | None:
         """The namespace key a link prefix names, or None when it names none."""
-        return self.names.get(_fold(prefix))
+        return self.names.get(_fold_prefix(prefix))
 
     def names_of(self, keys: Iterable[int]) -> list[str]:
         """Every (folded) name of the given namespaces."""
@@ -312,9 +317,14 @@ def clean(markup: str, site: Site = DEFAULT_SITE) -> str:
     text = strip_tables(text)
     if "[" in text:
         link = functools.partial(_link, site)
-        for _ in range(8):  # innermost links first: a file caption may hold links of its own
-            text, n = _LINK.subn(link, text)
-            if not n:
+        # Innermost links first: a file caption may hold links of its own. The plain pattern
+        # is the fast one; links that hold single brackets are left for the second.
+        for pattern in (_LINK, _BRACKETED_LINK):
+            for _ in range(8):
+                text, n = pattern.subn(link, text)
+                if not n or "[[" not in text:
+                    break
+            if "[[" not in text:
                 break
         text = text.replace("[[", "").replace("]]", "")
         # After the links: an external link's label may hold one, [http://... talk at [[UC Berkeley]]].

@@ -82,13 +82,14 @@ def test_a_wiki_the_table_does_not_know_is_cleaned_from_its_own_header(layout: s
     # A German dump: Datei and Kategorie are in its header only.
     header = header_xml("tr").replace('xml:lang="tr"', 'xml:lang="de"')
     for key, name, german in ((6, "Dosya", "Datei"), (14, "Kategori", "Kategorie")):
-        header = header.replace(f'key="{key}" case="first-letter">{name}<', f'key="{key}" case="first-letter">{german}<')
+        header = header.replace(f'key="{key}" case="first-letter">{name}<',
+                                f'key="{key}" case="first-letter">{german}<')
     text = ("'''Berlin''' ist die Hauptstadt Deutschlands.\n[[Datei:Berlin Brandenburger Tor.jpg|mini|links|"
             "200px|Das [[Brandenburger Tor]]]]\n[[Kategorie:Hauptstadt in Europa]]\n[[en:Berlin]]")
     pages = [("Berlin", 0, None, text), ("Hamburg", 0, None, text.replace("Berlin", "Hamburg"))]
     write = write_dump if layout == "dump" else write_multistream
     docs, _, site = read(write("tr", tmp_path, pages=pages, header=header))
-    assert [d.text for d in docs] == ["Berlin ist die Hauptstadt Deutschlands.", "Hamburg ist die Hauptstadt Deutschlands."]
+    assert [d.text for d in docs] == [f"{city} ist die Hauptstadt Deutschlands." for city in ("Berlin", "Hamburg")]
     assert residue(["Kategorie:Hauptstadt in Europa"], site).chars > 0
     assert residue(["Kategorie:Hauptstadt in Europa"], wiki.DEFAULT_SITE).chars == 0  # known from the header only
 

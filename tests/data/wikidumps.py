@@ -33,7 +33,8 @@ SITEINFO: dict[str, tuple[str, str, str, str, list[tuple[int, str, str]]]] = {
         (4, "first-letter", "Vikipedi"), (5, "first-letter", "Vikipedi tartışma"), (6, "first-letter", "Dosya"),
         (7, "first-letter", "Dosya tartışma"), (8, "first-letter", "MediaWiki"),
         (9, "first-letter", "MediaWiki tartışma"), (10, "first-letter", "Şablon"),
-        (11, "first-letter", "Şablon tartışma"), (12, "first-letter", "Yardım"), (13, "first-letter", "Yardım tartışma"),
+        (11, "first-letter", "Şablon tartışma"), (12, "first-letter", "Yardım"),
+        (13, "first-letter", "Yardım tartışma"),
         (14, "first-letter", "Kategori"), (15, "first-letter", "Kategori tartışma"), (100, "first-letter", "Portal"),
         (101, "first-letter", "Portal tartışma"), (828, "first-letter", "Modül"),
         (829, "first-letter", "Modül tartışma")]),
@@ -64,7 +65,8 @@ SITEINFO: dict[str, tuple[str, str, str, str, list[tuple[int, str, str]]]] = {
         (829, "first-letter", "モジュール‐ノート")]),
     "vi": ("Wikipedia", "viwiki", "https://vi.wikipedia.org/wiki/Trang_Ch%C3%ADnh", "MediaWiki 1.39.0-wmf.7", [
         (-2, "first-letter", "Phương tiện"), (-1, "first-letter", "Đặc biệt"), (0, "first-letter", ""),
-        (1, "first-letter", "Thảo luận"), (2, "first-letter", "Thành viên"), (3, "first-letter", "Thảo luận Thành viên"),
+        (1, "first-letter", "Thảo luận"), (2, "first-letter", "Thành viên"),
+        (3, "first-letter", "Thảo luận Thành viên"),
         (4, "first-letter", "Wikipedia"), (5, "first-letter", "Thảo luận Wikipedia"), (6, "first-letter", "Tập tin"),
         (7, "first-letter", "Thảo luận Tập tin"), (8, "first-letter", "MediaWiki"),
         (9, "first-letter", "Thảo luận MediaWiki"), (10, "first-letter", "Bản mẫu"),
@@ -430,9 +432,9 @@ LEAKS: dict[str, list[str]] = {
     "vi": _COMMON + ["Tập tin", "Hình:", "nhỏ|", "phải|", "trái|", "Thể loại", "mô tả thư viện", "Thủ đô châu Á",
                      "Tổ chức quốc tế", "Ẩm thực", "Văn Miếu", "Bản đồ Internet", "Dân số", "cần nguồn", "Tham khảo",
                      "Hình ảnh", "các nghĩa khác"],
-    "ru": _COMMON + ["Файл", "Изображение", "мини", "справа", "слева", "Категория", "подпись галереи", "Города-миллионеры",
-                     "Столицы", "Реки России", "Озёра России", "Москва-Сити", "Волга у Ярославля", "Население",
-                     "нужен источник", "Примечания", "Галерея", "Другие значения"],
+    "ru": _COMMON + ["Файл", "Изображение", "мини", "справа", "слева", "Категория", "подпись галереи",
+                     "Города-миллионеры", "Столицы", "Реки России", "Озёра России", "Москва-Сити", "Волга у Ярославля",
+                     "Население", "нужен источник", "Примечания", "Галерея", "Другие значения"],
 }
 LANGUAGES = tuple(PAGES)
 
