@@ -120,3 +120,14 @@ def test_a_japanese_wiki_trains_end_to_end_with_the_bpe_preset(tmp_path: Path, c
     report = localtrain(["doctor", "--json", "--preset", "tiny-shakespeare"], tmp_path, cache_dir)
     (row,) = [r for r in json.loads(report.stdout)["prepared"] if r["source"] == str(dump)]
     assert row["chars_per_token"] == pytest.approx(chars / tokens, rel=1e-9) and row["tokenizer"] == "bpe"
+
+
+def test_coverage_zero_means_chosen_and_a_value_out_of_range_is_refused() -> None:
+    from localtrain import config as cfg
+    from localtrain.errors import ConfigError
+
+    assert cfg.resolve("python-stdlib", ["data.character_coverage=0"]).data.character_coverage == 0
+    assert cfg.resolve("wikipedia-full").data.character_coverage == 0.9999  # a preset's own value stays
+    with pytest.raises(ConfigError) as err:
+        cfg.resolve("python-stdlib", ["data.character_coverage=0.3"])
+    assert "data.character_coverage" in str(err.value) and "0 (chosen from the corpus)" in str(err.value)
