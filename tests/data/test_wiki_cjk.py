@@ -23,7 +23,8 @@ from wikidumps import LANGUAGES, LEAKS, corpus_pages, write_dump
 # A model small enough that a step takes milliseconds, on the bpe preset's own tokenizer settings.
 SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.seq_len=64", "train.batch_size=8",
          "train.eval_batches=2", "train.eval_every=15", "train.sample_every=0", "train.warmup_steps=5",
-         "train.lr=3e-3", "train.checkpoint_every=30", "train.log_every=1", "data.val_fraction=0.25", *FORCED]
+         "train.lr=3e-3", "train.checkpoint_every=30", "train.log_every=1", "data.val_fraction=0.25",
+         "run.autotune=off", *FORCED]
 
 
 def cleaned(lang: str, directory: Path, copies: int = 1) -> list[str]:
