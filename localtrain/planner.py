@@ -32,31 +32,35 @@ from localtrain.metrics import flops_per_token, params_count
 GB = 1024**3
 MB = 1024**2
 
-# The coefficients below are effective values fitted to 32 measured peaks (CPU: the resident
-# high-water mark of a process running optimizer steps; 4 shapes x fp32/bf16 x eager/compiled x
-# micro-batch 4 and 8; torch 2.13 on an Intel Xeon with AMX; largest error 6.8%, see
-# scripts/bench_planner.py). Other CPUs hold the logits differently (an AMD EPYC measured
-# about twice as much per logit): the tuner's measured peak replaces the prediction for the
-# candidate it picks, and a candidate whose measured peak exceeds the budget is never picked.
+# The coefficients below are effective values fitted to 45 peaks measured the way the tuner
+# measures them (the resident high-water mark of a probe process over its optimizer steps; 6
+# shapes x fp32/bf16 x eager/compiled x two micro-batches; torch 2.13 on an Intel Xeon with AMX;
+# largest error 9.2%, see scripts/bench_planner.py). Another CPU may hold a little more or less:
+# the tuner's measured peak replaces the prediction for the candidate it picks, and a
+# candidate whose measured peak exceeds the budget is never picked.
 #
 # Per token and layer, the block saves about 11 d + 4 f values for its backward (norm
 # inputs and outputs, q/k/v before and after rope, attention output, the MLP's gate,
-# up, SiLU and product); the allocator reuses some of them within the step.
-LAYER_FACTOR = 0.95
-# A compiled step fuses the norms, rope and SwiGLU and saves fewer intermediates: its
-# per-token activations at this share of the eager ones (CUDA: about half, on gpt2-124m).
-COMPILED_LAYER_SHARE = {"cpu": 0.85, "cuda": 0.50}
-# The logits and their gradient, in fp32 copies of a vocab row per token at the peak.
-LOGITS_COPIES_FP32 = 1.2
-# Under autocast: bytes per logit at the peak (the 16-bit logits, the fp32 loss in pieces).
-LOGITS_BYTES_MIXED = 1.6
+# up, SiLU and product); measured eager peaks carry 1.4x that (allocator slack, transients).
+LAYER_FACTOR = 1.4
+# A compiled step fuses the norms, rope and SwiGLU and saves fewer intermediates: half of
+# the eager activations, on a CPU as on CUDA (gpt2-124m).
+COMPILED_LAYER_SHARE = {"cpu": 0.5, "cuda": 0.5}
+# The logits, their log-softmax and their gradient: 2.8 fp32 copies of a vocab row per token.
+LOGITS_COPIES_FP32 = 2.8
+# Under autocast the logits are also held in 16 bits beside the fp32 loss: 14 bytes a logit.
+LOGITS_BYTES_MIXED = 14.0
+# Compiled, the loss is fused into the logits' own buffers: one fp32 copy, or 1.3 bytes a
+# logit under autocast.
+LOGITS_COPIES_COMPILED_FP32 = 1.0
+LOGITS_BYTES_COMPILED_MIXED = 1.3
 # Embedding output, final norm input/output and the loss's row buffers, per token.
 EMBED_VALUES = 12
 # Memory a backend holds before the model: the interpreter and libraries (CPU RSS), a
 # CUDA context outside the caching allocator, Metal/MLX runtime buffers.
-OVERHEAD = {"cpu": 400 * MB, "cuda": 600 * MB, "mps": 500 * MB, "mlx": 200 * MB}
-# What the compiler itself keeps in the training process beyond the step (none measurable on a CPU).
-COMPILER = {"cuda": 250 * MB}
+OVERHEAD = {"cpu": 300 * MB, "cuda": 600 * MB, "mps": 500 * MB, "mlx": 200 * MB}
+# What the compiler itself keeps in the training process (traced graphs, generated code).
+COMPILER = {"cpu": 110 * MB, "cuda": 250 * MB}
 # Share of the budget kept free, for fragmentation and what the model does not count.
 SAFETY_MARGIN = 0.10
 # Approximate bytes of text and of the download for the named sources.
@@ -241,7 +245,10 @@ def memory_estimate(
         per_token_layers = model.n_layer * d * 4 + layer
     else:
         per_token_layers = model.n_layer * layer
-    logits = rows * (LOGITS_BYTES_MIXED if mixed else LOGITS_COPIES_FP32 * 4)
+    if compiled:
+        logits = rows * (LOGITS_BYTES_COMPILED_MIXED if mixed else LOGITS_COPIES_COMPILED_FP32 * 4)
+    else:
+        logits = rows * (LOGITS_BYTES_MIXED if mixed else LOGITS_COPIES_FP32 * 4)
     per_token = per_token_layers + logits + EMBED_VALUES * d * 4
     per_sample = int(per_token * model.seq_len)
     kind = "mlx" if device == "mlx" else device
