@@ -51,7 +51,7 @@ def test_memory_terms_are_named_and_scale_with_the_micro_batch() -> None:
     # A compiled step saves fewer intermediates, and the compiler holds memory of its own.
     compiled = memory_estimate(m, 32000, 4, "float32", "cpu", compiled=True)
     assert compiled.terms["activations"] < four.terms["activations"]
-    assert compiled.terms["logits"] == four.terms["logits"]
+    assert compiled.terms["logits"] < four.terms["logits"]  # the compiled loss works in the logits' buffers
     assert memory_estimate(m, 32000, 4, "bfloat16", "cuda", compiled=True).terms["compiler"] > 0
     # The math attention path keeps T x T scores per head.
     assert memory_estimate(m, 32000, 4, "float32", "mps", fused_attention=False).terms["activations"] > \
