@@ -100,7 +100,8 @@ def test_out_of_memory_and_a_dead_measuring_process_are_reported_and_skipped(tmp
     assert dead and dead[0].status == "crashed" and "killed by signal 9" in dead[0].detail
     assert any(e.status == "crashed" for e in events if e.stage == "measured")
     # The measuring process was started again for the rest, and the run still gets a plan.
-    assert [m.status for m in found.measured if m.choice.dtype == "float32"].count("ok") >= 2
+    timed = [m.status for m in found.measured if m.choice.dtype == "float32"]
+    assert len(timed) >= 2 and all(s in ("ok", "slower") for s in timed)
     assert plan(config("run.compile=off"), machine, VOCAB, tuned=found).dtype == "float32"
 
 
