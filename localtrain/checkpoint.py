@@ -42,6 +42,8 @@ STATE_FILE = "state.json"
 BEST = "best"
 # The temporary and replaced directories a checkpoint write leaves when killed: the only
 # names remove_stale_temps deletes.
+UNCHECKED = ("run.run_dir", "run.overrides", "run.preset")
+"""Config keys a resume may change without a warning: where the run lives and how it was started."""
 STALE = re.compile(r"\.(tmp|old)-(step-\d{8}|best)-\d+")
 
 
@@ -279,14 +281,16 @@ def set_aside_after(run_dir: Path, step: int) -> Path | None:
 
 
 def config_drift(state: dict[str, Any], config: dict[str, dict[str, Any]]) -> list[tuple[str, Any, Any]]:
-    """The model/data/train keys whose value in `config` differs from the one the checkpoint was trained with."""
+    """The keys whose value in `config` differs from the one the checkpoint was trained with
+    (all but where the run lives and how it was started)."""
     saved = state.get("config")
     if not isinstance(saved, dict):
         return []
     drift = []
-    for section in ("model", "data", "train"):
+    for section in ("model", "data", "train", "run"):
         old, new = saved.get(section) or {}, config.get(section) or {}
-        drift += [(f"{section}.{k}", old.get(k), new[k]) for k in new if k in old and old.get(k) != new[k]]
+        drift += [(f"{section}.{k}", old.get(k), new[k]) for k in new
+                  if k in old and old.get(k) != new[k] and f"{section}.{k}" not in UNCHECKED]
     return drift
 
 

@@ -332,14 +332,17 @@ def check_out(source: Source, out: Path, force: bool) -> bool:
 
 
 def _remove_stale_temps(out: Path) -> None:
-    """Temporary directories of exports to `out` whose process was killed: marked, named, and their pid gone."""
-    pattern = re.compile(rf"\.tmp-{re.escape(out.name)}-(\d+)")
+    """The temporary and replaced directories of earlier exports to `out` that did not finish: marked as
+    exports, named for `out`, and left by this process or one that is gone."""
+    pattern = re.compile(rf"\.(tmp|old)-{re.escape(out.name)}-(\d+)")
     if not out.parent.is_dir():
         return
     for p in out.parent.iterdir():
         match = pattern.fullmatch(p.name)
-        if match and p.is_dir() and ownership.kind_of(p) == "export" and not _pid_alive(int(match.group(1))):
-            remove_tree(p)
+        if match and p.is_dir() and not p.is_symlink() and ownership.kind_of(p) == "export":
+            pid = int(match.group(2))
+            if pid == os.getpid() or not _pid_alive(pid):
+                remove_tree(p)
 
 
 def _pid_alive(pid: int) -> bool:

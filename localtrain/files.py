@@ -45,10 +45,10 @@ def checked(op: str, path: Path, fn: Callable[..., T], *args: Any) -> T:
 
 
 def human(n: float) -> str:
-    """A byte count in the unit that shows its size: 512 B, 12.3 MiB, 4.00 GiB."""
+    """A byte count in the unit that shows its size: 512 B, 12.3 MiB, 4.0 GiB."""
     for unit, size in (("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if abs(n) >= size:
-            return f"{n / size:.{2 if unit in ('GiB', 'TiB') else 1}f} {unit}"
+            return f"{n / size:.1f} {unit}"
     return f"{int(n)} B"
 
 
@@ -139,12 +139,13 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def write_synced(path: Path, data: bytes) -> None:
-    """Create or overwrite `path` with `data` and fsync it."""
-    fd = checked("open", path, os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+def write_synced(path: Path, data: bytes, shown: Path | None = None) -> None:
+    """Create or overwrite `path` with `data` and fsync it (an error names `shown`, if given)."""
+    shown = shown or path
+    fd = checked("open", shown, os.open, path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        checked("write", path, _write_all, fd, data)
-        checked("fsync", path, os.fsync, fd)
+        checked("write", shown, _write_all, fd, data)
+        checked("fsync", shown, os.fsync, fd)
     finally:
         os.close(fd)
 
@@ -163,7 +164,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     """Replace `path` with `data` so that a reader sees the old or the new file, never a mix."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data)
+        write_synced(tmp, data.encode("utf-8") if isinstance(data, str) else data, shown=path)
         checked("replace", path, os.replace, tmp, path)
     except BaseException:
         _discard(tmp)

@@ -1,8 +1,8 @@
 """Verifying prepared data before it is trained on, and moving a damaged directory aside.
 
 `verify` reads every byte the manifest vouches for: the tokenizer against the manifest's
-`tokenizer_sha256`, each shard against its size and sha256, and (while a preparation is
-still going) the duplicate hashes in seen.bin. Shards are hashed in parallel threads
+`tokenizer_sha256`, each shard against its size and sha256, and the duplicate hashes in
+seen.bin. Shards are hashed in parallel threads
 (hashlib releases the interpreter lock), streamed in blocks, so memory stays flat. Data
 prepared before shards were hashed is checked for its sizes and for token ids inside the
 vocabulary, and its hashes are recorded then.
@@ -88,9 +88,9 @@ def _check_shard(directory: Path, shard: dict[str, Any], itemsize: int, manifest
 
 
 def _check_seen(directory: Path, manifest: dict[str, Any]) -> int:
-    """seen.bin is read only to continue a preparation: checked while one is incomplete."""
+    """seen.bin, the hashes of the documents kept (read to continue a preparation)."""
     dedup = manifest.get("dedup") or {}
-    if manifest.get("complete") or dedup.get("sha256") is None:
+    if dedup.get("sha256") is None:
         return 0
     path = directory / SEEN_FILE
     size = int(dedup["count"]) * 8
