@@ -194,12 +194,7 @@ def replace(src: Path, dst: Path) -> None:
 
 def remove_tree(path: Path) -> None:
     """Delete a directory localtrain wrote (callers check that it is theirs)."""
-    def fail(fn: Any, p: str, info: Any) -> None:
-        exc = info[1] if isinstance(info, tuple) else info
-        if not isinstance(exc, FileNotFoundError):
-            raise exc
-
-    checked("remove", path, shutil.rmtree, path, False, fail)
+    checked("remove", path, shutil.rmtree, path)
 
 
 def remove_file(path: Path) -> None:

@@ -20,6 +20,7 @@ from fault_helpers import tree
 from conftest import TINY, localtrain, sets, start_localtrain, wait_for
 from localtrain import checkpoint
 
+pytestmark = pytest.mark.slow  # (still run by CI: the suite runs every test)
 ARGS = TINY + ["train.checkpoint_every=5", "train.sample_every=0", "run.threads=1", "train.dtype=float32"]
 
 
@@ -58,7 +59,7 @@ def fill(disk: Path) -> Path:
 
 def test_a_full_then_read_only_disk_stops_clearly_and_resumes_exactly(small_disk, tmp_path, code_corpus,
                                                                       cache_dir) -> None:
-    args = ["run", "--data", str(code_corpus), "--max-steps", "60", *sets(ARGS)]
+    args = ["run", "--data", str(code_corpus), "--max-steps", "30", *sets(ARGS)]
     run_dir = small_disk / "r"
     proc = start_localtrain([*args, "--run-dir", str(run_dir)], tmp_path, cache_dir)
     wait_for(lambda: (run_dir / "checkpoints" / "step-00000005" / "COMPLETE").exists(), timeout=300, proc=proc)
@@ -82,5 +83,5 @@ def test_a_full_then_read_only_disk_stops_clearly_and_resumes_exactly(small_disk
     assert resumed.returncode == 0, resumed.stderr
     straight = localtrain([*args, "--run-dir", "straight"], tmp_path, cache_dir)
     assert straight.returncode == 0, straight.stderr
-    final = "checkpoints/step-00000060/model.safetensors"
+    final = "checkpoints/step-00000030/model.safetensors"
     assert (run_dir / final).read_bytes() == (tmp_path / "straight" / final).read_bytes()

@@ -39,7 +39,8 @@ def test_every_write_site_of_a_run_and_its_checkpoints(tmp_path, monkeypatch, ca
     final = Path("r/checkpoints/step-00000008/model.safetensors")
     reference = digest(final)
     sites = sorted(s for s in counts if s.startswith("r/"))
-    print(f"seed {SEED}: {len(sites)} write sites of a run: {sites}")
+    with capsys.disabled():
+        print(f"seed {SEED}: {len(sites)} write sites of a run: {sites}")
     assert {"r/config.toml", "r/events.jsonl", "r/checkpoints/.tmp-step-N-N/model.safetensors",
             "r/checkpoints/.tmp-step-N-N/state.json", "r/.tmp-best-N/COMPLETE"} <= set(sites)
     rng = random.Random(SEED)
