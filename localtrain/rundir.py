@@ -3,8 +3,9 @@
 A run directory carries the `run` marker (`ownership`). A directory from a localtrain
 that wrote no markers is recognised by what it holds: a config.toml localtrain reads,
 and an events.jsonl that starts with a localtrain event or a complete checkpoint; it is
-adopted (the marker written) when a run uses it. Anything else that is not empty is
-refused before a byte is written.
+adopted (the marker written) when a run uses it, as is a folder holding nothing but a
+control file or a console log (a controller readied it). Anything else that is not
+empty is refused before a byte is written.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from localtrain.errors import CheckpointError, LocaltrainError
 
 CONFIG_FILE = "config.toml"
 EVENTS_FILE = "events.jsonl"
+READIED_BY_TOOLS = ("control.jsonl", "console.log")
 ADVICE = ("Choose a new or empty directory with --run-dir (e.g. a folder inside it), or leave --run-dir out for "
           "runs/<preset>-<date-time>.")
 
@@ -43,14 +45,20 @@ def looks_like_run(directory: Path) -> bool:
     return isinstance(first, dict) and first.get("type") in ev.EVENT_TYPES
 
 
+def adoptable(directory: Path) -> bool:
+    """A run directory from before markers, or one a controller readied for a run (only its control file or
+    console log: files a run never replaces)."""
+    return looks_like_run(directory) or ownership.entries_are(directory, lambda n: n in READIED_BY_TOOLS)
+
+
 def check(run_dir: Path, flag: str = "--run-dir") -> None:
     """Refuse, before anything is written, a run directory that holds what localtrain did not write."""
-    ownership.check(run_dir, "run", looks_like_run, f"{flag} {run_dir}", ADVICE)
+    ownership.check(run_dir, "run", adoptable, f"{flag} {run_dir}", ADVICE)
 
 
 def claim(run_dir: Path) -> bool:
     """Create (or adopt) the run directory with its marker; whether it was created now."""
-    return ownership.claim(run_dir, "run", looks_like_run, f"--run-dir {run_dir}", ADVICE)
+    return ownership.claim(run_dir, "run", adoptable, f"--run-dir {run_dir}", ADVICE)
 
 
 def resume_step(resume: bool | str) -> int | None:

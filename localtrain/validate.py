@@ -31,7 +31,7 @@ LIMITS: dict[str, int] = {
     "train.batch_size": 1 << 20, "train.micro_batch_size": 1 << 20, "train.max_steps": STEPS,
     "train.max_tokens": MAX_TOKENS, "train.warmup_steps": STEPS, "train.eval_every": STEPS,
     "train.eval_batches": 10**6, "train.sample_every": STEPS, "train.sample_tokens": 10**6,
-    "train.top_k": 1 << 31, "train.checkpoint_every": STEPS, "train.keep_checkpoints": 10**4,
+    "train.top_k": 1 << 31, "train.checkpoint_every": STEPS,
     "train.early_stop_patience": 10**6, "train.log_every": STEPS, "train.seed": 2**32 - 1,
     "run.threads": 4096,
 }
