@@ -24,11 +24,10 @@ from typing import Any
 import numpy as np
 
 from localtrain import ownership
-from localtrain.data.shards import SPLITS, DamagedData, file_sha256, write_manifest
+from localtrain.data.shards import SEEN_FILE, SPLITS, DamagedData, file_sha256, write_manifest
 from localtrain.files import replace
 
 TOKENIZER = "tokenizer.model"
-SEEN_FILE = "seen.bin"
 RANGE_BLOCK = 1 << 24
 """Token ids checked per block in data prepared before shards were hashed."""
 

@@ -19,7 +19,7 @@ A directory whose manifest says `complete` is the cache hit: a second run on unc
 inputs returns it without reading the source, once every byte of it has been verified
 against the manifest's sha256s (`integrity.py`). A directory that fails is moved aside,
 with a warning naming it, and prepared again. The directory carries the `prepared`
-marker (`ownership.py`): localtrain prepares only into a new or empty directory, one it
+marker (`preparedir.py`): localtrain prepares only into a new or empty directory, one it
 marked, or one a localtrain without markers prepared (it holds a manifest), and deletes
 nothing there but the shards it wrote past its last commit.
 
@@ -33,10 +33,8 @@ first phase while later ones are still being written (`phases.py`).
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -48,18 +46,17 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from localtrain import ownership
 from localtrain.config import DataConfig
-from localtrain.data import integrity
+from localtrain.data import integrity, preparedir
 from localtrain.data.encode import Encoder
 from localtrain.data.inputs import SourceSpec, source_spec
-from localtrain.data.shards import (MANIFEST, SHARD_FILE, SPLITS, DamagedData, ShardedTokens, ShardWriter,
-                                    read_manifest, write_manifest)
+from localtrain.data.shards import (MANIFEST, SEEN_FILE, SHARD_FILE, SPLITS, DamagedData, ShardedTokens,
+                                    ShardWriter, read_manifest, write_manifest)
 from localtrain.data.stream import Doc, Source, run_tasks, worker_count
 from localtrain.data.tokenizer import Tokenizer, tokenizer_settings, train_tokenizer
 from localtrain.errors import DataError
 from localtrain.events import Emit, Prepare, Warning
-from localtrain.files import Appender, checked, fsync_file, remove_file, truncate, write_atomic
+from localtrain.files import Appender, fsync_file, remove_file, truncate, write_atomic
 
 FORMAT_VERSION = 2
 KEY_FIELDS = (
@@ -77,7 +74,6 @@ KEY_FIELDS = (
 COMMIT_BYTES = 1 << 20
 COMMIT_SECONDS = 2.0  # a slow source still commits often (where the shards stand does not depend on it)
 PROGRESS_SECONDS = 1.0
-SEEN_FILE = "seen.bin"
 SPLIT_RULE = (
     "by document: a document goes to val when the first 8 bytes of the sha256 of its key, read as a "
     "big-endian fraction of 2**64, are below val_fraction (a split that ends up without documents takes "
@@ -262,91 +258,6 @@ class Filters:
             yield doc, "val" if is_val(doc.key, self.val_fraction) else "train"
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    path = directory / ".lock"
-    while True:
-        with checked("open", path, open, path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # a second preparation of the same data waits for the first
-            try:
-                if path.is_file() and os.stat(path).st_ino == os.fstat(f.fileno()).st_ino:
-                    yield
-                    return
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-        # The directory was moved aside (damaged) while this process waited: lock the new one.
-        ownership.claim(directory, "prepared", None, str(directory), "")
-
-
-def _looks_prepared(in_cache: bool) -> ownership.Recognise:
-    """A prepared directory from before markers: it holds a manifest (in the cache: or only prepare's files)."""
-    names = {MANIFEST, "tokenizer.model", SEEN_FILE, ".lock"}
-
-    def ours(name: str) -> bool:
-        return name in names or SHARD_FILE.fullmatch(name) is not None or name.startswith(
-            (f".{MANIFEST}.tmp", ".tokenizer.model.tmp"))
-
-    def recognise(directory: Path) -> bool:
-        try:
-            if read_manifest(directory) is not None:
-                return True
-        except DamagedData:
-            return in_cache or ownership.entries_are(directory, ours)
-        return in_cache and (directory / ".lock").is_file() and ownership.entries_are(directory, ours)
-
-    return recognise
-
-
-def _claim(directory: Path, out_dir: Path | str | None, spec: SourceSpec) -> None:
-    """Make `directory` prepared data of localtrain's, refusing a folder that holds other things."""
-    flag = f"--out {out_dir}" if out_dir else f"the cache directory {directory}"
-    advice = ("Choose a new or empty --out directory." if out_dir else
-              "Point $LOCALTRAIN_CACHE or data.cache_dir at another directory.")
-    root = spec.fingerprint.get("source") if spec.fingerprint.get("kind") in (
-        "files", "wiki-dump", "wiki-multistream") else None
-    if root and (ownership.contains(directory, Path(root)) or ownership.contains(Path(root), directory)):
-        raise ownership.NotOurs(
-            f"{flag}: {directory} and the data source {root} overlap (one holds the other), so the prepared "
-            f"files would become part of the source or replace it. Nothing was written. {advice}")
-    ownership.claim(directory, "prepared", _looks_prepared(out_dir is None), flag, advice)
-
-
-@contextlib.contextmanager
-def _verified(directory: Path, key: str, out_dir: Path | str | None, spec: SourceSpec, emit: Emit,
-              threads: int) -> Iterator[tuple[dict[str, Any] | None, str]]:
-    """Lock `directory` and yield its manifest (None: nothing prepared yet) once every byte of it verified.
-
-    A directory that fails is moved aside with a warning and a fresh one yielded. Also
-    yields what the verification read, for the done event.
-    """
-    for attempt in range(3):
-        _claim(directory, out_dir, spec)
-        with _locked(directory):
-            try:
-                manifest = read_manifest(directory)
-                if manifest is not None and manifest.get("cache_key") != key:
-                    if out_dir is not None:
-                        raise DataError(
-                            f"`{directory}` holds data prepared from another source or with other settings "
-                            f"({manifest.get('source')!r}). Nothing was changed. Choose another --out directory, "
-                            f"or delete that one to prepare it afresh.")
-                    raise DamagedData(f"{directory / MANIFEST} belongs to other data than its directory's key.")
-                checked_text = ""
-                if manifest is not None:
-                    nbytes, seconds = integrity.verify(directory, manifest, threads)
-                    checked_text = f"; every byte verified ({nbytes / 1e6:,.1f} MB in {seconds:.2f} s)"
-            except DamagedData as exc:
-                if attempt == 2:
-                    raise
-                aside = integrity.set_aside(directory)
-                emit(Warning(code="damaged_data", message=(
-                    f"The prepared data in {directory} is damaged ({exc}). It was moved, unchanged, to {aside} "
-                    f"and is prepared again; delete {aside} once you no longer need it.")))
-                continue
-            yield manifest, checked_text
-            return
-
-
 def prepare(
     data: DataConfig,
     emit: Emit,
@@ -369,7 +280,7 @@ def prepare(
     spec = source_spec(data)
     key = cache_key(data, spec, explicit)
     directory = _directory(data, key, out_dir)
-    with _verified(directory, key, out_dir, spec, emit, threads) as (manifest, verified):
+    with preparedir.opened(directory, key, out_dir, spec, emit, threads) as (manifest, verified):
         if manifest is not None and manifest.get("complete"):
             prepared = PreparedData.from_dir(directory)
             _emit_done(emit, prepared, time.perf_counter() - start, cached=True, note=verified)

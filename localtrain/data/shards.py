@@ -28,6 +28,8 @@ from localtrain.errors import DataError
 from localtrain.files import Appender, fsync_dir, fsync_file, remove_file, truncate, write_atomic
 
 MANIFEST = "manifest.json"
+SEEN_FILE = "seen.bin"
+"""The 8-byte hashes of the documents kept so far (for the duplicate filter of a continued preparation)."""
 SPLITS = ("train", "val")
 SELF_HASH = "manifest_sha256"
 SHARD_FILE = re.compile(r"(train|val)-\d{5,}\.bin")
