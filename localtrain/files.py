@@ -71,6 +71,9 @@ class DiskError(LocaltrainError):
         self.path = Path(path)
         self.errno = code
 
+    def __reduce__(self) -> tuple[Any, ...]:  # it crosses from a preparation's process to the run's
+        return (type(self), (str(self), self.path, self.errno))
+
 
 def _blocking_file(path: Path) -> Path | None:
     """The first part of `path` that exists and is not a directory (what makes ENOTDIR)."""

@@ -88,6 +88,16 @@ def test_1_a_run_into_a_users_folder_is_refused_and_touches_nothing(in_tmp, code
     assert snapshot(home) == before and snapshot(code_corpus) == corpus
 
 
+def test_1_the_dashboard_never_starts_a_run_in_a_users_folder(tmp_path) -> None:
+    from localtrain.tui.launch import RunForm, run_dir_for
+
+    runs = tmp_path / "runs"
+    home = user_folder(runs / "thesis")
+    before = snapshot(home)
+    chosen = run_dir_for(runs, RunForm(name="thesis"), "python-stdlib", "20260101-120000")
+    assert chosen == runs / "thesis-2" and snapshot(home) == before
+
+
 def test_1_a_run_directory_from_before_markers_is_adopted_and_keeps_what_is_not_its_own(in_tmp, code_corpus,
                                                                                         capsys) -> None:
     assert run(tiny(code_corpus, "r", "--max-steps", "10"), capsys)[0] == 0
@@ -178,6 +188,7 @@ def test_5_an_unterminated_50mb_control_line_is_read_once_and_dropped(tmp_path) 
     control = ControlFile(tmp_path, heard.append)
     with open(tmp_path / CONTROL_FILE, "ab") as f:
         f.write(b'{"command": "' + b"x" * 50_000_000)
+    written = hashlib.sha256((tmp_path / CONTROL_FILE).read_bytes()).hexdigest()
     assert control() == []
     read_once = control.tail.bytes_read
     assert read_once >= 50_000_000 and control.tail.pending == b""  # dropped as it streamed past
@@ -187,6 +198,8 @@ def test_5_an_unterminated_50mb_control_line_is_read_once_and_dropped(tmp_path) 
     send(tmp_path, "pause")
     assert control() == ["pause"] and control.tail.bad_lines == 1
     assert len(heard) == 1 and "50,000,013 bytes" in heard[0]
+    with open(tmp_path / CONTROL_FILE, "rb") as f:
+        assert hashlib.sha256(f.read(50_000_013)).hexdigest() == written  # only appended to
 
 
 # -- 6. appending after a cut-off last line ---------------------------------------------------------
@@ -221,6 +234,7 @@ def prepared(corpus: Path, cache: Path, emit=lambda e: None):
 @pytest.mark.parametrize("damage", ["flipped_shard_byte", "cut_manifest", "another_tokenizer",
                                     "legacy_id_out_of_range"])
 def test_7_a_damaged_cache_is_moved_aside_named_and_rebuilt(tmp_path, code_corpus, damage) -> None:
+    corpus = snapshot(code_corpus)
     first = prepared(code_corpus, tmp_path / "cache")
     directory = first.dir
     good = {n: (directory / n).read_bytes() for n in ("train-00000.bin", "train-00001.bin", "val-00000.bin",
@@ -253,6 +267,7 @@ def test_7_a_damaged_cache_is_moved_aside_named_and_rebuilt(tmp_path, code_corpu
     assert str(aside) in warning.message and str(directory) in warning.message
     assert snapshot(aside) == damaged  # moved, not deleted: every damaged byte kept for inspection
     assert again.dir == directory and all((directory / n).read_bytes() == b for n, b in good.items())
+    assert snapshot(code_corpus) == corpus
 
 
 def test_7_a_cache_from_before_hashes_keeps_working_and_gets_them(tmp_path, code_corpus) -> None:
@@ -285,6 +300,7 @@ class ChangingFile(http.server.BaseHTTPRequestHandler):
     headers_sent: set[str] = {"ETag", "Last-Modified"}
     honour_if_range = True
     ranges: list[str | None] = []
+    conditions: list[str | None] = []
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server hook
         cls = type(self)
@@ -293,6 +309,7 @@ class ChangingFile(http.server.BaseHTTPRequestHandler):
         tags = {"ETag": f'"v{version}"', "Last-Modified": f"Mon, 0{version + 1} Jan 2024 00:00:00 GMT"}
         header, condition = self.headers.get("Range"), self.headers.get("If-Range")
         cls.ranges.append(header)
+        cls.conditions.append(condition)
         if header and cls.honour_if_range and condition not in tags.values():
             header = None  # the validator names another version: the whole file
         start = int(header.split("=")[1].split("-")[0]) if header else 0
@@ -319,7 +336,7 @@ class ChangingFile(http.server.BaseHTTPRequestHandler):
 @pytest.mark.parametrize("validators,honour", [({"ETag", "Last-Modified"}, True), ({"Last-Modified"}, True),
                                                (set(), True), ({"ETag"}, False)])
 def test_8_a_download_whose_file_changed_restarts_instead_of_splicing(tmp_path, validators, honour) -> None:
-    ChangingFile.served, ChangingFile.ranges = 0, []
+    ChangingFile.served, ChangingFile.ranges, ChangingFile.conditions = 0, [], []
     ChangingFile.headers_sent, ChangingFile.honour_if_range = validators, honour
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), ChangingFile)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -335,6 +352,9 @@ def test_8_a_download_whose_file_changed_restarts_instead_of_splicing(tmp_path, 
     assert len(new) == len(ChangingFile.versions[0]) and dest.read_bytes() == new  # never old + new
     if not validators:
         assert ChangingFile.ranges == [None, None]  # nothing to check a part against: not resumed
+    else:  # the resumed request names the version its part holds
+        strong = '"v0"' if "ETag" in validators else "Mon, 01 Jan 2024 00:00:00 GMT"
+        assert ChangingFile.ranges[1] == "bytes=200000-" and ChangingFile.conditions[1] == strong
     assert not (tmp_path / "dl" / "f.bin.part").exists() and snapshot(mine) == before
 
 
@@ -368,6 +388,7 @@ def test_9_an_edited_state_json_is_refused_and_an_edited_config_is_named(in_tmp,
 
 def test_10_export_refuses_an_incomplete_best_and_resume_from_step_n_starts_there(in_tmp, code_corpus,
                                                                                    capsys) -> None:
+    corpus = snapshot(code_corpus)
     assert run(tiny(code_corpus, "r", "--max-steps", "20"), capsys)[0] == 0
     ckpts = in_tmp / "r" / "checkpoints"
     newest = snapshot(ckpts / "step-00000020")
@@ -388,6 +409,7 @@ def test_10_export_refuses_an_incomplete_best_and_resume_from_step_n_starts_ther
     assert str(aside) in moved and snapshot(aside / "step-00000020") == newest  # kept, unchanged
     again = snapshot(ckpts / "step-00000020")
     assert {k: again[k] for k in tensors} == tensors  # trained again from 10: the same weights and moments
+    assert snapshot(code_corpus) == corpus
 
 
 # -- 11. OS failures -----------------------------------------------------------------------------------
@@ -410,6 +432,7 @@ def fail_at(monkeypatch, code: int, match) -> list[str]:
 
 def test_11_a_full_disk_mid_checkpoint_is_a_clear_error_and_loses_nothing(in_tmp, code_corpus, capsys,
                                                                            monkeypatch) -> None:
+    corpus = snapshot(code_corpus)
     assert run(tiny(code_corpus, "straight", "--max-steps", "20"), capsys)[0] == 0
     real = files._do
     hits = fail_at(monkeypatch, errno.ENOSPC, lambda op, p: op == "write" and ".tmp-step-00000020" in p
@@ -428,6 +451,7 @@ def test_11_a_full_disk_mid_checkpoint_is_a_clear_error_and_loses_nothing(in_tmp
     assert all(snapshot(in_tmp / "r" / "checkpoints").get(k) == v for k, v in kept.items())
     final = "checkpoints/step-00000020/model.safetensors"
     assert (in_tmp / "r" / final).read_bytes() == (in_tmp / "straight" / final).read_bytes()
+    assert snapshot(code_corpus) == corpus
 
 
 @pytest.mark.parametrize("code,words", [(errno.EROFS, "read-only filesystem"), (errno.EACCES, "Permission denied"),
