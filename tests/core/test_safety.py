@@ -231,8 +231,8 @@ def prepared(corpus: Path, cache: Path, emit=lambda e: None):
     return prepare(data, emit, threads=1)
 
 
-@pytest.mark.parametrize("damage", ["flipped_shard_byte", "cut_manifest", "another_tokenizer",
-                                    "legacy_id_out_of_range"])
+@pytest.mark.parametrize("damage", ["flipped_shard_byte", "cut_manifest", "edited_manifest_value",
+                                    "another_tokenizer", "legacy_id_out_of_range"])
 def test_7_a_damaged_cache_is_moved_aside_named_and_rebuilt(tmp_path, code_corpus, damage) -> None:
     corpus = snapshot(code_corpus)
     first = prepared(code_corpus, tmp_path / "cache")
@@ -247,6 +247,10 @@ def test_7_a_damaged_cache_is_moved_aside_named_and_rebuilt(tmp_path, code_corpu
     elif damage == "cut_manifest":
         text = (directory / "manifest.json").read_bytes()
         (directory / "manifest.json").write_bytes(text[: len(text) // 2])
+    elif damage == "edited_manifest_value":  # valid JSON that every other check would accept
+        text = (directory / "manifest.json").read_text()
+        (directory / "manifest.json").write_text(text.replace(f'"vocab_size": {manifest["vocab_size"]},',
+                                                              f'"vocab_size": {manifest["vocab_size"] + 1},', 1))
     elif damage == "another_tokenizer":
         other = prepared(code_corpus / "argparse.py", tmp_path / "other")
         shutil.copyfile(other.tokenizer_path, directory / "tokenizer.model")
