@@ -4,30 +4,34 @@
         model.safetensors      weights under the shared names
         optimizer.safetensors  AdamW moments: "<name>.exp_avg", "<name>.exp_avg_sq"
         state.json             step, tokens, data cursor, RNG states, schedule, best val,
-                               config hash, and the size and sha256 of each file above
-        COMPLETE               written last
+                               the config, and the size and sha256 of each file above
+        COMPLETE               written last: the size and sha256 of state.json
 
 A checkpoint is written into a temporary directory, every file fsynced, then renamed
 into place and the parent fsynced, so a kill at any moment leaves either the whole
-checkpoint or none. Loading verifies sizes and hashes and skips, with a warning, any
-checkpoint that does not verify. No pickle anywhere.
+checkpoint or none; a write that fails (a full disk) removes its temporary directory
+and leaves every earlier checkpoint as it was. Loading verifies every byte (state.json
+by the hash in COMPLETE, the tensors by the hashes in state.json) and skips, with a
+warning, any checkpoint that does not verify. A checkpoint written before COMPLETE held
+a hash (an empty COMPLETE) is still read. No pickle anywhere.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
-import shutil
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from localtrain import events as ev
+from localtrain import events as ev, ownership
 from localtrain.errors import CheckpointError
-from localtrain.files import fsync_dir, replace_dir, write_synced
+from localtrain.files import fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
 
 FORMAT = 1
 PREFIX = "step-"
@@ -35,6 +39,12 @@ MARKER = "COMPLETE"
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
+BEST = "best"
+# The temporary and replaced directories a checkpoint write leaves when killed: the only
+# names remove_stale_temps deletes.
+UNCHECKED = ("run.run_dir", "run.overrides", "run.preset")
+"""Config keys a resume may change without a warning: where the run lives and how it was started."""
+STALE = re.compile(r"\.(tmp|old)-(step-\d{8}|best)-\d+")
 
 
 @dataclass
@@ -68,19 +78,34 @@ def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[
     """Write tensors and state.json into `final` atomically; returns bytes written."""
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    manifest = {}
-    for name, arrays in files.items():
-        _save_tensors(tmp / name, arrays)
-        manifest[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
-    state = {**state, "format": FORMAT, "files": manifest}
-    write_synced(tmp / STATE_FILE, json.dumps(state, indent=1, sort_keys=True).encode())
-    write_synced(tmp / MARKER, b"")
-    fsync_dir(tmp)
-    # An existing `final` is only a replaced best/ or an identical re-save of the same step.
-    replace_dir(tmp, final)
+        remove_tree(tmp)  # this process's own, left by a write that failed
+    make_dir(tmp)
+    try:
+        manifest = {}
+        for name, arrays in files.items():
+            _save_tensors(tmp / name, arrays)
+            manifest[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+        state = {**state, "format": FORMAT, "files": manifest}
+        body = json.dumps(state, indent=1, sort_keys=True).encode()
+        write_synced(tmp / STATE_FILE, body)
+        seal = {STATE_FILE: {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}}
+        write_synced(tmp / MARKER, json.dumps(seal, sort_keys=True).encode())
+        fsync_dir(tmp)
+        # An existing `final` is only a replaced best/ or a re-save of the same step.
+        replace_dir(tmp, final)
+    except BaseException:
+        _discard(tmp)
+        raise
     return sum(m["bytes"] for m in manifest.values())
+
+
+def _discard(tmp: Path) -> None:
+    """Remove the temporary directory of a failed write, freeing its space (best effort)."""
+    try:
+        if tmp.exists():
+            remove_tree(tmp)
+    except Exception:  # noqa: BLE001 - the write's own error is the one to report
+        pass
 
 
 def save(
@@ -93,7 +118,7 @@ def save(
 ) -> tuple[Path, int]:
     """Write checkpoints/step-N, then delete all but the `keep` newest. Returns (path, bytes)."""
     root = run_dir / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
+    make_dir(root)
     final = root / step_dir_name(step)
     files = {MODEL_FILE: weights}
     if moments:
@@ -101,12 +126,12 @@ def save(
     size = write_dir(final, files, {**state, "step": step})
     for old in complete_checkpoints(run_dir)[:-keep]:
         if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_tree(old)
     return final, size
 
 
 def save_best(run_dir: Path, weights: dict[str, np.ndarray], state: dict[str, Any]) -> Path:
-    final = run_dir / "best"
+    final = run_dir / BEST
     write_dir(final, {MODEL_FILE: weights}, state)
     return final
 
@@ -128,13 +153,17 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def remove_stale_temps(run_dir: Path) -> list[Path]:
-    """Delete temporary directories left by a process killed while writing."""
+    """Delete the temporary directories a process killed while writing a checkpoint left.
+
+    Only in a run directory localtrain marked, and only entries named as write_dir names them.
+    """
+    ownership.require(run_dir, "run")
     removed = []
     for parent in (run_dir / "checkpoints", run_dir):
         if parent.is_dir():
             for p in parent.iterdir():
-                if p.is_dir() and p.name.startswith((".tmp-", ".old-")):
-                    shutil.rmtree(p, ignore_errors=True)
+                if p.is_dir() and not p.is_symlink() and STALE.fullmatch(p.name):
+                    remove_tree(p)
                     removed.append(p)
     return removed
 
@@ -146,10 +175,7 @@ def load(path: Path, with_optimizer: bool = True) -> Loaded:
 
     if not (path / MARKER).is_file():
         raise CheckpointError(f"{path} has no {MARKER} marker: it was not completely written.")
-    try:
-        state = json.loads((path / STATE_FILE).read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path / STATE_FILE} cannot be read ({exc}).") from exc
+    state = _read_state(path)
     if state.get("format") != FORMAT:
         raise CheckpointError(
             f"{path} has checkpoint format {state.get('format')!r}; this localtrain reads format {FORMAT}."
@@ -158,6 +184,8 @@ def load(path: Path, with_optimizer: bool = True) -> Loaded:
     if MODEL_FILE not in manifest:
         raise CheckpointError(f"{path / STATE_FILE} lists no {MODEL_FILE}: the checkpoint is incomplete.")
     for name, info in manifest.items():
+        if not isinstance(info, dict) or "/" in name or name.startswith("."):
+            raise CheckpointError(f"{path / STATE_FILE} lists a file {name!r} that is not a checkpoint file.")
         file = path / name
         if not file.is_file():
             raise CheckpointError(f"{file} is missing.")
@@ -180,6 +208,31 @@ def load(path: Path, with_optimizer: bool = True) -> Loaded:
     return Loaded(path=path, weights=weights, moments=moments, state=state)
 
 
+def _read_state(path: Path) -> dict[str, Any]:
+    """state.json, checked against the size and sha256 that COMPLETE records for it."""
+    try:
+        seal_bytes = (path / MARKER).read_bytes()
+        body = (path / STATE_FILE).read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{path / STATE_FILE} cannot be read ({exc.strerror or exc}).") from exc
+    if seal_bytes.strip():  # (an empty COMPLETE: a checkpoint from before state.json was hashed)
+        try:
+            seal = json.loads(seal_bytes)[STATE_FILE]
+            expected, size = str(seal["sha256"]), int(seal["bytes"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{path / MARKER} is damaged: it does not hold the hash of {STATE_FILE}.") from exc
+        if len(body) != size or hashlib.sha256(body).hexdigest() != expected:
+            raise CheckpointError(f"{path / STATE_FILE} does not match the size and sha256 recorded in "
+                                  f"{MARKER} when it was written: it was edited or is damaged.")
+    try:
+        state = json.loads(body)
+    except ValueError as exc:
+        raise CheckpointError(f"{path / STATE_FILE} is not valid JSON ({exc}): it is damaged.") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path / STATE_FILE} does not hold a JSON object: it is damaged.")
+    return state
+
+
 def load_latest(run_dir: Path, emit: ev.Emit) -> Loaded | None:
     """The newest checkpoint that verifies; broken ones are skipped with a warning event."""
     for path in reversed(complete_checkpoints(run_dir)):
@@ -188,3 +241,60 @@ def load_latest(run_dir: Path, emit: ev.Emit) -> Loaded | None:
         except CheckpointError as exc:
             emit(ev.Warning(message=f"Skipping checkpoint {path.name}: {exc}", code="checkpoint_skipped"))
     return None
+
+
+def load_step(run_dir: Path, step: int) -> Loaded:
+    """The checkpoint of `step`, verified; CheckpointError names the ones there are instead."""
+    path = run_dir / "checkpoints" / step_dir_name(step)
+    if path not in complete_checkpoints(run_dir):
+        have = ", ".join(p.name for p in complete_checkpoints(run_dir)) or "none"
+        raise CheckpointError(f"{run_dir} has no complete checkpoint at step {step} (it has: {have}). Resume from "
+                              f"one of those, or from the newest with --resume --run-dir {run_dir}.")
+    return load(path)
+
+
+def set_aside_after(run_dir: Path, step: int) -> Path | None:
+    """Move the checkpoints newer than `step` (and a best/ chosen after it) into a folder of their own.
+
+    Resuming from an older checkpoint starts a new branch of the run: the newer
+    checkpoints would be replaced as training passes their steps, and a later plain
+    --resume would pick them up. They are kept, not deleted; returns where they went.
+    """
+    newer = [p for p in complete_checkpoints(run_dir) if step_of(p) > step]
+    best = run_dir / BEST
+    best_after = False
+    if (best / STATE_FILE).is_file():
+        try:
+            best_after = int(_read_state(best).get("step", 0)) > step
+        except (CheckpointError, TypeError, ValueError):
+            best_after = False
+    if not newer and not best_after:
+        return None
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = run_dir / "checkpoints" / f"set-aside-after-step-{step}-{stamp}"
+    make_dir(aside)
+    for p in newer:
+        replace(p, aside / p.name)
+    if best_after:
+        replace(best, aside / BEST)
+    return aside
+
+
+def config_drift(state: dict[str, Any], config: dict[str, dict[str, Any]]) -> list[tuple[str, Any, Any]]:
+    """The keys whose value in `config` differs from the one the checkpoint was trained with
+    (all but where the run lives and how it was started)."""
+    saved = state.get("config")
+    if not isinstance(saved, dict):
+        return []
+    drift = []
+    for section in ("model", "data", "train", "run"):
+        old, new = saved.get(section) or {}, config.get(section) or {}
+        drift += [(f"{section}.{k}", old.get(k), new[k]) for k in new
+                  if k in old and old.get(k) != new[k] and f"{section}.{k}" not in UNCHECKED]
+    return drift
+
+
+def bytes_on_disk(run_dir: Path) -> int:
+    """Bytes of the complete checkpoints and best/ a run directory already holds."""
+    dirs = [*complete_checkpoints(run_dir), run_dir / BEST]
+    return sum(f.stat().st_size for d in dirs if d.is_dir() for f in d.iterdir() if f.is_file())

@@ -235,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     except LocaltrainError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a disk failure outside localtrain.files: the same message, no traceback
+        from localtrain.files import disk_error
+
+        error = disk_error(exc, exc.filename, "open")
+        print(f"error: {error}", file=sys.stderr)
+        return error.exit_code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator
 
+from localtrain.files import Appender, ends_with_newline
+from localtrain.jsonl import JsonlTail
+
 
 @dataclass
 class Event:
@@ -242,8 +245,11 @@ Emit = Callable[[Event], None]
 
 
 def from_dict(obj: dict[str, Any]) -> Event | None:
-    """The typed event for one decoded line; None for a type this version does not know."""
-    cls = EVENT_TYPES.get(obj.get("type", ""))
+    """The typed event for one decoded line; None for a type this version does not know.
+
+    Raises TypeError when a known type lacks one of its fields."""
+    kind = obj.get("type", "")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         return None
     names = {f.name for f in dataclasses.fields(cls)}
@@ -251,15 +257,21 @@ def from_dict(obj: dict[str, Any]) -> Event | None:
 
 
 class EventWriter:
-    """Appends events to a JSONL file, one flushed line each."""
+    """Appends events to a JSONL file, one line in one write each.
+
+    A file whose last line was cut off (a process killed mid-write, a full disk) gets a
+    newline first, so the next event starts a line of its own instead of being glued
+    onto the broken one.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = Appender(path)
+        if not ends_with_newline(path):
+            self._file.write(b"\n")
 
     def __call__(self, event: Event) -> None:
-        self._file.write(event.to_json() + "\n")
-        self._file.flush()
+        self._file.write((event.to_json() + "\n").encode("utf-8"))
 
     def close(self) -> None:
         self._file.close()
@@ -268,29 +280,16 @@ class EventWriter:
 def read_new(path: Path, offset: int = 0) -> tuple[list[Event], int]:
     """Events written after byte `offset`, and the offset to read from next time.
 
-    A last line still being written (no newline yet) is left for the next call.
+    A last line still being written (no newline yet) is left for the next call; lines
+    that are not events are skipped (see `localtrain.jsonl`).
     """
-    try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read()
-    except FileNotFoundError:
-        return [], offset
-    end = data.rfind(b"\n") + 1
-    events: list[Event] = []
-    for line in data[:end].splitlines():
-        if not line.strip():
-            continue
-        try:
-            event = from_dict(json.loads(line))
-        except (json.JSONDecodeError, TypeError):
-            continue
-        if event is not None:
-            events.append(event)
-    return events, offset + end
+    tail = JsonlTail(path, from_dict, offset=offset)
+    batch = tail.read_all()
+    return batch.items, tail.offset - len(tail.pending)
 
 
 def read_events(path: Path) -> list[Event]:
+    """Every event of a JSONL file; damaged, foreign and over-long lines are skipped."""
     return read_new(path)[0]
 
 

@@ -13,6 +13,11 @@ layout, so the export copies them; the embedding keeps only the tokenizer's rows
 rows padded for speed are never a token). mlx-lm reads the same layout: `--format mlx`
 writes the same files, marked as MLX weights. The directory is written beside DIR and
 renamed into place, so a failed export leaves nothing half-written.
+
+DIR also gets a `.localtrain` marker holding the sha256 of every file, checked when
+localtrain reads the export back (`sample`, `eval`). An existing DIR is replaced only
+when it is an export localtrain wrote, only with --force, and then only the export's
+own files: anything else in it stays. DIR may never be the run exported, nor hold it.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import argparse
 import hashlib
 import json
 import os
-import shutil
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,16 +34,18 @@ from typing import Callable
 
 import numpy as np
 
-from localtrain import checkpoint, config as cfg
+from localtrain import checkpoint, config as cfg, ownership
 from localtrain.config import ModelConfig
 from localtrain.errors import CheckpointError, LocaltrainError
-from localtrain.files import fsync_dir, replace_dir, write_synced
-from localtrain.runner import CONFIG_FILE
+from localtrain.files import fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
+from localtrain.rundir import CONFIG_FILE
 
 EMBED = "model.embed_tokens.weight"
 SPACE = "\u2581"
 NEWLINE = "\n"
 DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2)}
+EXPORT_FILES = ("config.json", "model.safetensors", "tokenizer.model", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "generation_config.json")
 
 
 @dataclass
@@ -130,7 +137,31 @@ def load_source(path: Path | str, which: str = "latest", warn: Callable[[str], N
                   config.data.tokenizer, loaded.path, config, trained_dtype(loaded.state))
 
 
+def _verify_export(path: Path) -> None:
+    """Check the files of an export against the sha256s its marker records (an export without one is read as is)."""
+    marker = ownership.read_marker(path)
+    recorded = (marker or {}).get("files")
+    if not isinstance(recorded, dict):
+        return
+    for name, digest in recorded.items():
+        file = path / str(name)
+        if "/" in str(name) or not file.is_file():
+            raise CheckpointError(f"{file}, part of the export in {path}, is missing. Export the run again.")
+        if _file_sha256(file) != digest:
+            raise CheckpointError(f"{file} does not match the sha256 recorded when it was exported: it was edited "
+                                  f"or is damaged. Export the run again.")
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def _load_export(path: Path) -> Source:
+    _verify_export(path)
     c = json.loads((path / "config.json").read_text())
     heads = int(c["num_attention_heads"])
     model = ModelConfig(
@@ -274,14 +305,60 @@ def hf_config(source: Source, dtype: str) -> dict:
     }
 
 
+def looks_like_export(directory: Path) -> bool:
+    """An export written before markers existed: the export's files and nothing else, with its config.json."""
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return (isinstance(config, dict) and "localtrain" in config
+            and ownership.entries_are(directory, lambda n: n in EXPORT_FILES))
+
+
+def check_out(source: Source, out: Path, force: bool) -> bool:
+    """Refuse an --out that is not localtrain's to replace; whether an export is there to replace."""
+    advice = "Choose another --out (a new or empty directory)."
+    if ownership.contains(out, source.origin) or ownership.contains(out, source.tokenizer_path):
+        raise LocaltrainError(f"--out {out} is, or holds, the {source.origin} being exported: replacing it would "
+                              f"delete what is exported. Nothing was written. {advice}")
+    ownership.check(out, "export", looks_like_export, f"--out {out}", advice)
+    occupied = out.is_dir() and any(out.iterdir())
+    if occupied and not force:
+        raise LocaltrainError(
+            f"--out {out} already exists and is not empty; nothing was written. Choose another --out, or pass"
+            " --force to replace that export (only its own files: anything else in it stays)."
+        )
+    return occupied
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """The temporary and replaced directories of earlier exports to `out` that did not finish: marked as
+    exports, named for `out`, and left by this process or one that is gone."""
+    pattern = re.compile(rf"\.(tmp|old)-{re.escape(out.name)}-(\d+)")
+    if not out.parent.is_dir():
+        return
+    for p in out.parent.iterdir():
+        match = pattern.fullmatch(p.name)
+        if match and p.is_dir() and not p.is_symlink() and ownership.kind_of(p) == "export":
+            pid = int(match.group(2))
+            if pid == os.getpid() or not _pid_alive(pid):
+                remove_tree(p)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def export(source: Source, out: Path, fmt: str = "hf", dtype: str = "float32", force: bool = False) -> Path:
     """Write `source` as a Hugging Face Llama directory at `out` (atomically)."""
     out = Path(out).expanduser()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise LocaltrainError(
-            f"--out {out} already exists and is not empty; nothing was written. Choose another --out, or pass"
-            " --force to replace it."
-        )
+    occupied = check_out(source, out, force)
     weights = dict(source.weights)
     weights[EMBED] = weights[EMBED][: source.vocab_size]  # drop the padded rows
     model_bytes = source.tokenizer_path.read_bytes()
@@ -297,19 +374,32 @@ def export(source: Source, out: Path, fmt: str = "hf", dtype: str = "float32", f
             "temperature": t.temperature if t else 0.8, "top_k": t.top_k if t else 50,
         },
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(out.parent)
+    _remove_stale_temps(out)
     tmp = out.parent / f".tmp-{out.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    if tmp.exists():
+        remove_tree(tmp)
+    make_dir(tmp)
+    ownership.write_marker(tmp, "export")  # (first: a kill leaves a temporary directory known to be ours)
     try:
         write_safetensors(tmp / "model.safetensors", weights, dtype, {"format": "mlx" if fmt == "mlx" else "pt"})
         write_synced(tmp / "tokenizer.model", model_bytes)
         for name, content in files.items():
             write_synced(tmp / name, (json.dumps(content, indent=1, ensure_ascii=False) + "\n").encode())
+        ownership.write_marker(tmp, "export", files={n: _file_sha256(tmp / n) for n in EXPORT_FILES},
+                               source=str(source.origin))
         fsync_dir(tmp)
-        replace_dir(tmp, out)
+        if occupied and not ownership.entries_are(out, lambda n: n in EXPORT_FILES or n == ownership.MARKER):
+            # Things of the user's beside the export: replace the export's files one by one, keep the rest.
+            for name in [*EXPORT_FILES, ownership.MARKER]:
+                replace(tmp / name, out / name)
+        elif out.is_dir() and not occupied:
+            replace(tmp, out)  # over an empty directory
+        else:
+            replace_dir(tmp, out)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.exists():
+            remove_tree(tmp)
     return out
 
 
@@ -322,14 +412,25 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="which weights (default best: the best validation loss; latest when there is no best)")
     p.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="dtype of the exported weights (default: the dtype the run trained in)")
-    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace --out if it is an export localtrain wrote (only its files; never anything else)")
 
 
 def main(args: argparse.Namespace) -> int:
     which = args.checkpoint
     run = Path(args.run).expanduser()
-    if which == "best" and (run / CONFIG_FILE).is_file() and not (run / "best" / checkpoint.MARKER).is_file():
-        which = "latest"  # a run that never evaluated has no best/
+    best = run / checkpoint.BEST
+    if which == "best" and (run / CONFIG_FILE).is_file():
+        if not best.exists():
+            warn_stderr(f"{run} has no best/ (it never evaluated: train.eval_every was 0, or it stopped before "
+                        f"the first evaluation), so the latest checkpoint is exported.")
+            which = "latest"
+        elif not (best / checkpoint.MARKER).is_file():
+            raise CheckpointError(
+                f"{best} is incomplete: it has no {checkpoint.MARKER} marker (its write was interrupted, or it was "
+                f"changed by hand), so it is not exported. Pass --checkpoint latest (or step-N) to export another "
+                f"checkpoint; training on with --resume writes a new best/ at its next better evaluation."
+            )
     source = load_source(run, which)
     dtype = args.dtype or source.dtype
     out = export(source, Path(args.out), args.format, dtype, args.force)

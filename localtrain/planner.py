@@ -26,6 +26,7 @@ from typing import Any, Mapping
 
 from localtrain.config import Config, ModelConfig
 from localtrain.errors import LocaltrainError
+from localtrain.files import human
 from localtrain.hardware import Machine
 from localtrain.metrics import flops_per_token, params_count
 
@@ -607,9 +608,9 @@ def check_plan(plan: RunPlan, machine: Machine) -> None:
         if need > free:
             raise LocaltrainError(
                 f"Not enough disk: the data (download and token files, about"
-                f" {plan.disk_needed['data'] / GB:.1f} GiB) and checkpoints (about"
-                f" {plan.disk_needed['checkpoints'] / GB:.1f} GiB) need {need / GB:.1f} GiB on {where},"
-                f" which has {free / GB:.1f} GiB free. Nothing was downloaded or written. Free some"
+                f" {human(plan.disk_needed['data'])}) and checkpoints (about"
+                f" {human(plan.disk_needed['checkpoints'])}) still to write need {human(need)} on {where},"
+                f" which has {human(free)} free. Nothing was downloaded or written. Free some"
                 " space, point $LOCALTRAIN_CACHE or --run-dir elsewhere, or lower"
                 " train.keep_checkpoints."
             )

@@ -12,7 +12,6 @@ import datetime as dt
 import fcntl
 import json
 import os
-import shutil
 import signal
 import threading
 from contextlib import ExitStack, contextmanager
@@ -20,14 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, TypeVar
 
-from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, planner, tuner
+from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, planner, rundir, tuner
 from localtrain.backends import backend_class, make_backend
 from localtrain.data.prepare import cache_root
 from localtrain.errors import CheckpointError, LocaltrainError
-from localtrain.files import write_atomic
+from localtrain.files import checked, disk_error, write_atomic
 from localtrain.parallel import Dist, Single
-
-CONFIG_FILE = "config.toml"
+from localtrain.rundir import CONFIG_FILE
 T = TypeVar("T")
 RUNS_ROOT = Path("runs")
 
@@ -55,6 +53,8 @@ class Setup:
     machine: hardware.Machine | None = None
     plan: planner.RunPlan | None = None
     """The plan made before the data exists (the vocabulary estimated): memory and disk checked."""
+    resume_step: int | None = None
+    """The step of `--resume RUN/checkpoints/step-N`; None resumes from the newest checkpoint."""
 
 
 def preflight(s: Setup, world_size: int = 1, local_world_size: int = 1) -> Setup:
@@ -62,7 +62,7 @@ def preflight(s: Setup, world_size: int = 1, local_world_size: int = 1) -> Setup
     before anything is downloaded or written."""
     machine = hardware.probe(s.run_dir.parent, cache_root(s.config.data))
     planned = planner.plan(s.config, machine, world_size=world_size, local_world_size=local_world_size)
-    planner.check_plan(planned, machine)
+    planner.check_plan(rundir.with_disk_still_needed(planned, s.run_dir, s.config), machine)
     return dataclasses.replace(s, machine=machine, plan=planned)
 
 
@@ -114,11 +114,14 @@ def setup(request: RunRequest) -> Setup:
                 " or pass --resume auto to start fresh when there is none."
             )
         if run_dir is not None:
-            return _setup_resume(request, run_dir)
+            rundir.check(run_dir, "--resume")
+            s = _setup_resume(request, run_dir)
+            return dataclasses.replace(s, resume_step=rundir.resume_step(request.resume))
     config = cfg.resolve(request.preset or "python-stdlib", request.overrides)
     check_source(config)
     run_dir = Path(request.run_dir or config.run.run_dir or new_run_dir(config.run.preset))
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=str(run_dir)))
+    rundir.check(run_dir)
     conf = run_dir / CONFIG_FILE
     if conf.is_file():
         old = cfg.resolve(base=cfg.read_toml(conf))
@@ -184,7 +187,7 @@ def check_source(config: cfg.Config) -> None:
 def run_lock(run_dir: Path) -> Iterator[None]:
     """One process per run directory: a second `localtrain run` on it fails at once."""
     path = run_dir / ".lock"
-    f = open(path, "a+")
+    f = checked("open", path, open, path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -195,15 +198,26 @@ def run_lock(run_dir: Path) -> Iterator[None]:
             f"The run directory {run_dir} is in use by {holder}. Wait for it to finish, stop it,"
             " or choose another --run-dir."
         ) from None
-    f.truncate(0)
-    f.write(f"localtrain process {os.getpid()}")
-    f.flush()
+    try:
+        checked("write", path, _write_holder, f, f"localtrain process {os.getpid()}")
+    except BaseException:
+        f.close()
+        raise
     try:
         yield
     finally:
-        f.truncate(0)
+        try:
+            f.truncate(0)
+        except OSError:
+            pass  # (a full or failing disk: the holder's pid stays, the lock itself is released)
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
+
+
+def _write_holder(f, text: str) -> None:
+    f.truncate(0)
+    f.write(text)
+    f.flush()
 
 
 class Fanout:
@@ -228,7 +242,7 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
     dist = dist or Single()
     if not dist.is_main:
         return _train(s, lambda event: None, dist)
-    s.run_dir.mkdir(parents=True, exist_ok=True)
+    rundir.claim(s.run_dir)
     with run_lock(s.run_dir):
         write_atomic(s.run_dir / CONFIG_FILE, cfg.to_toml(s.config))
         writer = ev.EventWriter(s.run_dir / "events.jsonl")
@@ -236,10 +250,22 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
         try:
             return _train(s, emit, dist)
         except LocaltrainError as exc:
-            writer(ev.Error(message=str(exc)))  # for readers of the run; the CLI prints it once
+            _record_error(writer, exc)
             raise
+        except OSError as exc:  # one that did not pass through localtrain.files
+            error = disk_error(exc, exc.filename, "open")
+            _record_error(writer, error)
+            raise error from exc
         finally:
             writer.close()
+
+
+def _record_error(writer: ev.EventWriter, exc: LocaltrainError) -> None:
+    """The error as the run's last event, for its readers (the CLI prints it once); a full disk may refuse it."""
+    try:
+        writer(ev.Error(message=str(exc)))
+    except LocaltrainError:
+        pass
 
 
 def _in_turn(dist: Dist, work: Callable[[], T]) -> T:
@@ -318,7 +344,7 @@ def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
             " the source files change?). Start a new run on the current data."
         )
     if dist.is_main:
-        shutil.copyfile(prepared.tokenizer_path, run_dir / "tokenizer.model")
+        write_atomic(run_dir / "tokenizer.model", prepared.tokenizer_path.read_bytes())
     planned = final_plan(s, prepared.vocab_size, loaded, dist, emit)
     check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
     backend = make_backend(planned)
@@ -339,7 +365,7 @@ def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
     peak, _ = _in_turn(dist, lambda: metrics.cached_peak_flops(cache, backend.peak_key(), backend.measure_peak_flops))
     stop = StopFlag()
     trainer = Trainer(config, backend, data, run_dir, emit, planned, peak, stop,
-                      ControlFile(run_dir) if dist.is_main else None, dist=dist)
+                      ControlFile(run_dir, _warner(emit)) if dist.is_main else None, dist=dist)
     if loaded is not None:
         trainer.restore(loaded)
     plan = plan_event(planned, backend, trainer, prepared, loaded)
@@ -355,7 +381,7 @@ def _load_resume(s: Setup, emit: ev.Emit) -> checkpoint.Loaded | None:
     """The checkpoint a resumed run continues from (None for a new run, or --resume auto with none)."""
     if not s.resume:
         return None
-    loaded = checkpoint.load_latest(s.run_dir, emit)
+    loaded = rundir.resume_point(s.run_dir, s.resume_step, emit)
     if loaded is None and s.resume != "auto":
         raise CheckpointError(
             f"--resume: {s.run_dir} has no complete checkpoint that verifies (see the"
@@ -367,6 +393,8 @@ def _load_resume(s: Setup, emit: ev.Emit) -> checkpoint.Loaded | None:
             f"{loaded.path} was written for a different model or data configuration than"
             f" {s.run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
         )
+    for message in rundir.drift_warnings(loaded, s.config, s.changes) if loaded is not None else []:
+        emit(ev.Warning(message=message, code="config_changed"))
     return loaded
 
 
@@ -384,8 +412,12 @@ def final_plan(s: Setup, vocab_size: int, loaded: checkpoint.Loaded | None, dist
         tuned = _in_turn(dist, lambda: tuner.tune(config, machine, vocab_size, cache, emit, **sizes))
     planned = planner.plan(config, machine, vocab_size, tuned=tuned, resumed=resumed,
                            threads=config.run.threads, **sizes)
-    planner.check_plan(planned, machine)
+    planner.check_plan(rundir.with_disk_still_needed(planned, s.run_dir, config), machine)
     return planned
+
+
+def _warner(emit: ev.Emit) -> Callable[[str], None]:
+    return lambda message: emit(ev.Warning(message=message, code="control_line"))
 
 
 def plan_event(planned: planner.RunPlan, backend, trainer, prepared, loaded) -> ev.Plan:

@@ -185,6 +185,7 @@ class Trainer:
             },
             "seed": self.config.train.seed,
             "config_fingerprint": self.config.fingerprint(),
+            "config": self.config.to_dict(),  # a resume names the keys config.toml changed since
             "model_fingerprint": self.config.model_fingerprint(),
             "tokenizer_sha256": self.data.tokenizer_sha256,
             "vocab_size": self.data.vocab_size,

@@ -1,11 +1,16 @@
 """Range and consistency checks of a resolved configuration.
 
 Each problem names the key, the value, what is wrong and the fix; `check` returns them
-all so that the caller reports every problem at once.
+all so that the caller reports every problem at once. Besides the lower bounds, every
+number that sizes a loop, an allocation or a counter has an upper bound (`LIMITS`), so
+that a typo such as `train.batch_size=1e12` fails at once instead of hanging the
+planner or overflowing a 64-bit token count, and every float must be finite.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import Any
 
 from localtrain.config import BACKENDS, DEVICES, DTYPES, SWITCHES, TOKENIZER_TYPES, Config, did_you_mean
@@ -13,6 +18,57 @@ from localtrain.config import BACKENDS, DEVICES, DTYPES, SWITCHES, TOKENIZER_TYP
 
 EVAL_METRICS = ("val_loss", "val_ppl", "val_bpb", "val_word_ppl")
 """The Eval event's figures that train.best_metric may name; lower is better for each."""
+
+STEPS = 10**12
+"""More optimizer steps than any run takes (30 years at 1,000 steps a second)."""
+MAX_TOKENS = 10**18
+"""Tokens a run may train on: the counters are 64-bit (9.2e18)."""
+LIMITS: dict[str, int] = {
+    "model.n_layer": 1024, "model.n_head": 1024, "model.n_embd": 65536, "model.intermediate_size": 1 << 20,
+    "model.seq_len": 1 << 20, "model.pad_vocab_multiple": 65536,
+    "data.document_bytes": 1 << 30, "data.min_chars": 1 << 31, "data.shard_tokens": 1 << 31,
+    "data.tokenizer_sample_bytes": 1 << 36, "data.phase_epochs": 10**6,
+    "train.batch_size": 1 << 20, "train.micro_batch_size": 1 << 20, "train.max_steps": STEPS,
+    "train.max_tokens": MAX_TOKENS, "train.warmup_steps": STEPS, "train.eval_every": STEPS,
+    "train.eval_batches": 10**6, "train.sample_every": STEPS, "train.sample_tokens": 10**6,
+    "train.top_k": 1 << 31, "train.checkpoint_every": STEPS,
+    "train.early_stop_patience": 10**6, "train.log_every": STEPS, "train.seed": 2**32 - 1,
+    "run.threads": 4096,
+}
+"""Upper bounds of the numeric settings, each far above any real use."""
+
+
+def bounds(config: Config) -> list[str]:
+    """Upper bounds, finite floats, and the token count of the whole run."""
+    p: list[str] = []
+    for section in ("model", "data", "train", "run"):
+        part = getattr(config, section)
+        for f in dataclasses.fields(part):
+            key, value = f"{section}.{f.name}", getattr(part, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                p.append(f"`{key}` = {value!r}: must be a finite number. Set it with --set {key}=VALUE.")
+            elif key in LIMITS and isinstance(value, int) and value > LIMITS[key]:
+                shown = f"{value:,}" if value < 10**15 else f"{value:.3g}"
+                p.append(f"`{key}` = {shown}: must be at most {LIMITS[key]:,} (a larger value could not finish "
+                         f"or would overflow a counter). Check for a typo, e.g. --set {key}={_typical(key)}.")
+    phases = config.data.phases
+    if any(isinstance(n, int) and n > STEPS for n in phases):
+        p.append(f"`data.phases` = {phases!r}: each phase must be at most {STEPS:,} documents.")
+    t, m = config.train, config.model
+    steps_tokens = t.max_steps * t.batch_size * m.seq_len
+    if t.max_steps <= STEPS and t.batch_size <= LIMITS["train.batch_size"] and steps_tokens > MAX_TOKENS:
+        p.append(f"`train.max_steps` = {t.max_steps:,}: with train.batch_size={t.batch_size} and "
+                 f"model.seq_len={m.seq_len} the run would train on {steps_tokens:.3g} tokens, more than "
+                 f"{MAX_TOKENS:.0e}. Lower train.max_steps, or set train.max_tokens instead.")
+    return p
+
+
+def _typical(key: str) -> str:
+    from localtrain.config import SECTIONS
+
+    section, name = key.split(".")
+    default = next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
+    return str(default if default else 1000)
 
 
 def check(config: Config) -> list[str]:
@@ -127,4 +183,5 @@ def check(config: Config) -> list[str]:
          "Use --set run.compile=auto.")
     need(r.autotune in ("auto", "off"), "run.autotune", r.autotune, "must be auto or off",
          "Use --set run.autotune=auto.")
-    return p
+    named = {problem.split("`")[1] for problem in p if problem.startswith("`")}
+    return p + [b for b in bounds(config) if b.split("`")[1] not in named]

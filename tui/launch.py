@@ -91,15 +91,24 @@ def run_dir_for(runs_dir: Path, form: RunForm, preset: str, stamp: str) -> Path:
     """The run directory a new run gets: the typed name, or <preset>-<date-time>."""
     name = form.name.strip() or f"{preset}-{stamp}"
     path, n = runs_dir / name, 1
-    while (path / "config.toml").exists() or (path / "events.jsonl").exists():
+    while (path / "config.toml").exists() or (path / "events.jsonl").exists() or _foreign(path):
         n += 1
         path = runs_dir / f"{name}-{n}"
     return path
 
 
+def _foreign(path: Path) -> bool:
+    """A path a new run may not use: a file, or a folder with things in it that is not a run's."""
+    from localtrain.ownership import kind_of
+
+    return path.exists() and kind_of(path) != "run" and (not path.is_dir() or any(path.iterdir()))
+
+
 def start_run(run_args: list[str], run_dir: Path, cwd: Path | None = None) -> subprocess.Popen:
     """Start `localtrain run --plain --run-dir RUN_DIR ARGS` detached from this process."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    from localtrain.rundir import claim
+
+    claim(run_dir)  # the run's own folder (with its marker) before console.log goes into it
     with open(run_dir / CONSOLE_LOG, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "localtrain", "run", "--plain", "--run-dir", str(run_dir), *run_args],

@@ -1,16 +1,16 @@
 """What the dashboard knows about a run: its events folded into a state, and its status.
 
 Nothing here imports textual, so the folding and the status rules are plain functions.
-`EventTail` reads `events.jsonl` in bounded chunks from a remembered offset: a last
-line still being written is kept for the next read, a line that is not a valid event
-is counted and reported, and a file that shrank (replaced) is read again from the top.
+`EventTail` reads `events.jsonl` through the shared JSONL tail (`localtrain.jsonl`): bounded
+chunks from a remembered offset, a last line still being written kept for the next read,
+a line that is not a valid event (or is too long) counted and reported, and a file that
+shrank (replaced) read again from the top.
 `RunState` folds events into what the screens draw. `run_status` combines the last
 events with whether the writing process is alive (the pid in the run's `.lock`).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass, field
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from localtrain import events as ev
+from localtrain.jsonl import JsonlTail
 
 EVENTS_FILE = "events.jsonl"
 LOCK_FILE = ".lock"
@@ -40,49 +41,24 @@ class Chunk:
     missing: bool = False
 
 
-class EventTail:
-    """Reads the events appended to a run's events.jsonl, a bounded chunk at a time."""
+def _event(obj: dict[str, Any]) -> ev.Event | None:
+    """A line's event; None for a type this version does not know. An object that is no event raises."""
+    event = ev.from_dict(obj)
+    if event is None and not isinstance(obj.get("type"), str):
+        raise ValueError("not an event object")
+    return event
+
+
+class EventTail(JsonlTail[ev.Event]):
+    """Reads the events appended to a run's events.jsonl, a bounded chunk at a time (the shared JSONL tail)."""
 
     def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
-        self.path = path
-        self.chunk_bytes = chunk_bytes
-        self.offset = 0
-        self.line_no = 0
-        self.pending = b""
-        """The bytes of a last line that has no newline yet."""
+        super().__init__(path, _event, chunk_bytes=chunk_bytes)
 
-    def read(self) -> Chunk:
+    def read(self) -> Chunk:  # type: ignore[override]
         """Read at most `chunk_bytes` new bytes and decode the complete lines among them."""
-        try:
-            with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < self.offset:  # replaced by a shorter file: start again
-                    self.offset, self.line_no, self.pending = 0, 0, b""
-                f.seek(self.offset)
-                data = f.read(self.chunk_bytes)
-        except (FileNotFoundError, NotADirectoryError):
-            return Chunk([], [], False, missing=True)
-        self.offset += len(data)
-        data = self.pending + data
-        end = data.rfind(b"\n") + 1
-        self.pending = data[end:]
-        events: list[ev.Event] = []
-        bad: list[tuple[int, str]] = []
-        for line in data[:end].splitlines():
-            self.line_no += 1
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                event = ev.from_dict(obj) if isinstance(obj, dict) else None
-                if event is None and not (isinstance(obj, dict) and isinstance(obj.get("type"), str)):
-                    raise ValueError("not an event object")
-            except (ValueError, TypeError):
-                bad.append((self.line_no, line[:80].decode("utf-8", "replace")))
-                continue
-            if event is not None:
-                events.append(event)
-        return Chunk(events, bad, more=self.offset < size)
+        batch = super().read()
+        return Chunk(batch.items, batch.bad, batch.more, batch.missing)
 
 
 def downsample(points: list[tuple[int, float]], limit: int = 400) -> list[tuple[int, float]]:

@@ -19,6 +19,7 @@ language (`read_site`): the cleaner needs them to know `[[Dosya:...]]` or
 from __future__ import annotations
 
 import bz2
+import gzip
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from localtrain.data import formats
 from localtrain.data.wiki import Page, Site
 from localtrain.errors import DataError
 
@@ -112,13 +114,12 @@ def _pages_from_parser(parser: ET.XMLPullParser) -> Iterator[Page]:
 
 
 def open_compressed(path: Path) -> BinaryIO:
-    """The file's bytes, decompressed when its name ends in .bz2 (every stream of it)."""
-    if path.suffix == ".bz2":
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
+    """The file's bytes, decompressed when its first bytes say bz2 or gzip (every stream of it)."""
+    return formats.open_decompressed(path)
 
 
-def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0) -> Iterator[Page]:
+def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0,
+               compression: str | None = "sniff") -> Iterator[Page]:
     """Every complete page of a dump file, in order; the first `skip_pages` are parsed but not yielded.
 
     Parsing stops at the first problem (cut-off file, corrupt bz2 data, malformed XML) and
@@ -126,7 +127,11 @@ def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0) -> Iterator[
     """
     parser = ET.XMLPullParser(events=("end",))
     raw = open(path, "rb")
-    stream: BinaryIO = bz2.BZ2File(raw) if path.suffix == ".bz2" else raw  # type: ignore[assignment]
+    if compression == "sniff":
+        compression = formats.compression_of(raw.read(4))
+        raw.seek(0)
+    stream: BinaryIO = (bz2.BZ2File(raw) if compression == "bz2"  # type: ignore[assignment]
+                        else gzip.GzipFile(fileobj=raw) if compression == "gzip" else raw)
     closed = False
     header = b""
     try:

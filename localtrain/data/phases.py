@@ -20,7 +20,7 @@ from typing import Any
 from localtrain.config import DataConfig
 from localtrain.data.loader import POLL_SECONDS
 from localtrain.data.prepare import Cancelled, PreparedData, prepare
-from localtrain.data.shards import read_manifest
+from localtrain.data.shards import DamagedData, read_manifest
 from localtrain.data.stream import pool_context
 from localtrain.errors import LocaltrainError
 from localtrain.events import Emit
@@ -75,7 +75,10 @@ def first_phase(directory: Path, check: Callable[[], None] = nothing_to_check) -
     """Wait until phase 1 of the preparation in `directory` is ready; its PreparedData then."""
     while True:
         check()
-        meta = read_manifest(directory)
+        try:
+            meta = read_manifest(directory)
+        except DamagedData:
+            meta = None  # the preparation beside the run moves it aside and prepares it again
         if meta is not None and meta.get("phases") and meta["phases"][0]["ready"]:
             return PreparedData.from_dir(directory)
         time.sleep(POLL_SECONDS)

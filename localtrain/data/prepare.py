@@ -16,7 +16,12 @@ settings, or the one given to `localtrain prepare --out`):
    continues from its last commit and ends with the same bytes as an uninterrupted one.
 
 A directory whose manifest says `complete` is the cache hit: a second run on unchanged
-inputs returns it without reading anything.
+inputs returns it without reading the source, once every byte of it has been verified
+against the manifest's sha256s (`integrity.py`). A directory that fails is moved aside,
+with a warning naming it, and prepared again. The directory carries the `prepared`
+marker (`preparedir.py`): localtrain prepares only into a new or empty directory, one it
+marked, or one a localtrain without markers prepared (it holds a manifest), and deletes
+nothing there but the shards it wrote past its last commit.
 
 Progressive phases (`data.phases`, e.g. [100000, 1000000]): phase k holds the first
 N_k kept documents in source order, and a last phase holds them all. The manifest
@@ -28,10 +33,8 @@ first phase while later ones are still being written (`phases.py`).
 from __future__ import annotations
 
 import collections
-import contextlib
 import dataclasses
 import datetime
-import fcntl
 import hashlib
 import json
 import os
@@ -44,14 +47,16 @@ from typing import Any, Protocol
 import numpy as np
 
 from localtrain.config import DataConfig
+from localtrain.data import integrity, preparedir
 from localtrain.data.encode import Encoder
 from localtrain.data.inputs import SourceSpec, source_spec
-from localtrain.data.shards import SPLITS, ShardedTokens, ShardWriter, read_manifest, write_manifest
+from localtrain.data.shards import (MANIFEST, SEEN_FILE, SHARD_FILE, SPLITS, DamagedData, ShardedTokens,
+                                    ShardWriter, read_manifest, write_manifest)
 from localtrain.data.stream import Doc, Source, run_tasks, worker_count
 from localtrain.data.tokenizer import Tokenizer, tokenizer_settings, train_tokenizer
 from localtrain.errors import DataError
 from localtrain.events import Emit, Prepare, Warning
-from localtrain.files import write_atomic
+from localtrain.files import Appender, fsync_file, remove_file, truncate, write_atomic
 
 FORMAT_VERSION = 2
 KEY_FIELDS = (
@@ -69,7 +74,6 @@ KEY_FIELDS = (
 COMMIT_BYTES = 1 << 20
 COMMIT_SECONDS = 2.0  # a slow source still commits often (where the shards stand does not depend on it)
 PROGRESS_SECONDS = 1.0
-SEEN_FILE = "seen.bin"
 SPLIT_RULE = (
     "by document: a document goes to val when the first 8 bytes of the sha256 of its key, read as a "
     "big-endian fraction of 2**64, are below val_fraction (a split that ends up without documents takes "
@@ -100,19 +104,23 @@ class PreparedData:
         if meta is None:
             raise DataError(f"`{directory}` holds no manifest.json: it is not prepared data. Run `localtrain "
                             f"prepare --out {directory}` to prepare it.")
-        splits = meta["splits"]
-        return cls(
-            dir=directory,
-            tokenizer_path=directory / "tokenizer.model",
-            dtype=meta["dtype"],
-            vocab_size=meta["vocab_size"],
-            train_tokens=splits["train"]["tokens"],
-            val_tokens=splits["val"]["tokens"],
-            train_bytes=splits["train"]["bytes"],
-            val_bytes=splits["val"]["bytes"],
-            tokenizer_sha256=meta["tokenizer_sha256"],
-            meta=meta,
-        )
+        try:
+            splits = meta["splits"]
+            return cls(
+                dir=directory,
+                tokenizer_path=directory / "tokenizer.model",
+                dtype=meta["dtype"],
+                vocab_size=meta["vocab_size"],
+                train_tokens=splits["train"]["tokens"],
+                val_tokens=splits["val"]["tokens"],
+                train_bytes=splits["train"]["bytes"],
+                val_bytes=splits["val"]["bytes"],
+                tokenizer_sha256=meta["tokenizer_sha256"],
+                meta=meta,
+            )
+        except (KeyError, TypeError) as exc:
+            raise DamagedData(f"{directory / MANIFEST} lacks {exc}: it is damaged. Prepare it again (`localtrain "
+                              f"prepare`, or a run on the same data, moves it aside).") from exc
 
     def tokenizer(self) -> Tokenizer:
         return Tokenizer.load(self.tokenizer_path)
@@ -250,16 +258,6 @@ class Filters:
             yield doc, "val" if is_val(doc.key, self.val_fraction) else "train"
 
 
-@contextlib.contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    with open(directory / ".lock", "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # a second preparation of the same data waits for the first
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def prepare(
     data: DataConfig,
     emit: Emit,
@@ -282,21 +280,10 @@ def prepare(
     spec = source_spec(data)
     key = cache_key(data, spec, explicit)
     directory = _directory(data, key, out_dir)
-    directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory):
-        manifest = read_manifest(directory)
-        if manifest is not None and manifest.get("cache_key") != key:
-            if out_dir is None:
-                manifest = None
-            else:
-                raise DataError(
-                    f"`{directory}` holds data prepared from another source or with other settings "
-                    f"({manifest.get('source')!r}). Nothing was changed. Choose another --out directory, or "
-                    f"delete that one to prepare it afresh."
-                )
+    with preparedir.opened(directory, key, out_dir, spec, emit, threads) as (manifest, verified):
         if manifest is not None and manifest.get("complete"):
             prepared = PreparedData.from_dir(directory)
-            _emit_done(emit, prepared, time.perf_counter() - start, cached=True)
+            _emit_done(emit, prepared, time.perf_counter() - start, cached=True, note=verified)
             return prepared
         source = spec.open(emit)
         workers = worker_count(threads)
@@ -315,9 +302,9 @@ def prepare(
 def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source: Source, emit: Emit,
            explicit: Set[str], workers: int, cancel: StopRequest | None = None) -> dict[str, Any]:
     """Pass 1: the tokenizer sample, the tokenizer, and the first (empty) manifest."""
-    for pattern in ("train-[0-9]*.bin", "val-[0-9]*.bin"):
-        for stale in directory.glob(pattern):
-            stale.unlink()  # shards of a preparation killed before its first manifest
+    for stale in directory.iterdir():
+        if SHARD_FILE.fullmatch(stale.name):
+            remove_file(stale)  # shards of a preparation killed before its first manifest
     sample, read = tokenizer_sample(data, source, workers, cancel)
     if not sample:
         raise DataError(_no_documents(source, read))
@@ -356,7 +343,8 @@ def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source
     if data.phases:
         manifest["phases"] = [{"documents": n, "ready": False, "train_tokens": 0, "val_tokens": 0}
                               for n in [*data.phases, None]]
-    (directory / SEEN_FILE).write_bytes(b"")
+    Appender(directory / SEEN_FILE, truncate=True).close()
+    manifest["dedup"]["sha256"] = hashlib.sha256(b"").hexdigest()
     write_manifest(directory, manifest)
     return manifest
 
@@ -417,15 +405,15 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
     writer = ShardWriter(directory, manifest)
     seen_path = directory / SEEN_FILE
     count = manifest["dedup"]["count"]
-    with open(seen_path, "r+b") as f:
-        f.truncate(count * 8)
+    if seen_path.stat().st_size != count * 8:
+        truncate(seen_path, count * 8)  # hashes appended after the last commit
     raw = np.fromfile(seen_path, dtype="S8", count=count) if count else np.empty(0, dtype="S8")
     seen = set(raw.tolist())
+    seen_hash = integrity.seen_hasher(directory, count)
     filters = Filters(data, seen, manifest["dropped"])
     tok = Tokenizer.load(directory / "tokenizer.model")
     if tok.sha256 != manifest["tokenizer_sha256"]:
-        raise DataError(f"`{directory / 'tokenizer.model'}` is not the tokenizer its manifest names. Delete "
-                        f"{directory} to prepare it afresh.")
+        raise DamagedData(f"`{directory / 'tokenizer.model'}` is not the tokenizer its manifest names.")
     cursor = manifest["sources"][0]["cursor"]
     pending: dict[str, list[str]] = {s: [] for s in SPLITS}
     pending_bytes = 0
@@ -462,10 +450,12 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
             phases[phase].update(ready=True, train_tokens=ends["train"][j], val_tokens=ends["val"][j])
         marks.clear()
         pending_bytes = 0
-        with open(seen_path, "ab") as f:
-            f.write(b"".join(filters.new_hashes))
-            f.flush()
-            os.fsync(f.fileno())
+        added = b"".join(filters.new_hashes)
+        with Appender(seen_path) as f:
+            f.write(added)
+        fsync_file(seen_path)
+        seen_hash.update(added)
+        manifest["dedup"]["sha256"] = seen_hash.hexdigest()
         manifest["dedup"]["count"] += len(filters.new_hashes)
         filters.new_hashes.clear()
         manifest["sources"][0]["cursor"] = cursor_after
@@ -585,7 +575,7 @@ def _counts_text(manifest: dict[str, Any]) -> str:
             f"validation tokens written")
 
 
-def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool) -> None:
+def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool, note: str = "") -> None:
     how = "Using the cached" if cached else "Prepared"
     meta = prepared.meta
     dropped = meta.get("dropped", {})
@@ -598,7 +588,7 @@ def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool)
         stage="done",
         message=f"{how} data in {prepared.dir}: {prepared.train_tokens:,} train and {prepared.val_tokens:,} "
         f"validation tokens in {sum(len(meta['splits'][s]['shards']) for s in SPLITS)} shards, vocabulary "
-        f"{prepared.vocab_size}{per_token}.",
+        f"{prepared.vocab_size}{per_token}{note}.",
         chars_per_token=chars or 0.0,
         bytes_per_token=nbytes or 0.0,
         documents=_documents(meta),

@@ -8,36 +8,90 @@ directory after a kill cuts every shard back to its committed length and removes
 shards the manifest does not know, so the next append continues exactly where the last
 commit stopped, and the finished files are the same bytes as those of a run that was
 never interrupted.
+
+Every byte is covered by a hash: the manifest records the sha256 of each shard's
+committed bytes (updated as the shard grows) and its own sha256 over the rest of it, so
+`integrity.verify` can tell a damaged cache from a good one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from localtrain.files import fsync_dir, write_atomic
+from localtrain.errors import DataError
+from localtrain.files import Appender, fsync_dir, fsync_file, remove_file, truncate, write_atomic
 
 MANIFEST = "manifest.json"
+SEEN_FILE = "seen.bin"
+"""The 8-byte hashes of the documents kept so far (for the duplicate filter of a continued preparation)."""
 SPLITS = ("train", "val")
+SELF_HASH = "manifest_sha256"
+SHARD_FILE = re.compile(r"(train|val)-\d{5,}\.bin")
+"""The names of the shards a preparation writes: the only files it ever deletes."""
+HASH_BLOCK = 8 << 20
+
+
+class DamagedData(DataError):
+    """Prepared data whose bytes do not match what was recorded when they were written."""
 
 
 def shard_name(split: str, index: int) -> str:
     return f"{split}-{index:05d}.bin"
 
 
+def _canonical(manifest: dict[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != SELF_HASH}
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
 def read_manifest(directory: Path) -> dict[str, Any] | None:
+    """The manifest of a prepared directory, checked against its own sha256; None when there is none.
+
+    Raises DamagedData when it cannot be read or does not match (a manifest written
+    before the hash existed is read as it is)."""
     path = directory / MANIFEST
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise DamagedData(f"{path} cannot be read as JSON ({exc}): it is damaged.") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("splits"), dict):
+        raise DamagedData(f"{path} is not a manifest of prepared data: it is damaged.")
+    recorded = manifest.get(SELF_HASH)
+    if recorded is not None and recorded != hashlib.sha256(_canonical(manifest)).hexdigest():
+        raise DamagedData(f"{path} does not match the sha256 it was written with: it was edited or is damaged.")
+    return manifest
 
 
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    manifest[SELF_HASH] = hashlib.sha256(_canonical(manifest)).hexdigest()
     write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+
+
+def file_sha256(path: Path, size: int | None = None) -> str:
+    """sha256 of the first `size` bytes of `path` (all of it when None), read in blocks."""
+    return _hasher(path, size).hexdigest()
+
+
+def _hasher(path: Path, size: int | None = None) -> Any:
+    h = hashlib.sha256()
+    left = size
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            block = f.read(HASH_BLOCK if left is None else min(HASH_BLOCK, left))
+            if not block:
+                break
+            h.update(block)
+            if left is not None:
+                left -= len(block)
+    return h
 
 
 class ShardWriter:
@@ -49,6 +103,8 @@ class ShardWriter:
         self.dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
         self.shard_tokens = int(manifest["shard_tokens"])
         self._touched: set[Path] = set()
+        self._hashes: dict[str, Any] = {}
+        """Running sha256 of each shard appended to, keyed by file name."""
         self._restore()
 
     def _restore(self) -> None:
@@ -59,15 +115,12 @@ class ShardWriter:
                 known.add(shard["file"])
                 size = shard["tokens"] * self.dtype.itemsize
                 if not path.exists() or path.stat().st_size < size:
-                    raise RuntimeError(f"{path} is shorter than its manifest says")
+                    raise DamagedData(f"{path} is shorter than its manifest says ({size:,} bytes): it is damaged.")
                 if path.stat().st_size != size:
-                    with open(path, "r+b") as f:
-                        f.truncate(size)
-                        os.fsync(f.fileno())
-        for split in SPLITS:
-            for path in self.dir.glob(f"{split}-[0-9]*.bin"):
-                if path.name not in known:
-                    path.unlink()
+                    truncate(path, size)  # bytes appended after the last commit
+        for path in self.dir.iterdir():
+            if SHARD_FILE.fullmatch(path.name) and path.name not in known:
+                remove_file(path)  # a shard begun after the last commit
 
     def append(self, split: str, tokens: np.ndarray) -> None:
         info = self.manifest["splits"][split]
@@ -80,8 +133,14 @@ class ShardWriter:
             last = shards[-1]
             take = min(self.shard_tokens - last["tokens"], len(data) - pos)
             path = self.dir / last["file"]
-            with open(path, "ab") as f:
-                f.write(data[pos : pos + take].tobytes())
+            block = data[pos : pos + take].tobytes()
+            if last["file"] not in self._hashes:
+                # The shard's committed bytes, hashed once when a run continues appending to it.
+                self._hashes[last["file"]] = _hasher(path, last["tokens"] * self.dtype.itemsize) \
+                    if last["tokens"] else hashlib.sha256()
+            with Appender(path) as f:
+                f.write(block)
+            self._hashes[last["file"]].update(block)
             self._touched.add(path)
             last["tokens"] += take
             info["tokens"] += take
@@ -90,11 +149,14 @@ class ShardWriter:
     def commit(self, **fields: Any) -> None:
         """fsync what was appended, then record it (and `fields`) in the manifest atomically."""
         for path in sorted(self._touched):
-            with open(path, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(path)
         if self._touched:
             fsync_dir(self.dir)
         self._touched.clear()
+        for split in SPLITS:
+            for shard in self.manifest["splits"][split]["shards"]:
+                if shard["file"] in self._hashes:
+                    shard["sha256"] = self._hashes[shard["file"]].hexdigest()
         self.manifest.update(fields)
         write_manifest(self.dir, self.manifest)
 

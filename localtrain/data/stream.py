@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from localtrain.data import dump, wiki
+from localtrain.data import dump, formats, wiki
 from localtrain.data.sources import SourceFile, cut_text, decode_text, list_files
 from localtrain.errors import DataError
 
@@ -70,8 +70,13 @@ def _generated(relpath: str, head: str) -> bool:
     return any(m in lowered for m in GENERATED_MARKERS)
 
 
-def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool) -> Result:
-    """One local file: text cut into documents, or JSONL with a `text` (and `title`) per line."""
+def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool,
+                   compression: str | None = None) -> Result:
+    """One local file: text cut into documents, or JSONL with a `text` (and `title`) per line.
+
+    `compression` (bz2 or gzip, for a source that is one compressed file) is undone first;
+    JSONL is told by the first line (a JSON object with a `text` string), else by the name.
+    """
     try:
         raw = Path(path).read_bytes()
     except OSError as exc:
@@ -80,6 +85,12 @@ def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool
             f"permissions, or leave it out with --set data.exclude='[\"{relpath}\"]'. Everything prepared "
             f"so far is kept: rerun to continue."
         ) from exc
+    size = len(raw)
+    if compression:
+        try:
+            raw = formats.decompress(raw)
+        except (OSError, EOFError, ValueError) as exc:
+            return Result([], {"corrupt": 1}, size, [f"`{relpath}` is not valid {compression} data ({exc})"])
     text = decode_text(raw)
     if text is None:
         return Result([], {"not_utf8": 1}, len(raw), [f"`{relpath}` is not UTF-8 text or contains NUL bytes"])
@@ -87,7 +98,7 @@ def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool
         return Result([], {"generated": 1}, len(raw))
     docs: list[Doc] = []
     dropped: collections.Counter[str] = collections.Counter()
-    if relpath.endswith(".jsonl"):
+    if formats.kind_of_text(raw[: formats.SNIFF_BYTES], relpath) == "jsonl":
         import json
 
         for n, line in enumerate(text.split("\n")):
@@ -183,6 +194,9 @@ class FileSource(Source):
         exclude = list(exclude) + ([f"{d}/*" for d in VENDORED_DIRS] + list(VENDORED_DIRS) if self.code_tree else [])
         self.include, self.exclude = include, exclude
         self.files: list[SourceFile] = list_files(root, include, exclude)
+        # One file named as the source is read as its first bytes say (bz2 or gzip text); files
+        # found in a folder are read as they are.
+        self.compression = formats.sniff(root).compression if root.is_file() else None
 
     def fingerprint(self) -> dict[str, Any]:
         return {"kind": self.kind, "source": str(self.root.resolve()),
@@ -192,7 +206,8 @@ class FileSource(Source):
         start = (cursor or {}).get("file", 0)
         for i in range(start, len(self.files)):
             f = self.files[i]
-            yield read_file_task, (str(f.path), f.relpath, self.document_bytes, self.code_tree), {"file": i + 1}
+            yield read_file_task, (str(f.path), f.relpath, self.document_bytes, self.code_tree,
+                                   self.compression), {"file": i + 1}
 
     def problems(self) -> list[str]:
         if self.files or not self.root.is_dir():
@@ -206,12 +221,14 @@ class FileSource(Source):
 
 
 class DumpSource(Source):
-    """A MediaWiki XML dump (.xml or .xml.bz2) read as one stream; the cursor counts pages."""
+    """A MediaWiki XML dump (plain, bz2 or gzip) read as one stream; the cursor counts pages."""
 
     kind = "wiki-dump"
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, compression: str | None = "sniff") -> None:
         self.path, self.name = path, str(path)
+        self.compression = compression
+        """bz2, gzip, None, or "sniff": told by the file's first bytes."""
         self.report = dump.DumpReport()
 
     def fingerprint(self) -> dict[str, Any]:
@@ -223,7 +240,7 @@ class DumpSource(Source):
         self.report = dump.DumpReport()
         batch: list[wiki.Page] = []
         last = 0
-        for page in dump.iter_pages(self.path, self.report, skip_pages=skip):
+        for page in dump.iter_pages(self.path, self.report, skip_pages=skip, compression=self.compression):
             batch.append(page)
             if len(batch) == PAGES_PER_TASK:
                 nbytes, last = self.report.compressed_bytes - last, self.report.compressed_bytes
@@ -264,13 +281,18 @@ class MultistreamSource(Source):
 
 
 def open_local(path: Path, include: list[str], exclude: list[str], document_bytes: int) -> Source:
-    """The source for a local path: a dump (with its multistream index when there is one) or files."""
-    name = path.name
-    if path.is_file() and (name.endswith(".xml") or (".xml" in name and name.endswith(".bz2"))):
-        index = dump.find_index(path)
-        if index is not None:
-            return MultistreamSource(path, index)
-        return DumpSource(path)
+    """The source for a local path: a dump (with its multistream index when there is one) or files.
+
+    A file is a dump when its (decompressed) first bytes are a `<mediawiki` document,
+    whatever its name; `formats.sniff` falls back to the name only when they cannot tell.
+    """
+    if path.is_file():
+        found = formats.sniff(path)
+        if found.kind == "mediawiki":
+            index = dump.find_index(path) if found.compression == "bz2" else None
+            if index is not None:
+                return MultistreamSource(path, index)
+            return DumpSource(path, found.compression)
     return FileSource(path, include, exclude, document_bytes)
 
 

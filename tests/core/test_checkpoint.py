@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from localtrain import checkpoint
+from localtrain import checkpoint, ownership
 from localtrain.errors import CheckpointError
+from localtrain.ownership import NotOurs
 
 
 def arrays(seed: int) -> tuple[dict, dict]:
@@ -89,8 +90,13 @@ def test_a_damaged_file_of_the_right_size_fails_its_hash(tmp_path) -> None:
 def test_stale_temporary_directories_are_removed(tmp_path) -> None:
     (tmp_path / "checkpoints" / ".tmp-step-00000030-999").mkdir(parents=True)
     (tmp_path / ".tmp-best-999").mkdir()
+    (tmp_path / ".tmp-mine").mkdir()  # named like a temporary directory, but not as a checkpoint's
+    with pytest.raises(NotOurs):  # only inside a run directory localtrain marked
+        checkpoint.remove_stale_temps(tmp_path)
+    ownership.write_marker(tmp_path, "run")
     removed = checkpoint.remove_stale_temps(tmp_path)
     assert len(removed) == 2 and not any(p.exists() for p in removed)
+    assert (tmp_path / ".tmp-mine").is_dir()
 
 
 def test_best_is_replaced_atomically(tmp_path) -> None:

@@ -169,9 +169,10 @@ def test_resume_finds_the_latest_run_on_its_own(in_tmp, capsys, code_corpus) -> 
 
 
 def test_a_second_process_on_the_same_run_dir_is_refused(in_tmp, capsys, code_corpus) -> None:
+    from localtrain.rundir import claim
     from localtrain.runner import run_lock
 
-    (in_tmp / "r").mkdir()
+    claim(in_tmp / "r")  # the directory as the first process made it
     with run_lock(in_tmp / "r"):
         code, _, err = run_main(tiny_run(code_corpus, "--run-dir", "r", "--max-steps", "2"), capsys)
     assert code == 2 and "is in use by localtrain process" in err

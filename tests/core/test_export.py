@@ -18,7 +18,7 @@ from localtrain.sample import build_backend
 transformers = pytest.importorskip("transformers", reason="needs transformers (the test extra)")
 torch = pytest.importorskip("torch")
 
-FILES = ["config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
+FILES = [".localtrain", "config.json", "generation_config.json", "model.safetensors", "special_tokens_map.json",
          "tokenizer.json", "tokenizer.model", "tokenizer_config.json"]
 TRICKY = [
     "def f(x):\n    return  x\t+ 1\n\n\n  # é ü 日本語 🎉\r\n", "    indented\n\tTabbed\n", "   ", "\n", "\n\n\n",
@@ -146,13 +146,28 @@ def test_an_occupied_out_dir_is_never_touched(trained_run, tmp_path, cache_dir) 
     out = tmp_path / "mine"
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
-    done = localtrain(["export", str(trained_run), "--out", str(out)], tmp_path, cache_dir)
-    assert done.returncode == 2
-    assert "already exists and is not empty; nothing was written" in done.stderr and "Traceback" not in done.stderr
-    assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+    for force in ([], ["--force"]):  # --force replaces only an export localtrain wrote
+        done = localtrain(["export", str(trained_run), "--out", str(out), *force], tmp_path, cache_dir)
+        assert done.returncode == 2
+        assert "localtrain did not create it" in done.stderr and "Nothing was written" in done.stderr
+        assert "Traceback" not in done.stderr
+        assert [p.name for p in out.iterdir()] == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".tmp-")] == []
+
+
+def test_force_replaces_an_export_and_keeps_what_was_added_to_it(trained_run, tmp_path, cache_dir) -> None:
+    out = tmp_path / "hf"
+    first = localtrain(["export", str(trained_run), "--out", str(out), "--checkpoint", "step-10"], tmp_path, cache_dir)
+    assert first.returncode == 0, first.stderr
+    again = localtrain(["export", str(trained_run), "--out", str(out)], tmp_path, cache_dir)
+    assert again.returncode == 2 and "already exists and is not empty; nothing was written" in again.stderr
+    (out / "README.md").write_text("my model card")
+    old = (out / "model.safetensors").read_bytes()
     forced = localtrain(["export", str(trained_run), "--out", str(out), "--force"], tmp_path, cache_dir)
-    assert forced.returncode == 0 and sorted(p.name for p in out.iterdir()) == FILES
+    assert forced.returncode == 0, forced.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted([*FILES, "README.md"])
+    assert (out / "README.md").read_text() == "my model card" and (out / "model.safetensors").read_bytes() != old
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))] == []
 
 
 def test_bad_sources_are_clear_errors(trained_run, tmp_path, cache_dir) -> None:

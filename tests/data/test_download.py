@@ -16,6 +16,14 @@ from localtrain.events import Download, Warning
 from conftest import localtrain, start_localtrain, wait_for
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
+ETAG = '"v1"'
+
+
+def ranged(handler: http.server.BaseHTTPRequestHandler) -> str | None:
+    """The Range header to honour: none when If-Range names another version than ETAG (as real servers do)."""
+    header = handler.headers.get("Range")
+    condition = handler.headers.get("If-Range")
+    return header if header and (condition is None or condition == ETAG) else None
 
 
 class FlakyHandler(http.server.BaseHTTPRequestHandler):
@@ -27,11 +35,12 @@ class FlakyHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server hook
         cls = type(self)
-        header = self.headers.get("Range")
+        header = ranged(self)
         cls.ranges.append(header)
         start = int(header.split("=")[1].split("-")[0]) if header else 0
         body = PAYLOAD[start:]
         self.send_response(206 if header else 200)
+        self.send_header("ETag", ETAG)
         self.send_header("Content-Length", str(len(body)))
         if header:
             self.send_header("Content-Range", f"bytes {start}-{len(PAYLOAD) - 1}/{len(PAYLOAD)}")
@@ -107,11 +116,14 @@ class SlowHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the http.server hook
         cls = type(self)
-        header = self.headers.get("Range")
+        header = ranged(self)
         cls.ranges.append(header)
         start = int(header.split("=")[1].split("-")[0]) if header else 0
         self.send_response(206 if header else 200)
+        self.send_header("ETag", ETAG)
         self.send_header("Content-Length", str(len(cls.body) - start))
+        if header:
+            self.send_header("Content-Range", f"bytes {start}-{len(cls.body) - 1}/{len(cls.body)}")
         self.end_headers()
         try:
             for i in range(start, len(cls.body), 8192):
