@@ -129,7 +129,8 @@ def sets(overrides: list[str]) -> list[str]:
 
 
 # A bpe vocabulary and grouped-query attention: the shapes an export must carry over.
-TRAINED = TINY + ["data.tokenizer=bpe", "data.vocab_size=600", "data.character_coverage=0.9995", "model.n_kv_head=1"]
+TRAINED = TINY + FP32 + ["data.tokenizer=bpe", "data.vocab_size=600", "data.character_coverage=0.9995",
+                         "model.n_kv_head=1"]
 
 
 @pytest.fixture(scope="session")
