@@ -14,7 +14,7 @@ import pytest
 from safetensors.numpy import load_file
 
 import llama_reference
-from conftest import SHARED_DATA, STDLIB, TINY, localtrain, read_jsonl, sets
+from conftest import SHARED_DATA, STDLIB, TINY, localtrain, need, read_jsonl, sets
 from localtrain import evaluate, quality
 from localtrain.config import DataConfig, ModelConfig
 from localtrain.data.prepare import prepare
@@ -48,9 +48,7 @@ def test_word_count_convention() -> None:
 
 
 def test_wikitext2_test_word_count() -> None:
-    path = SHARED_DATA / "wikitext-2" / "test.txt"
-    if not path.is_file():
-        pytest.skip(f"needs ../shared/data beside the repository ({path} is absent)")
+    path = need(SHARED_DATA / "wikitext-2" / "test.txt")
     text = path.read_text(encoding="utf-8")
     # The published count of the tokenized test split: words plus one <eos> per line.
     assert evaluate.count_words(text) == 245_569
@@ -254,9 +252,7 @@ def test_best_metric_drives_best_and_early_stop(tmp_path: Path, code_corpus: Pat
 
 
 def test_eval_command_json_on_wikitext(trained_run: Path, tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
-    path = SHARED_DATA / "wikitext-2" / "test.txt"
-    if not path.is_file():
-        pytest.skip(f"needs ../shared/data beside the repository ({path} is absent)")
+    path = need(SHARED_DATA / "wikitext-2" / "test.txt")
     monkeypatch.setenv("LOCALTRAIN_DATA", str(SHARED_DATA))
     r = evaluate.run_eval(eval_args(str(trained_run), "--data", "wikitext-2-test", "--stride", "32"))
     text = path.read_text(encoding="utf-8")

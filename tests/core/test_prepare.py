@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA, need
 from localtrain.config import DataConfig
 from localtrain.data.prepare import cache_root, is_val, prepare, token_dtype
 from localtrain.data.shards import ShardedTokens
@@ -18,7 +19,7 @@ from localtrain.data.sources import read_corpus
 from localtrain.events import Prepare
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 MODULES = ["textwrap.py", "string.py", "heapq.py", "bisect.py", "colorsys.py", "fnmatch.py", "glob.py",
            "keyword.py", "numbers.py", "operator.py", "shlex.py", "sched.py", "queue.py", "copy.py"]
 
@@ -165,8 +166,7 @@ def test_uint32_shards_load_as_one_uint32_array(tmp_path: Path) -> None:
 
 
 def test_tinyshakespeare_char(tmp_path: Path) -> None:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"tinyshakespeare is not in the shared data folder ({SHAKESPEARE})")
+    need(SHAKESPEARE)
     data = dataclasses.replace(DataConfig(), source=str(SHAKESPEARE), tokenizer="char", character_coverage=1.0,
                                document_bytes=16384, cache_dir=str(tmp_path / "cache"))
     prepared = prepare(data, lambda e: None)

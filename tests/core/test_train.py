@@ -14,12 +14,6 @@ from localtrain.cli import main
 from localtrain.console import ConsoleView
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def run(code_corpus: Path, *extra: str) -> int:
     return main(["run", "--data", str(code_corpus), "--run-dir", "r", "--plain", *sets(TINY), *extra])
 
