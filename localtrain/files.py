@@ -274,14 +274,37 @@ def ends_with_newline(path: Path) -> bool:
         return True
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move the complete directory `tmp` to `final`, replacing the directory there, and make it durable.
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directory entries in one step (Linux renameat2, macOS renamex_np); False where
+    the system or the filesystem cannot."""
+    import ctypes
 
-    The old directory is renamed aside first and deleted only once the new one is in
-    place; if the second rename fails, the old one is put back. Callers check that
-    `final` is theirs to replace.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    if sys.platform.startswith("linux") and hasattr(libc, "renameat2"):
+        at_fdcwd, rename_exchange = -100, 2
+        return libc.renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    if sys.platform == "darwin" and hasattr(libc, "renamex_np"):
+        rename_swap = 2
+        return libc.renamex_np(os.fsencode(a), os.fsencode(b), rename_swap) == 0
+    return False
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Move the complete directory `tmp` to `final`, replacing any directory there, and make it durable.
+
+    A directory cannot be renamed over a non-empty one, so where the system can the two are
+    swapped in one step: a kill at any moment leaves `final` whole, old or new. Elsewhere the old
+    one is renamed aside first and deleted only once the new one is in place; if the second
+    rename fails, the old one is put back. Callers check that `final` is theirs to replace.
     """
     if final.exists():
+        if _exchange(tmp, final):
+            fsync_dir(final.parent)
+            remove_tree(tmp)  # it holds the old directory now
+            return
         old = final.parent / f".old-{final.name}-{os.getpid()}"
         checked("replace", old, os.replace, final, old)
         try:

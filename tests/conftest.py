@@ -60,12 +60,23 @@ def code_corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture
-def shakespeare() -> Path:
-    path = SHARED_DATA / "tinyshakespeare" / "input.txt"
+def need(path: Path) -> Path:
+    """`path`, a file of the shared data (SHARED_DATA); the test is skipped where it is absent."""
     if not path.is_file():
         pytest.skip(f"needs ../shared/data beside the repository ({path} is absent)")
     return path
+
+
+@pytest.fixture
+def shakespeare() -> Path:
+    return need(SHARED_DATA / "tinyshakespeare" / "input.txt")
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """tmp_path as the working directory, for tests that run the CLI in this process."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
 
 
 def cli_env(cache: Path) -> dict[str, str]:
@@ -129,7 +140,8 @@ def sets(overrides: list[str]) -> list[str]:
 
 
 # A bpe vocabulary and grouped-query attention: the shapes an export must carry over.
-TRAINED = TINY + ["data.tokenizer=bpe", "data.vocab_size=600", "data.character_coverage=0.9995", "model.n_kv_head=1"]
+TRAINED = TINY + FP32 + ["data.tokenizer=bpe", "data.vocab_size=600", "data.character_coverage=0.9995",
+                         "model.n_kv_head=1"]
 
 
 @pytest.fixture(scope="session")

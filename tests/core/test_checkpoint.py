@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+from safetensors.numpy import save_file
 
 from localtrain import checkpoint, ownership
 from localtrain.errors import CheckpointError
@@ -108,3 +112,36 @@ def test_best_is_replaced_atomically(tmp_path) -> None:
     assert loaded.state["val_loss"] == 1.5
     assert np.array_equal(loaded.weights["model.norm.weight"], w2["model.norm.weight"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="forks a child per kill point")
+def test_a_kill_anywhere_inside_save_best_leaves_a_best_that_verifies(tmp_path) -> None:
+    """A real process SIGKILLed before each of save_best's file-system calls in turn (writing,
+    syncing, renaming, removing): best/ verifies after every kill, holding the old weights or
+    the new, and still does once the leftovers of the killed write are cleared."""
+    old, _ = arrays(0)
+    new, _ = arrays(1)
+    template = tmp_path / "template"
+    checkpoint.save_best(template, old, {"val_loss": 2.0})
+    save_file(new, str(tmp_path / "new.safetensors"))
+    (tmp_path / "killed").mkdir()
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).with_name("kill_in_save_best.py")), str(template),
+         str(tmp_path / "new.safetensors"), str(tmp_path / "killed")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    points = json.loads(done.stdout)["kill_points"]
+    assert points >= 6  # a directory, three files and their directory synced, the swap into place
+    for k in range(1, points + 2):
+        run_dir = tmp_path / "killed" / str(k)
+        for when in ("killed", "cleared"):
+            loaded = checkpoint.load(run_dir / "best")  # verifies sizes and hashes
+            held = [w for w in (old, new) if all(np.array_equal(loaded.weights[n], w[n]) for n in w)]
+            assert len(held) == 1, f"kill point {k} ({when}): best/ holds neither the old nor the new weights"
+            assert loaded.state["val_loss"] == (2.0 if held[0] is old else 1.5)
+            checkpoint.remove_stale_temps(run_dir)
+        assert sorted(p.name for p in run_dir.iterdir()) == ["best"]
+    # The call that was not killed put the new weights in place.
+    assert np.array_equal(checkpoint.load(tmp_path / "killed" / str(points + 1) / "best").weights["model.norm.weight"],
+                          new["model.norm.weight"])

@@ -6,8 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
-
 from conftest import FORCED, TINY, localtrain, read_jsonl, sets
 from localtrain.cli import main
 
@@ -16,12 +14,6 @@ def run_main(args: list[str], capsys) -> tuple[int, str, str]:
     code = main(args)
     out, err = capsys.readouterr()
     return code, out, err
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def tiny_run(data: Path, *extra: str) -> list[str]:

@@ -1,5 +1,5 @@
-"""Data parallelism on torchrun with gloo: parity with one process, exact resume after a
-SIGKILL of the launcher, resuming on another world size, and a failing rank."""
+"""Data parallelism on torchrun with gloo: parity with one process, also after resuming on a
+smaller world, exact resume after a SIGKILL of the launcher, and a failing rank."""
 
 from __future__ import annotations
 
@@ -17,8 +17,11 @@ from localtrain.checkpoint import complete_checkpoints, load
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo workers need a POSIX host")
 
 
-def test_two_processes_match_one_process_with_twice_the_micro_batch(tmp_path, code_corpus, cache_dir) -> None:
-    args = ["run", "--data", str(code_corpus), "--max-steps", "20", "--plain", *sets(TINY + FP32)]
+def test_two_processes_match_one_process_also_after_the_world_shrinks(tmp_path, code_corpus, cache_dir) -> None:
+    # A flat rate after warmup: a run stopped at step 10 and continued to 20 follows the
+    # 20-step schedule, so an uninterrupted run is its reference step by step.
+    args = ["run", "--data", str(code_corpus), "--max-steps", "20", "--plain",
+            *sets(TINY + FP32 + ["train.min_lr_ratio=1.0"])]
     one = localtrain([*args, "--run-dir", "one"], tmp_path, cache_dir)
     two = localtrain([*args, "--run-dir", "two", "--nproc", "2"], tmp_path, cache_dir)
     assert one.returncode == 0, one.stderr
@@ -33,8 +36,21 @@ def test_two_processes_match_one_process_with_twice_the_micro_batch(tmp_path, co
     # Rank 0 alone wrote the run directory: one config, one event stream, one checkpoint set.
     assert len([e for e in read_jsonl(tmp_path / "two" / "events.jsonl") if e["type"] == "done"]) == 1
 
+    # Ten steps on two processes, the next ten on one: the data cursor is global, so the one
+    # process takes the whole batch the two would have shared, and every loss stays the same.
+    half = localtrain([*args, "--run-dir", "shrunk", "--nproc", "2", "--max-steps", "10"], tmp_path, cache_dir)
+    assert half.returncode == 0, half.stderr
+    rest = localtrain(["run", "--resume", "--run-dir", "shrunk", "--max-steps", "20", "--plain"], tmp_path, cache_dir)
+    assert rest.returncode == 0, rest.stderr
+    events = read_jsonl(tmp_path / "shrunk" / "events.jsonl")
+    plans = [e for e in events if e["type"] == "plan"]
+    assert [(p["world_size"], p["resumed_from"]) for p in plans] == [(2, None), (1, 10)]
+    after = {e["step"]: e["loss"] for e in events[events.index(plans[-1]):] if e["type"] == "step"}
+    assert sorted(after) == list(range(11, 21))
+    assert max(abs(after[k] - a[k]) for k in after) < 1e-5
 
-def test_sigkill_of_the_launcher_then_exact_resume_and_a_smaller_world(tmp_path, code_corpus, cache_dir) -> None:
+
+def test_sigkill_of_the_launcher_then_exact_resume(tmp_path, code_corpus, cache_dir) -> None:
     args = ["run", "--data", str(code_corpus), "--max-steps", "30", "--plain", *sets(TINY + ["model.dropout=0.1"])]
     straight = localtrain([*args, "--run-dir", "straight", "--nproc", "2"], tmp_path, cache_dir)
     assert straight.returncode == 0, straight.stderr
@@ -53,13 +69,6 @@ def test_sigkill_of_the_launcher_then_exact_resume_and_a_smaller_world(tmp_path,
     assert step_losses(run_dir) == step_losses(tmp_path / "straight")
     final = "checkpoints/step-00000030/model.safetensors"
     assert (run_dir / final).read_bytes() == (tmp_path / "straight" / final).read_bytes()
-
-    # The same run continues on one process: the data cursor is global, so it re-splits.
-    one = localtrain(["run", "--resume", "--run-dir", "killed", "--max-steps", "35", "--plain"], tmp_path, cache_dir)
-    assert one.returncode == 0, one.stderr
-    plans = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "plan"]
-    assert (plans[-1]["world_size"], plans[-1]["resumed_from"]) == (1, 30)
-    assert read_jsonl(run_dir / "events.jsonl")[-1]["step"] == 35
 
 
 def test_a_failing_rank_brings_the_job_down_and_keeps_the_last_checkpoint(tmp_path, code_corpus, cache_dir) -> None:

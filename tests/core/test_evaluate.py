@@ -11,13 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from safetensors.numpy import load_file
 
-from conftest import SHARED_DATA, STDLIB, TINY, localtrain, read_jsonl, sets
+import llama_reference
+from conftest import SHARED_DATA, STDLIB, TINY, localtrain, need, read_jsonl, sets
 from localtrain import evaluate, quality
 from localtrain.config import DataConfig, ModelConfig
+from localtrain.data.prepare import prepare
 from localtrain.data.tokenizer import Tokenizer, train_tokenizer
 from localtrain.errors import CheckpointError, DataError, LocaltrainError
 from localtrain.export import load_source
@@ -48,9 +48,7 @@ def test_word_count_convention() -> None:
 
 
 def test_wikitext2_test_word_count() -> None:
-    path = SHARED_DATA / "wikitext-2" / "test.txt"
-    if not path.is_file():
-        pytest.skip(f"needs ../shared/data beside the repository ({path} is absent)")
+    path = need(SHARED_DATA / "wikitext-2" / "test.txt")
     text = path.read_text(encoding="utf-8")
     # The published count of the tokenized test split: words plus one <eos> per line.
     assert evaluate.count_words(text) == 245_569
@@ -142,39 +140,6 @@ def test_uniform_model_known_answer(two_tokenizers) -> None:
 # -- a trained checkpoint against plain torch -----------------------------------------------
 
 
-def rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
-
-
-def plain_llama_nats(w: dict[str, torch.Tensor], cfg: ModelConfig, x: list[int], y: list[int]) -> torch.Tensor:
-    """Nats of y given x, (T,), from the Hugging Face Llama weights, in float64."""
-    T, hd, nh, nkv = len(x), cfg.head_dim, cfg.n_head, cfg.kv_heads
-    inv = 1.0 / cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-    ang = torch.outer(torch.arange(T, dtype=torch.float64), inv)
-    cos, sin = torch.cat([ang.cos(), ang.cos()], -1)[:, None], torch.cat([ang.sin(), ang.sin()], -1)[:, None]
-
-    def rope(t: torch.Tensor) -> torch.Tensor:  # (T, heads, hd), rotate-half pairs (i, i + hd/2)
-        t1, t2 = t[..., : hd // 2], t[..., hd // 2 :]
-        return t * cos + torch.cat([-t2, t1], -1) * sin
-
-    h = w["model.embed_tokens.weight"][torch.tensor(x)]
-    mask = torch.full((T, T), float("-inf"), dtype=torch.float64).triu(1)
-    for i in range(cfg.n_layer):
-        p = f"model.layers.{i}."
-        a = rms(h, w[p + "input_layernorm.weight"], cfg.norm_eps)
-        q = rope((a @ w[p + "self_attn.q_proj.weight"].T).view(T, nh, hd))
-        k = rope((a @ w[p + "self_attn.k_proj.weight"].T).view(T, nkv, hd)).repeat_interleave(nh // nkv, 1)
-        v = (a @ w[p + "self_attn.v_proj.weight"].T).view(T, nkv, hd).repeat_interleave(nh // nkv, 1)
-        att = torch.einsum("qhd,khd->hqk", q, k) / math.sqrt(hd) + mask
-        o = torch.einsum("hqk,khd->qhd", att.softmax(-1), v).reshape(T, nh * hd)
-        h = h + o @ w[p + "self_attn.o_proj.weight"].T
-        m = rms(h, w[p + "post_attention_layernorm.weight"], cfg.norm_eps)
-        gate, up = m @ w[p + "mlp.gate_proj.weight"].T, m @ w[p + "mlp.up_proj.weight"].T
-        h = h + (F.silu(gate) * up) @ w[p + "mlp.down_proj.weight"].T
-    logits = rms(h, w["model.norm.weight"], cfg.norm_eps) @ w["model.embed_tokens.weight"].T
-    return torch.logsumexp(logits, -1) - logits[torch.arange(T), torch.tensor(y)]
-
-
 def test_eval_matches_plain_torch(trained_run: Path) -> None:
     source = load_source(trained_run, "best")
     tok = Tokenizer.load(source.tokenizer_path)
@@ -183,14 +148,16 @@ def test_eval_matches_plain_torch(trained_run: Path) -> None:
     backend = build_backend(source, "torch", "cpu")
     r = evaluate.evaluate_text(backend.token_losses, tok, text, seq_len, stride)
 
-    w = {k: torch.from_numpy(v).double() for k, v in load_file(str(source.origin / "model.safetensors")).items()}
+    w = load_file(str(source.origin / "model.safetensors"))
     ids = [tok.eos_id, *tok.encode(text)]
     L = len(ids) - 1
+    assert L > seq_len  # sliding windows, all seq_len long
+    begins = [*range(0, L - seq_len, stride), L - seq_len]
+    scored = llama_reference.token_nats(w, source.model, np.array([ids[b : b + seq_len] for b in begins]),
+                                        np.array([ids[b + 1 : b + seq_len + 1] for b in begins]))
     nats: dict[int, float] = {}
-    for begin in [*range(0, max(L - seq_len, 0), stride), max(0, L - seq_len)]:
-        end = min(begin + seq_len, L)
-        window = plain_llama_nats(w, source.model, ids[begin:end], ids[begin + 1 : end + 1])
-        for j in range(begin, end):
+    for begin, window in zip(begins, scored):
+        for j in range(begin, begin + seq_len):
             nats.setdefault(j, float(window[j - begin]))
     assert sorted(nats) == list(range(L)) and r.tokens == L
     total = sum(nats.values())
@@ -200,7 +167,42 @@ def test_eval_matches_plain_torch(trained_run: Path) -> None:
     assert r.word_ppl == pytest.approx(math.exp(r.total_nats / evaluate.count_words(text)), rel=1e-12)
 
 
-def test_trainer_events_carry_the_same_figures(trained_run: Path) -> None:
+def test_the_trainers_eval_figures_are_its_checkpoint_scored_independently(trained_run: Path) -> None:
+    """Each evaluation at a checkpointed step, recomputed apart from the trainer: its validation
+    windows (eval_batches x micro_batch_size windows of seq_len + 1 tokens, spread evenly from the
+    first window of the prepared val split to the last), scored by the float64 reference on the
+    checkpoint's weights, their bytes counted from the tokenizer's pieces."""
+    events = read_jsonl(trained_run / "events.jsonl")
+    run = load_source(trained_run).run_config
+    seq_len = run.model.seq_len
+    plan = next(e for e in events if e["type"] == "plan")
+    assert plan["dtype"] == "float32"  # the comparison below is at float32 precision
+    prepared = prepare(run.data, lambda e: None, explicit=run.explicit_keys())
+    val = np.asarray(prepared.load("val"), dtype=np.int64)
+    tok = Tokenizer.load(trained_run / "tokenizer.model")
+    nbytes = np.array([len(piece_bytes(tok, i)) for i in range(tok.vocab_size)])
+
+    windows = (len(val) - 1) // seq_len
+    count = min(windows, run.train.eval_batches * plan["micro_batch_size"])
+    starts = [seq_len * round(i * (windows - 1) / (count - 1)) for i in range(count)]
+    x = np.stack([val[s : s + seq_len] for s in starts])
+    y = np.stack([val[s + 1 : s + seq_len + 1] for s in starts])
+
+    checked = 0
+    for e in (e for e in events if e["type"] == "eval"):
+        path = trained_run / "checkpoints" / f"step-{e['step']:08d}" / "model.safetensors"
+        if not path.exists():
+            continue
+        nats = llama_reference.token_nats(load_file(str(path)), run.model, x, y)
+        assert e["val_tokens"] == y.size
+        assert e["val_bytes"] == int(nbytes[y].sum())
+        assert e["val_loss"] == pytest.approx(float(nats.mean()), abs=1e-5)
+        assert e["val_bpb"] == pytest.approx(float(nats.sum()) / (LN2 * e["val_bytes"]), rel=1e-5)
+        checked += 1
+    assert checked == 2  # steps 10 and 20
+
+
+def test_the_trainers_word_and_sample_figures(trained_run: Path) -> None:
     events = read_jsonl(trained_run / "events.jsonl")
     evals = [e for e in events if e["type"] == "eval"]
     assert evals
@@ -208,7 +210,6 @@ def test_trainer_events_carry_the_same_figures(trained_run: Path) -> None:
         total = e["val_loss"] * e["val_tokens"]
         assert e["val_words"] > 0
         assert e["val_word_ppl"] == pytest.approx(math.exp(total / e["val_words"]), rel=1e-9)
-        assert e["val_bpb"] == pytest.approx(total / (LN2 * e["val_bytes"]), rel=1e-9)
         assert e["best_metric"] == "val_loss"
     samples = [e for e in events if e["type"] == "sample"]
     assert samples
@@ -251,9 +252,7 @@ def test_best_metric_drives_best_and_early_stop(tmp_path: Path, code_corpus: Pat
 
 
 def test_eval_command_json_on_wikitext(trained_run: Path, tmp_path: Path, cache_dir: Path, monkeypatch) -> None:
-    path = SHARED_DATA / "wikitext-2" / "test.txt"
-    if not path.is_file():
-        pytest.skip(f"needs ../shared/data beside the repository ({path} is absent)")
+    path = need(SHARED_DATA / "wikitext-2" / "test.txt")
     monkeypatch.setenv("LOCALTRAIN_DATA", str(SHARED_DATA))
     r = evaluate.run_eval(eval_args(str(trained_run), "--data", "wikitext-2-test", "--stride", "32"))
     text = path.read_text(encoding="utf-8")

@@ -114,6 +114,8 @@ def test_mlx_lm_loads_and_generates_from_both_formats(trained_run, tmp_path, cac
     prompt = "class A:\n    def "
     ids = token_ids(trained_run, prompt)
     greedy = ours.generate(ids, 8, 1.0, 1, seed=0)
+    # No end-of-text among them: mlx-lm must produce all eight.
+    assert Tokenizer.load(source.tokenizer_path).eos_id not in greedy
     for fmt in ("hf", "mlx"):
         out = tmp_path / fmt
         done = localtrain(["export", str(trained_run), "--checkpoint", "latest", "--format", fmt, "--out", str(out)],
@@ -124,7 +126,7 @@ def test_mlx_lm_loads_and_generates_from_both_formats(trained_run, tmp_path, cac
         logits = np.array(model(mx.array([ids])))[0]
         assert np.abs(logits - ours.logits(np.array([ids]))[0]).max() < 1e-4
         tokens = [r.token for r in mlx_lm.stream_generate(model, tokenizer, prompt, max_tokens=8)]
-        assert tokens == greedy[: len(tokens)] and len(tokens) >= 1
+        assert tokens == greedy, f"mlx-lm's greedy tokens {tokens}, localtrain's {greedy}"
         assert isinstance(mlx_lm.generate(model, tokenizer, prompt, max_tokens=8), str)
     with open(tmp_path / "mlx" / "model.safetensors", "rb") as f:
         header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
@@ -170,14 +172,13 @@ def test_force_replaces_an_export_and_keeps_what_was_added_to_it(trained_run, tm
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))] == []
 
 
-def test_bad_sources_are_clear_errors(trained_run, tmp_path, cache_dir) -> None:
-    cases = [
-        ([str(tmp_path), "--out", "x"], "is neither a run directory"),
-        ([str(trained_run), "--checkpoint", "step-7", "--out", "x"],
-         "has no complete checkpoint at step 7 (it has: step-00000010, step-00000020)"),
-        ([str(trained_run), "--checkpoint", "newest", "--out", "x"], "best, latest or step-N"),
-    ]
-    for args, message in cases:
-        done = localtrain(["export", *args], tmp_path, cache_dir)
-        assert done.returncode == 2 and message in done.stderr, done.stderr
-        assert not (tmp_path / "x").exists()
+@pytest.mark.parametrize("args,message", [
+    (["{tmp}", "--out", "x"], "is neither a run directory"),
+    (["{run}", "--checkpoint", "step-7", "--out", "x"],
+     "has no complete checkpoint at step 7 (it has: step-00000010, step-00000020)"),
+    (["{run}", "--checkpoint", "newest", "--out", "x"], "best, latest or step-N"),
+], ids=["not-a-run", "absent-step", "unknown-name"])
+def test_bad_sources_are_clear_errors(args, message, trained_run, tmp_path, cache_dir) -> None:
+    done = localtrain(["export", *(a.format(run=trained_run, tmp=tmp_path) for a in args)], tmp_path, cache_dir)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "x").exists()

@@ -23,12 +23,6 @@ def losses(run_dir) -> list[float]:
     return [e["loss"] for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "step"]
 
 
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
 def test_a_budget_smaller_than_the_step_needs_backs_off(in_tmp, code_corpus, capsys) -> None:
     args = ["run", "--data", str(code_corpus), "--max-steps", "3", "--plain", *sets(SHAPE)]
     assert main([*args, "--run-dir", "free"]) == 0

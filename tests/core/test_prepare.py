@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA, need
 from localtrain.config import DataConfig
 from localtrain.data.prepare import cache_root, is_val, prepare, token_dtype
 from localtrain.data.shards import ShardedTokens
@@ -18,7 +19,7 @@ from localtrain.data.sources import read_corpus
 from localtrain.events import Prepare
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
-SHAKESPEARE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 MODULES = ["textwrap.py", "string.py", "heapq.py", "bisect.py", "colorsys.py", "fnmatch.py", "glob.py",
            "keyword.py", "numbers.py", "operator.py", "shlex.py", "sched.py", "queue.py", "copy.py"]
 
@@ -76,6 +77,27 @@ def test_prepare_writes_documents_separated_by_eos(corpus_dir: Path, tmp_path: P
     assert meta["tokenizer"]["model_type"] == "bpe" and meta["cache_key"].startswith(prepared.dir.name)
     assert meta["sources"][0]["cursor"] == {"file": len(MODULES)}
     assert meta["dropped"] == {}
+
+
+def test_min_chars_drops_only_the_shorter_documents(corpus_dir: Path, tmp_path: Path) -> None:
+    # Comment lines of 99, 100 and 101 characters beside the modules, each file one document.
+    texts = {n: "#" + "abcdefghij"[n % 10] * (n - 2) + "\n" for n in (99, 100, 101)}
+    for n, text in texts.items():
+        (corpus_dir / f"line{n}.py").write_text(text, encoding="utf-8")
+    data = config(corpus_dir, tmp_path / "cache", tokenizer="char", character_coverage=1.0, min_chars=100,
+                  document_bytes=1 << 20)
+    prepared = prepare(data, lambda e: None)
+    tok = prepared.tokenizer()
+    kept = []
+    for split in ("train", "val"):
+        tokens = np.asarray(prepared.load(split)).tolist()
+        ends = [i for i, t in enumerate(tokens) if t == tok.eos_id]
+        kept += [tok.decode(tokens[s + 1 if k else 0 : e]) for k, (s, e) in enumerate(zip([0, *ends], ends))]
+    assert texts[99] not in kept and texts[100] in kept and texts[101] in kept
+    modules = [(corpus_dir / "pkg" / m).read_text(encoding="utf-8") for m in MODULES if (corpus_dir / "pkg" / m).is_file()]
+    assert len(kept) == len(modules) + 2  # every module is longer than 100 characters
+    meta = json.loads((prepared.dir / "manifest.json").read_text())
+    assert meta["dropped"] == {"short": 1}
 
 
 def test_cache_hit_reuses_files_without_reading(corpus_dir: Path, tmp_path: Path) -> None:
@@ -144,8 +166,7 @@ def test_uint32_shards_load_as_one_uint32_array(tmp_path: Path) -> None:
 
 
 def test_tinyshakespeare_char(tmp_path: Path) -> None:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"tinyshakespeare is not in the shared data folder ({SHAKESPEARE})")
+    need(SHAKESPEARE)
     data = dataclasses.replace(DataConfig(), source=str(SHAKESPEARE), tokenizer="char", character_coverage=1.0,
                                document_bytes=16384, cache_dir=str(tmp_path / "cache"))
     prepared = prepare(data, lambda e: None)

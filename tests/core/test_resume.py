@@ -7,11 +7,13 @@ import importlib.util
 import os
 import random
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY, last_step, localtrain, read_jsonl, read_jsonl_tolerant, sets, start_localtrain, step_losses, wait_for
+from conftest import TINY, cli_env, last_step, localtrain, read_jsonl, read_jsonl_tolerant, sets, start_localtrain, step_losses, wait_for
 
 
 def _mlx_installed() -> bool:
@@ -39,7 +41,9 @@ def test_sigkill_after_a_checkpoint_then_resume_is_exact(backend, tmp_path, code
     proc = start_localtrain([*args, "--run-dir", "killed"], tmp_path, cache_dir)
     wait_for(lambda: (killed_dir / "checkpoints" / f"step-{n:08d}" / "COMPLETE").exists(), proc=proc)
     # A random moment after step N's checkpoint: once a random later step has run.
-    target = random.Random().randint(n + 1, 2 * n - 4)
+    seed = int(os.environ.get("LOCALTRAIN_TEST_SEED") or random.randrange(2**32))
+    print(f"the kill point is drawn with seed {seed}: LOCALTRAIN_TEST_SEED={seed} draws it again")
+    target = random.Random(seed).randint(n + 1, 2 * n - 4)
     wait_for(lambda: last_step(killed_dir) >= target, proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
@@ -60,23 +64,27 @@ def test_sigkill_after_a_checkpoint_then_resume_is_exact(backend, tmp_path, code
 
 
 def test_a_kill_during_a_checkpoint_write_leaves_it_ignored(tmp_path, code_corpus, cache_dir) -> None:
-    # A wider model makes a checkpoint take long enough to be caught half-written.
-    shape = TINY + ["model.n_embd=256", "model.n_head=4", "model.n_layer=6", "train.batch_size=2",
-                    "train.checkpoint_every=2", "train.eval_every=0", "train.sample_every=0"]
-    args = ["run", "--data", str(code_corpus), "--max-steps", "6", *sets(shape)]
+    args = ["run", "--data", str(code_corpus), "--max-steps", "6",
+            *sets(TINY + ["train.checkpoint_every=2", "train.eval_every=0", "train.sample_every=0"])]
     straight = localtrain([*args, "--run-dir", "straight"], tmp_path, cache_dir)
     assert straight.returncode == 0, straight.stderr
 
-    run_dir = tmp_path / "killed"
+    # The run stops inside the write of step 4's checkpoint, after its first file, and is
+    # killed there.
+    run_dir, marker = tmp_path / "killed", tmp_path / "paused"
     ckpts = run_dir / "checkpoints"
-    proc = start_localtrain([*args, "--run-dir", "killed"], tmp_path, cache_dir)
-    wait_for(lambda: (ckpts / "step-00000002" / "COMPLETE").exists(), proc=proc)
-    wait_for(lambda: any(p.startswith(".tmp-step-00000004") for p in os.listdir(ckpts)), proc=proc)
+    proc = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("pause_in_checkpoint.py")), *args, "--run-dir", "killed"],
+        cwd=tmp_path, env={**cli_env(cache_dir), "PAUSE_AT_STEP": "4", "PAUSE_MARKER": str(marker)},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    wait_for(marker.exists, proc=proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
+    assert Path(marker.read_text()).name == "model.safetensors"
     temps = [p for p in ckpts.iterdir() if p.name.startswith(".tmp-")]
-    assert len(temps) == 1 and not (temps[0] / "COMPLETE").exists()
-    assert not (ckpts / "step-00000004").exists()
+    assert len(temps) == 1 and (temps[0] / "model.safetensors").exists() and not (temps[0] / "COMPLETE").exists()
+    assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == ["step-00000002"]
 
     resumed = localtrain(["run", "--resume", "--run-dir", "killed"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr

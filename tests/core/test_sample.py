@@ -42,18 +42,17 @@ def test_greedy_text_is_the_same_from_a_checkpoint_an_export_and_either_backend(
     assert next(iter(texts.values()))  # it generated something
 
 
-def test_bad_settings_and_sources_are_clear_errors(trained_run, tmp_path, cache_dir) -> None:
-    cases = [
-        ([str(trained_run), "--top-p", "0"], "--top-p 0.0: use a share of probability in (0, 1]"),
-        ([str(trained_run), "--max-tokens", "0", "--temperature", "-1"], "--max-tokens 0: generate at least 1 token"),
-        ([str(trained_run), "--checkpoint", "step-3"], "has no complete checkpoint at step 3"),
-        ([str(trained_run), "--prompt-file", str(tmp_path / "absent.txt")], "--prompt-file"),
-        ([str(tmp_path)], "is neither a run directory"),
-    ]
-    for args, message in cases:
-        done = localtrain(["sample", *args], tmp_path, cache_dir)
-        assert done.returncode == 2 and message in done.stderr, done.stderr
-        assert "Traceback" not in done.stderr
+@pytest.mark.parametrize("args,message", [
+    (["{run}", "--top-p", "0"], "--top-p 0.0: use a share of probability in (0, 1]"),
+    (["{run}", "--max-tokens", "0", "--temperature", "-1"], "--max-tokens 0: generate at least 1 token"),
+    (["{run}", "--checkpoint", "step-3"], "has no complete checkpoint at step 3"),
+    (["{run}", "--prompt-file", "{tmp}/absent.txt"], "--prompt-file"),
+    (["{tmp}"], "is neither a run directory"),
+], ids=["top-p", "max-tokens", "absent-step", "absent-prompt-file", "not-a-run"])
+def test_bad_settings_and_sources_are_clear_errors(args, message, trained_run, tmp_path, cache_dir) -> None:
+    done = localtrain(["sample", *(a.format(run=trained_run, tmp=tmp_path) for a in args)], tmp_path, cache_dir)
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_a_bf16_checkpoint_samples_and_exports_in_bf16_unless_told(tmp_path, code_corpus, cache_dir) -> None:

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import SHARED_DATA, need
 from localtrain.config import DataConfig
 from localtrain.data.tokenizer import Tokenizer, train_tokenizer
 from localtrain.errors import DataError
 from localtrain.events import Prepare, Warning
 
-SHARED_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 SHAKESPEARE = SHARED_DATA / "tinyshakespeare" / "input.txt"
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 SPECIALS = {"<unk>", "<s>", "</s>"}
@@ -44,9 +44,7 @@ def code_sample() -> list[str]:
 
 
 def shakespeare() -> str:
-    if not SHAKESPEARE.is_file():
-        pytest.skip(f"tinyshakespeare is not in the shared data folder ({SHAKESPEARE})")
-    return SHAKESPEARE.read_text(encoding="utf-8")
+    return need(SHAKESPEARE).read_text(encoding="utf-8")
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -11,12 +12,6 @@ from conftest import TINY, read_jsonl, sets
 from localtrain import events as ev
 from localtrain.cli import main
 from localtrain.console import ConsoleView
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def run(code_corpus: Path, *extra: str) -> int:
@@ -59,8 +54,6 @@ def test_best_tracks_the_lowest_val_loss(in_tmp, code_corpus, capsys) -> None:
     evals = [e for e in events if e["type"] == "eval" and e["step"] > 0]
     lowest = min(evals, key=lambda e: e["val_loss"])
     assert lowest["is_best"] and events[-1]["best_val_loss"] == lowest["val_loss"]
-    import json
-
     state = json.loads((in_tmp / "r" / "best" / "state.json").read_text())
     assert state["step"] == lowest["step"] and state["val_loss"] == lowest["val_loss"]
     # bits per byte is the same loss over the bytes of the predicted text.
@@ -78,16 +71,24 @@ def test_a_diverging_run_stops_with_a_clear_error(in_tmp, code_corpus, capsys) -
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_mixed_precision_runs_and_resumes(in_tmp, code_corpus, capsys, dtype) -> None:
-    assert run(code_corpus, "--max-steps", "10", "--set", f"train.dtype={dtype}") == 0
+def test_mixed_precision_resumes_exactly(in_tmp, code_corpus, capsys, dtype) -> None:
+    # A flat rate after warmup: the run stopped at step 10 follows the 12-step schedule.
+    args = ["--data", str(code_corpus), "--plain", *sets(TINY + [f"train.dtype={dtype}", "train.min_lr_ratio=1.0"])]
+    assert main(["run", *args, "--run-dir", "straight", "--max-steps", "12"]) == 0
+    assert main(["run", *args, "--run-dir", "r", "--max-steps", "10"]) == 0
     plan = next(e for e in read_jsonl(in_tmp / "r" / "events.jsonl") if e["type"] == "plan")
     assert plan["dtype"] == dtype
-    import json
-
-    state = json.loads((in_tmp / "r" / "checkpoints" / "step-00000010" / "state.json").read_text())
-    assert ("grad_scaler" in state["backend"]["extra"]) == (dtype == "float16")
     assert main(["run", "--resume", "--run-dir", "r", "--max-steps", "12", "--plain"]) == 0
-    assert read_jsonl(in_tmp / "r" / "events.jsonl")[-1]["step"] == 12
+    straight, resumed = (read_jsonl(in_tmp / d / "events.jsonl") for d in ("straight", "r"))
+    assert [e["dtype"] for e in resumed if e["type"] == "plan"] == [dtype, dtype]
+    losses = [{e["step"]: e["loss"] for e in events if e["type"] == "step"} for events in (straight, resumed)]
+    assert losses[0] == losses[1] and sorted(losses[1]) == list(range(1, 13))
+    final = Path("checkpoints", "step-00000012")
+    assert (in_tmp / "r" / final / "model.safetensors").read_bytes() == \
+        (in_tmp / "straight" / final / "model.safetensors").read_bytes()
+    # float16's loss scale and its growth count carried over the resume.
+    extra = [json.loads((in_tmp / d / final / "state.json").read_text())["backend"]["extra"] for d in ("straight", "r")]
+    assert ("grad_scaler" in extra[0]) == (dtype == "float16") and extra[0] == extra[1]
 
 
 def test_the_live_console_draws_progress_samples_and_the_end() -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from localtrain.data.download import ChecksumError, download, parse_checksum_list
+from localtrain.errors import DataError
 from localtrain.events import Download, Warning
 from conftest import localtrain, start_localtrain, wait_for
 
@@ -93,8 +94,9 @@ def test_a_checksum_mismatch_is_reported_and_the_file_not_used(server: str, tmp_
 def test_too_many_failures_keep_the_partial_file(server: str, tmp_path: Path) -> None:
     FlakyHandler.drops_left = 10
     dest = tmp_path / "file.bin"
-    with pytest.raises(Exception) as err:
+    with pytest.raises(DataError) as err:
         download(server, dest, lambda e: None, retries=1, backoff=0.01)
+    assert type(err.value) is DataError  # the user's error, not a checksum mismatch or a raw socket error
     assert "failed 2 times" in str(err.value) and "run the command again" in str(err.value)
     assert (tmp_path / "file.bin.part").stat().st_size == 600_000
     FlakyHandler.drops_left = 0

@@ -15,17 +15,11 @@ import pytest
 from localtrain.config import DataConfig
 from localtrain.data.prepare import prepare
 from localtrain.errors import DataError
-from conftest import localtrain, read_jsonl, start_localtrain, wait_for
+from conftest import SHARED_DATA, localtrain, need, read_jsonl, start_localtrain, wait_for
 
-WIKI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikipedia"
+WIKI = SHARED_DATA / "wikipedia"
 ENWIKI = WIKI / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 ARGS = ["--set", "data.vocab_size=600", "--set", "data.shard_tokens=16384", "--workers", "1"]
-
-
-def need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"needs ../shared/data beside the repository ({path} is absent)")
-    return path
 
 
 def files(directory: Path) -> dict[str, bytes]:

@@ -6,25 +6,18 @@ import bz2
 import re
 from pathlib import Path
 
-import pytest
-
+from conftest import SHARED_DATA, need
 from localtrain.data import dump, wiki
 from localtrain.data.stream import DumpSource, MultistreamSource, clean_pages, open_local, run_tasks
 from localtrain.data.wiki import clean, page_drop_reason, residue
 
-WIKI = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "wikipedia"
+WIKI = SHARED_DATA / "wikipedia"
 ENWIKI = WIKI / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 TABLES = WIKI / "enwiki-table-markup.xml.bz2"
 MULTI = WIKI / "multistream" / "enwiktionary-20150224-pages-articles-multistream.xml.bz2"
 # Markup that must never survive cleaning, counted as plain substrings (independently of wiki.residue).
 MARKERS = ("{{", "}}", "[[", "]]", "<ref", "{|", "|}", "'''", "<!--", "&amp;", "&nbsp;", "[http", "Category:",
            "File:", "Image:", "thumb|", "px|", "upright=", "__TOC__")
-
-
-def need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"needs ../shared/data beside the repository ({path} is absent)")
-    return path
 
 
 def raw_pages(path: Path) -> list[str]:

@@ -27,12 +27,16 @@ def test_bounded_chunks_read_the_whole_recording(tmp_path) -> None:
     lines = (FIXTURE / "events.jsonl").read_text().splitlines()
     run_dir = copy_fixture(tmp_path)
     tail = EventTail(run_dir / "events.jsonl", chunk_bytes=1024)
-    chunks = []
+    chunks, taken = [], []
     while True:
+        before = tail.offset
         chunks.append(tail.read())
+        taken.append(tail.offset - before)
         if not chunks[-1].more:
             break
-    assert len(chunks) > 10  # many small reads, none larger than the bound
+    # Many small reads, none larger than the bound, together the whole file.
+    size = (run_dir / "events.jsonl").stat().st_size
+    assert max(taken) <= 1024 and sum(taken) == size and len(chunks) == -(-size // 1024)
     state = RunState(run_dir)
     for c in chunks:
         state.fold(c)
