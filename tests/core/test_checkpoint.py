@@ -122,6 +122,8 @@ def test_a_kill_anywhere_inside_save_best_leaves_a_best_that_verifies(tmp_path) 
     old, _ = arrays(0)
     new, _ = arrays(1)
     template = tmp_path / "template"
+    template.mkdir()
+    ownership.write_marker(template, "run")  # a run directory localtrain made
     checkpoint.save_best(template, old, {"val_loss": 2.0})
     save_file(new, str(tmp_path / "new.safetensors"))
     (tmp_path / "killed").mkdir()
@@ -141,7 +143,7 @@ def test_a_kill_anywhere_inside_save_best_leaves_a_best_that_verifies(tmp_path) 
             assert len(held) == 1, f"kill point {k} ({when}): best/ holds neither the old nor the new weights"
             assert loaded.state["val_loss"] == (2.0 if held[0] is old else 1.5)
             checkpoint.remove_stale_temps(run_dir)
-        assert sorted(p.name for p in run_dir.iterdir()) == ["best"]
+        assert sorted(p.name for p in run_dir.iterdir()) == [ownership.MARKER, "best"]
     # The call that was not killed put the new weights in place.
     assert np.array_equal(checkpoint.load(tmp_path / "killed" / str(points + 1) / "best").weights["model.norm.weight"],
                           new["model.norm.weight"])
