@@ -17,32 +17,7 @@ from pathlib import Path
 
 from localtrain import __version__
 from localtrain.errors import LocaltrainError
-
-
-def add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="preset name (see `localtrain config --presets`) or a TOML file")
-    p.add_argument("--data", metavar="PATH", help="train on this file or directory (sets data.source)")
-    p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps to train (train.max_steps)")
-    p.add_argument("--max-time", type=float, metavar="MIN", help="stop after this many minutes (train.max_time)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="where to train (run.device)")
-    p.add_argument("--backend", choices=["torch", "mlx"], help="training framework (run.backend)")
-    p.add_argument("--seed", type=int, help="seed for init, data order and samples (train.seed)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
-
-
-def overrides_from(args: argparse.Namespace) -> list[str]:
-    out = []
-    if args.data is not None:
-        path = Path(args.data).expanduser()
-        # Paths are stored absolute so the run resumes from any working directory.
-        out.append(f"data.source={path.resolve() if path.exists() else args.data}")
-    for flag, key in (("max_steps", "train.max_steps"), ("max_time", "train.max_time"),
-                      ("device", "run.device"), ("backend", "run.backend"), ("seed", "train.seed")):
-        value = getattr(args, flag)
-        if value is not None:
-            out.append(f"{key}={value}")
-    return out + list(args.overrides)
+from localtrain.flags import add_config_flags, overrides_from
 
 
 # torchrun's own multi-node flags, passed through as they are.

@@ -22,9 +22,9 @@ from typing import Any, Callable
 
 from localtrain.files import append, ends_with_newline
 from localtrain.jsonl import JsonlTail
-from localtrain.train import CONTROL_COMMANDS
+from localtrain.runfiles import CONTROL_FILE
 
-CONTROL_FILE = "control.jsonl"
+CONTROL_COMMANDS = ("pause", "resume", "sample", "checkpoint", "stop")
 
 
 class ControlFile:

@@ -209,7 +209,8 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
 
 
 def main(args: argparse.Namespace) -> int:
-    from localtrain.data.prepare import cache_root, cached_summaries
+    from localtrain.data.paths import cache_root
+    from localtrain.data.prepare import cached_summaries
 
     runs_dir = Path(getattr(args, "runs_dir", "runs"))
     cache_dir = cache_root(cfg.DataConfig())

@@ -214,11 +214,10 @@ def read_text(path: Path) -> str:
 
 def data_folders() -> list[Path]:
     """Where named texts are looked for: $LOCALTRAIN_DATA, then the cache's data/ folder."""
-    from localtrain.config import DataConfig
-    from localtrain.data.prepare import cache_root
+    from localtrain.data.paths import prepared_root
 
     out = [Path(p).expanduser() for p in os.environ.get("LOCALTRAIN_DATA", "").split(os.pathsep) if p]
-    return out + [cache_root(DataConfig()) / "data"]
+    return out + [prepared_root()]
 
 
 def resolve_named(name: str) -> Path:

@@ -38,7 +38,7 @@ from localtrain import checkpoint, config as cfg, ownership
 from localtrain.config import ModelConfig
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
-from localtrain.rundir import CONFIG_FILE
+from localtrain.runfiles import CONFIG_FILE
 
 EMBED = "model.embed_tokens.weight"
 SPACE = "\u2581"

@@ -114,7 +114,7 @@ def probe(runs_dir: Path = Path("runs"), cache_dir: Path | None = None) -> Machi
     """Inspect this machine. Imports torch/mlx (in backends/) only to ask them about devices."""
     import psutil
 
-    from localtrain.data.prepare import cache_root
+    from localtrain.data.paths import cache_root
     from localtrain.config import DataConfig
 
     cache = cache_dir or cache_root(DataConfig())

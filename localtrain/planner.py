@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
 from localtrain.config import Config, ModelConfig
 from localtrain.errors import LocaltrainError
-from localtrain.files import human
+from localtrain.files import human, parse_size
 from localtrain.hardware import Machine
 from localtrain.metrics import flops_per_token, params_count
 
@@ -206,14 +205,6 @@ class RunPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def parse_size(text: str) -> int:
-    """Bytes in "6GB", "512 MiB", "1.5g" or a plain number."""
-    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)i?b?\s*", text.lower())
-    if not m:
-        raise ValueError(text)
-    return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
 
 
 def memory_estimate(

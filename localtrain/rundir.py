@@ -19,9 +19,9 @@ from typing import Any
 from localtrain import checkpoint, config as cfg, events as ev, ownership
 from localtrain.errors import CheckpointError, LocaltrainError
 
-CONFIG_FILE = "config.toml"
-EVENTS_FILE = "events.jsonl"
-READIED_BY_TOOLS = ("control.jsonl", "console.log")
+from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, CONTROL_FILE, EVENTS_FILE
+
+READIED_BY_TOOLS = (CONTROL_FILE, CONSOLE_LOG)
 ADVICE = ("Choose a new or empty directory with --run-dir (e.g. a folder inside it), or leave --run-dir out for "
           "runs/<preset>-<date-time>.")
 

@@ -21,11 +21,11 @@ from typing import Callable, Iterator, TypeVar
 
 from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, planner, rundir, tuner
 from localtrain.backends import backend_class, make_backend
-from localtrain.data.prepare import cache_root
+from localtrain.data.paths import cache_root
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import checked, disk_error, write_atomic
 from localtrain.parallel import Dist, Single
-from localtrain.rundir import CONFIG_FILE
+from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE
 T = TypeVar("T")
 RUNS_ROOT = Path("runs")
 
@@ -80,7 +80,7 @@ def find_latest_run(root: Path, preset: str | None) -> Path | None:
                         continue
                 except LocaltrainError:
                     continue
-            stamp = max((d / n).stat().st_mtime for n in (CONFIG_FILE, "events.jsonl") if (d / n).exists())
+            stamp = max((d / n).stat().st_mtime for n in (CONFIG_FILE, EVENTS_FILE) if (d / n).exists())
             candidates.append((stamp, d))
     return max(candidates)[1] if candidates else None
 
@@ -186,7 +186,7 @@ def check_source(config: cfg.Config) -> None:
 @contextmanager
 def run_lock(run_dir: Path) -> Iterator[None]:
     """One process per run directory: a second `localtrain run` on it fails at once."""
-    path = run_dir / ".lock"
+    path = run_dir / LOCK_FILE
     f = checked("open", path, open, path, "a+")
     try:
         fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -245,7 +245,7 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
     rundir.claim(s.run_dir)
     with run_lock(s.run_dir):
         write_atomic(s.run_dir / CONFIG_FILE, cfg.to_toml(s.config))
-        writer = ev.EventWriter(s.run_dir / "events.jsonl")
+        writer = ev.EventWriter(s.run_dir / EVENTS_FILE)
         emit = Fanout(writer, *([console] if console else []))
         try:
             return _train(s, emit, dist)
@@ -370,7 +370,7 @@ def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
         trainer.restore(loaded)
     plan = plan_event(planned, backend, trainer, prepared, loaded)
     if dist.is_main:
-        write_atomic(run_dir / "plan.json", json.dumps({**planned.to_dict(), **json.loads(plan.to_json())},
+        write_atomic(run_dir / PLAN_FILE, json.dumps({**planned.to_dict(), **json.loads(plan.to_json())},
                                                        indent=1, default=str) + "\n")
     emit(plan)
     with stop_on_signals(stop):

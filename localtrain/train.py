@@ -69,9 +69,6 @@ class StopFlag:
 Control = Callable[[], list[str]]
 """Returns the commands a controller sent since the last call: "pause", "resume",
 "sample", "checkpoint" or "stop". The loop calls it between steps."""
-CONTROL_COMMANDS = ("pause", "resume", "sample", "checkpoint", "stop")
-
-
 @dataclass
 class LoopState:
     step: int = 0

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Any
 
-from localtrain.config import BACKENDS, DEVICES, DTYPES, SWITCHES, TOKENIZER_TYPES, Config, did_you_mean
+from localtrain.schema import BACKENDS, DEVICES, DTYPES, SECTIONS, SWITCHES, TOKENIZER_TYPES, Config, did_you_mean
 
 
 EVAL_METRICS = ("val_loss", "val_ppl", "val_bpb", "val_word_ppl")
@@ -64,7 +64,6 @@ def bounds(config: Config) -> list[str]:
 
 
 def _typical(key: str) -> str:
-    from localtrain.config import SECTIONS
 
     section, name = key.split(".")
     default = next(f.default for f in dataclasses.fields(SECTIONS[section]) if f.name == name)
@@ -171,7 +170,7 @@ def check(config: Config) -> list[str]:
          "Use --set run.backend=torch.")
     need(r.threads >= 0, "run.threads", r.threads, "must be 0 or positive", "Use 0 for all cores.")
     if r.memory_budget != "auto":
-        from localtrain.planner import parse_size
+        from localtrain.files import parse_size
 
         try:
             ok = parse_size(r.memory_budget) > 0

@@ -26,6 +26,7 @@ from textual.widgets import Footer, Static
 
 from localtrain import control
 from localtrain.console import human
+from localtrain.runfiles import EVENTS_FILE, PLAN_FILE
 
 from localtrain.tui.dialogs import QuitDialog
 from localtrain.tui.launch import console_tail
@@ -62,7 +63,7 @@ class RunScreen(Screen):
         super().__init__()
         self.run_dir = run_dir
         self.process = process
-        self.tail = EventTail(run_dir / "events.jsonl")
+        self.tail = EventTail(run_dir / EVENTS_FILE)
         self.state = RunState(run_dir)
         self.status = "starting" if process is not None else "empty"
         self.alive = process is not None
@@ -254,7 +255,7 @@ class RunScreen(Screen):
     def _plan_terms(self, predicted: int) -> dict[str, int]:
         if self._memory_terms is None:
             try:
-                terms = json.loads((self.run_dir / "plan.json").read_text()).get("memory") or {}
+                terms = json.loads((self.run_dir / PLAN_FILE).read_text()).get("memory") or {}
                 self._memory_terms = {k: int(v) for k, v in terms.items()}
             except (OSError, ValueError, AttributeError):
                 self._memory_terms = {}

@@ -8,17 +8,16 @@ console output goes to `console.log` in the run directory.
 
 from __future__ import annotations
 
-import argparse
 import shlex
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from localtrain import config as cfg
+from localtrain import config as cfg, flags
 from localtrain.errors import ConfigError, LocaltrainError
 
-from localtrain.tui.runs import CONSOLE_LOG
+from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, EVENTS_FILE
 
 
 @dataclass
@@ -57,7 +56,6 @@ def _number(text: str, flag: str, kind: type) -> tuple[object | None, str | None
 
 def check_form(form: RunForm) -> Checked:
     """Resolve the form into a config, with the messages the command line gives."""
-    from localtrain.cli import overrides_from
     from localtrain.runner import check_source
 
     flag_problems = []
@@ -70,11 +68,8 @@ def check_form(form: RunForm) -> Checked:
     except ValueError as exc:
         extra = []
         flag_problems.append(f"overrides: {exc}")
-    args = argparse.Namespace(
-        data=form.data.strip() or None, max_steps=max_steps, max_time=max_time,
-        device=None if form.device in ("", "auto") else form.device, backend=None, seed=seed, overrides=extra,
-    )
-    overrides = overrides_from(args)
+    overrides = flags.overrides(form.data.strip() or None, extra, max_steps=max_steps, max_time=max_time,
+                                device=None if form.device in ("", "auto") else form.device, seed=seed)
     if flag_problems:
         return Checked(None, overrides, "error: " + "\n".join(flag_problems))
     try:
@@ -91,7 +86,7 @@ def run_dir_for(runs_dir: Path, form: RunForm, preset: str, stamp: str) -> Path:
     """The run directory a new run gets: the typed name, or <preset>-<date-time>."""
     name = form.name.strip() or f"{preset}-{stamp}"
     path, n = runs_dir / name, 1
-    while (path / "config.toml").exists() or (path / "events.jsonl").exists() or _foreign(path):
+    while (path / CONFIG_FILE).exists() or (path / EVENTS_FILE).exists() or _foreign(path):
         n += 1
         path = runs_dir / f"{name}-{n}"
     return path

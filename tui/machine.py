@@ -28,7 +28,7 @@ STATUS_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
 
 def doctor_report(runs_dir: Path) -> tuple[Any, list[Check], list[dict[str, Any]]]:
     """The machine, its checks and a plan per preset, exactly as `localtrain doctor` makes them."""
-    from localtrain.data.prepare import cache_root
+    from localtrain.data.paths import cache_root
     from localtrain.hardware import probe
 
     cache_dir = cache_root(cfg.DataConfig())

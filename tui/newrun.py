@@ -101,7 +101,7 @@ class NewRunScreen(Screen):
 
     def _plan(self, config: cfg.Config):
         from localtrain import planner
-        from localtrain.data.prepare import cache_root
+        from localtrain.data.paths import cache_root
         from localtrain.hardware import probe
 
         if self.machine is None:

@@ -19,10 +19,7 @@ from typing import Any
 
 from localtrain import events as ev
 from localtrain.jsonl import JsonlTail
-
-EVENTS_FILE = "events.jsonl"
-LOCK_FILE = ".lock"
-CONSOLE_LOG = "console.log"
+from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, EVENTS_FILE, LOCK_FILE
 CHUNK_BYTES = 256 * 1024
 """The most a single read takes from events.jsonl: the UI folds and redraws between reads."""
 KEEP_SAMPLES = 12
@@ -246,7 +243,7 @@ def read_preset(run_dir: Path) -> str:
     from localtrain.errors import LocaltrainError
 
     try:
-        return str(cfg.read_toml(run_dir / "config.toml").get("run", {}).get("preset", "?"))
+        return str(cfg.read_toml(run_dir / CONFIG_FILE).get("run", {}).get("preset", "?"))
     except (LocaltrainError, OSError):
         return "?"
 
@@ -288,11 +285,11 @@ def find_runs(runs_dir: Path) -> list[Path]:
     if not runs_dir.is_dir():
         return []
     found = [d for d in runs_dir.iterdir()
-             if d.is_dir() and ((d / "config.toml").exists() or (d / EVENTS_FILE).exists())]
+             if d.is_dir() and ((d / CONFIG_FILE).exists() or (d / EVENTS_FILE).exists())]
 
     def stamp(d: Path) -> float:
         try:
-            return max((d / n).stat().st_mtime for n in ("config.toml", EVENTS_FILE) if (d / n).exists())
+            return max((d / n).stat().st_mtime for n in (CONFIG_FILE, EVENTS_FILE) if (d / n).exists())
         except ValueError:
             return 0.0
 

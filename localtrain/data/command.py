@@ -18,11 +18,10 @@ from pathlib import Path
 
 from localtrain import config as cfg
 from localtrain.events import Download, Event, Prepare, Warning
+from localtrain.flags import add_config_flags, overrides_from
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from localtrain.cli import add_config_flags
-
     add_config_flags(p)
     p.add_argument("--out", metavar="DIR", help="prepare into DIR (default: the cache, keyed by source and settings)")
     p.add_argument("--emit-text", metavar="FILE", help="also write the cleaned documents as JSONL (title, text)")
@@ -75,7 +74,6 @@ def write_text(data: cfg.DataConfig, path: Path, emit: Printer, threads: int) ->
 
 
 def main(args: argparse.Namespace) -> int:
-    from localtrain.cli import overrides_from
     from localtrain.data.prepare import prepare
 
     config = cfg.resolve(args.preset or "python-stdlib", overrides_from(args))

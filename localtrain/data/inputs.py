@@ -16,6 +16,7 @@ from urllib.parse import urlparse
 
 from localtrain.config import DataConfig
 from localtrain.data import download as dl
+from localtrain.data.paths import downloads_dir
 from localtrain.data.sources import resolve_source
 from localtrain.data.stream import Source, open_local
 from localtrain.errors import DataError
@@ -36,12 +37,6 @@ class SourceSpec:
     name: str
     fingerprint: dict[str, Any]
     open: Callable[[Emit], Source]
-
-
-def downloads_dir(data: DataConfig) -> Path:
-    from localtrain.data.prepare import cache_root
-
-    return cache_root(data) / "downloads"
 
 
 def download_path(data: DataConfig, url: str) -> Path:

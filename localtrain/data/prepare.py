@@ -37,7 +37,6 @@ import dataclasses
 import datetime
 import hashlib
 import json
-import os
 import time
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from localtrain.config import DataConfig
 from localtrain.data import integrity, preparedir
 from localtrain.data.encode import Encoder
 from localtrain.data.inputs import SourceSpec, source_spec
+from localtrain.data.paths import prepared_root
 from localtrain.data.shards import (MANIFEST, SEEN_FILE, SHARD_FILE, SPLITS, DamagedData, ShardedTokens,
                                     ShardWriter, read_manifest, write_manifest)
 from localtrain.data.stream import Doc, Source, run_tasks, worker_count
@@ -161,12 +161,6 @@ def text_per_token(meta: dict[str, Any]) -> tuple[float | None, float | None]:
     return chars, sum(s["bytes"] for s in splits) / tokens
 
 
-def cache_root(data: DataConfig) -> Path:
-    """Where prepared data lives: data.cache_dir, else $LOCALTRAIN_CACHE, else ~/.cache/localtrain."""
-    root = data.cache_dir or os.environ.get("LOCALTRAIN_CACHE") or "~/.cache/localtrain"
-    return Path(root).expanduser()
-
-
 def token_dtype(vocab_size: int) -> str:
     """The smallest unsigned dtype that holds every id of a vocabulary."""
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
@@ -206,7 +200,7 @@ def cached_summaries(root: Path) -> list[dict[str, Any]]:
 
 
 def _directory(data: DataConfig, key: str, out_dir: Path | str | None) -> Path:
-    return Path(out_dir).expanduser() if out_dir else cache_root(data) / "data" / key[:20]
+    return Path(out_dir).expanduser() if out_dir else prepared_root(data) / key[:20]
 
 
 def prepared_dir(data: DataConfig, explicit: Set[str] = frozenset()) -> Path:

@@ -10,8 +10,9 @@ from localtrain.errors import LocaltrainError
 from localtrain.hardware import GPU, Machine
 from localtrain.planner import (
     GB, Choice, Measured, Tuned, candidates, check_plan, memory_estimate, micro_batch_candidates, next_smaller_micro,
-    parse_size, pick, plan,
+    pick, plan,
 )
+from localtrain.files import parse_size
 
 MB = 1024**2
 
