@@ -82,6 +82,22 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
+class Decoder(Protocol):
+    """Scores for the next token, from a key/value cache: what generation needs of a backend."""
+
+    window: int
+    """The longest context the model takes (model.seq_len)."""
+    length: int
+    """Positions held in the cache now."""
+
+    def start(self, context: list[int]) -> np.ndarray:
+        """Forget the cache, run `context` (at most `window` ids) and return the float32 scores over the
+        real vocabulary at its last position."""
+
+    def extend(self, token: int) -> np.ndarray:
+        """Append one id at the next position and return the scores after it."""
+
+
 @dataclass(frozen=True)
 class StepResult:
     loss: float
@@ -145,11 +161,8 @@ class Backend(Protocol):
     def token_losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-token negative log-likelihood (nats), shape of `y`, in eval mode, no gradients."""
 
-    def generate(
-        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int,
-        top_p: float = 1.0,
-    ) -> list[int]:
-        """Continue `prompt` by sampling (top-k, then the top-p nucleus); the same seed gives the same tokens."""
+    def decoder(self) -> Decoder:
+        """A decoder over the current weights, in eval mode (`localtrain.sampling` samples from it)."""
 
     def memory_bytes(self) -> int:
         """Memory the backend holds now (device memory, or process RSS on CPU)."""

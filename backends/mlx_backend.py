@@ -56,23 +56,6 @@ def check_dtype(dtype: str) -> str:
     return dtype
 
 
-def sample_token(logits: np.ndarray, temperature: float, top_k: int, top_p: float, rng: np.random.Generator) -> int:
-    """Draw one id from float logits: temperature, then top-k, then the top-p nucleus."""
-    z = logits.astype(np.float64) / temperature
-    if top_k and top_k < z.size:
-        kth = np.partition(z, -top_k)[-top_k]
-        z[z < kth] = -np.inf
-    p = np.exp(z - z.max())
-    p /= p.sum()
-    if top_p < 1.0:
-        order = np.argsort(-p, kind="stable")
-        cum = np.cumsum(p[order])
-        # Keep the most likely tokens until their mass reaches top_p (at least one).
-        p[order[cum - p[order] >= top_p]] = 0.0
-        p /= p.sum()
-    return int(rng.choice(p.size, p=p))
-
-
 def _is_mlx_oom(exc: BaseException) -> bool:
     text = str(exc).lower()
     return is_out_of_memory(exc) or "unable to allocate" in text or "attempting to allocate" in text
@@ -253,37 +236,9 @@ class MLXBackend:
         h = mlx_model.hidden(self.params, mx.array(x.astype(np.int32)), self.cfg, dtype)
         return np.array(mlx_model.logits(self.params, h, dtype)[..., : self.vocab_size])
 
-    def generate(
-        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int,
-        top_p: float = 1.0,
-    ) -> list[int]:
-        cfg = self.cfg
-        assert cfg is not None and prompt
-        dtype = MX_DTYPES[self.dtype]
-        # Sampling draws from its own numpy generator: the training key is untouched.
-        rng = np.random.default_rng(seed)
-        out = list(prompt)
-
-        def prefill(context: list[int]) -> tuple[mx.array, list, int]:
-            caches: list = [[] for _ in range(cfg.n_layer)]
-            h = mlx_model.hidden(self.params, mx.array([context], dtype=mx.int32), cfg, dtype, 0, caches)
-            return h[:, -1], caches, len(context)
-
-        h, caches, pos = prefill(out[-cfg.seq_len:])
-        for i in range(max_new_tokens):
-            z = np.array(mlx_model.logits(self.params, h, dtype)[0, : self.vocab_size])
-            token = sample_token(z, temperature, top_k, top_p, rng)
-            out.append(token)
-            if i == max_new_tokens - 1:
-                break
-            if pos >= cfg.seq_len:
-                # The window is full: start again from its last half (rotary positions are
-                # relative, so the restart changes nothing else).
-                h, caches, pos = prefill(out[-(cfg.seq_len // 2):])
-            else:
-                h = mlx_model.hidden(self.params, mx.array([[token]], dtype=mx.int32), cfg, dtype, pos, caches)[:, -1]
-                pos += 1
-        return out[len(prompt):]
+    def decoder(self) -> MLXDecoder:
+        assert self.cfg is not None
+        return MLXDecoder(self)
 
     def memory_bytes(self) -> int:
         """MLX's peak allocation during the latest step (or since start), in bytes."""
@@ -362,3 +317,27 @@ class MLXBackend:
     def peak_key(self) -> str:
         where = f"cpu{os.cpu_count()}" if self.where == "cpu" else str(mx.default_device())
         return f"mlx-{mx.__version__}-{where}-{self.dtype}"
+
+
+class MLXDecoder:
+    """The MLX model's scores for the next token, from its key/value cache (see base.Decoder)."""
+
+    def __init__(self, backend: MLXBackend) -> None:
+        self.backend, self.cfg = backend, backend.cfg
+        self.dtype = MX_DTYPES[backend.dtype]
+        self.window, self.length = self.cfg.seq_len, 0
+        self.caches: list = []
+
+    def start(self, context: list[int]) -> np.ndarray:
+        self.caches = [[] for _ in range(self.cfg.n_layer)]
+        self.length = len(context)
+        return self._scores(context, 0)
+
+    def extend(self, token: int) -> np.ndarray:
+        self.length += 1
+        return self._scores([token], self.length - 1)
+
+    def _scores(self, ids: list[int], start: int) -> np.ndarray:
+        params = self.backend.params
+        h = mlx_model.hidden(params, mx.array([ids], dtype=mx.int32), self.cfg, self.dtype, start, self.caches)
+        return np.array(mlx_model.logits(params, h[:, -1], self.dtype)[0, : self.backend.vocab_size], dtype=np.float32)

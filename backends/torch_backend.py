@@ -272,48 +272,9 @@ class TorchBackend:
             losses = self.model.token_losses(self._tensor(x), self._tensor(y))
         return losses.float().cpu().numpy()
 
-    @torch.inference_mode()
-    def generate(
-        self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int,
-        top_p: float = 1.0,
-    ) -> list[int]:
-        model = self.model
-        assert model is not None and prompt
-        model.eval()
-        # Sampling draws on the CPU from its own generator: the training RNG is untouched
-        # and the same seed gives the same text on every device.
-        generator = torch.Generator().manual_seed(seed)
-        seq_len, vocab = model.cfg.seq_len, model.vocab_size
-        out = list(prompt)
-
-        def prefill(context: list[int]) -> tuple[torch.Tensor, list, int]:
-            caches: list = [[] for _ in model.model.layers]
-            h = model.hidden(torch.tensor([context], device=self.device), 0, caches)
-            return h[:, -1], caches, len(context)
-
-        with self._autocast():
-            h, caches, pos = prefill(out[-seq_len:])
-            for i in range(max_new_tokens):
-                logits = model.logits(h)[0, :vocab].float().cpu() / temperature
-                if top_k and top_k < vocab:
-                    kth = torch.topk(logits, top_k).values[-1]
-                    logits[logits < kth] = float("-inf")
-                if top_p < 1.0:
-                    # Keep the most likely tokens until their mass reaches top_p (at least one).
-                    probs, order = torch.softmax(logits, -1).sort(descending=True)
-                    logits[order[probs.cumsum(-1) - probs >= top_p]] = float("-inf")
-                token = int(torch.multinomial(torch.softmax(logits, -1), 1, generator=generator))
-                out.append(token)
-                if i == max_new_tokens - 1:
-                    break
-                if pos >= seq_len:
-                    # The window is full: start again from its last half (rotary
-                    # positions are relative, so the restart changes nothing else).
-                    h, caches, pos = prefill(out[-(seq_len // 2):])
-                else:
-                    h = model.hidden(torch.tensor([[token]], device=self.device), pos, caches)[:, -1]
-                    pos += 1
-        return out[len(prompt):]
+    def decoder(self) -> TorchDecoder:
+        assert self.model is not None
+        return TorchDecoder(self)
 
     def reset_peak_memory(self) -> None:
         if self.device == "cuda":
@@ -445,3 +406,30 @@ class TorchBackend:
         else:
             where = f"cpu{os.cpu_count()}-{self.threads}threads"
         return f"torch-{torch.__version__}-{where}-{self.dtype}"
+
+
+class TorchDecoder:
+    """The torch model's scores for the next token, from its key/value cache (see base.Decoder)."""
+
+    def __init__(self, backend: TorchBackend) -> None:
+        self.backend, self.model = backend, backend.model
+        self.model.eval()
+        self.window, self.length = self.model.cfg.seq_len, 0
+        self.caches: list = []
+
+    @torch.inference_mode()
+    def start(self, context: list[int]) -> np.ndarray:
+        self.caches = [[] for _ in self.model.model.layers]
+        self.length = len(context)
+        return self._scores(torch.tensor([context], device=self.backend.device), 0)
+
+    @torch.inference_mode()
+    def extend(self, token: int) -> np.ndarray:
+        self.length += 1
+        return self._scores(torch.tensor([[token]], device=self.backend.device), self.length - 1)
+
+    def _scores(self, ids: torch.Tensor, start: int) -> np.ndarray:
+        with self.backend._autocast():
+            h = self.model.hidden(ids, start, self.caches)[:, -1]
+            logits = self.model.logits(h)[0, : self.model.vocab_size]
+        return logits.float().cpu().numpy()

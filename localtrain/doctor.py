@@ -90,7 +90,7 @@ def known_vocab(config: cfg.Config) -> int:
     from localtrain.data.shards import read_manifest
 
     try:
-        manifest = read_manifest(prepared_dir(config.data, config.explicit_keys()))
+        manifest = read_manifest(prepared_dir(config.data))
     except (LocaltrainError, OSError, ValueError):
         manifest = None
     vocab = manifest.get("vocab_size") if isinstance(manifest, dict) else None

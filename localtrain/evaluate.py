@@ -262,7 +262,7 @@ def _eval_split(source: Any, tokenizer: Any, backend: Any, spec: str, stride: in
     if run is None:
         raise DataError(f"--data {spec}: {source.origin} is an export, which keeps no data configuration. Give a"
                         " text file instead, or evaluate the run directory.")
-    prepared = prepare(run.data, lambda event: None, explicit=run.explicit_keys())
+    prepared = prepare(run.data, lambda event: None)
     if prepared.tokenizer_sha256 != tokenizer.sha256:
         raise CheckpointError(
             f"--data {spec}: the data prepared now ({prepared.dir}) has another tokenizer than {source.origin}"

@@ -131,7 +131,7 @@ def with_disk_still_needed(planned: Any, run_dir: Path, config: cfg.Config) -> A
     from localtrain.data.prepare import prepared_dir
 
     try:
-        data_dir: Path | None = prepared_dir(config.data, config.explicit_keys())
+        data_dir: Path | None = prepared_dir(config.data)
     except LocaltrainError:
         data_dir = None
     return dataclasses.replace(planned, disk_needed=still_to_write(planned.disk_needed, run_dir, data_dir))

@@ -286,18 +286,17 @@ def _open_data(config: cfg.Config, emit: ev.Emit, dist: Dist, stack: ExitStack):
     from localtrain.data.phases import BackgroundPreparation, GrowingPhases, first_phase, nothing_to_check
     from localtrain.data.prepare import prepare, prepared_dir
 
-    explicit = config.explicit_keys()
     if not config.data.phases:
-        prepared = _in_turn(dist, lambda: prepare(config.data, emit, explicit=explicit, threads=config.run.threads))
+        prepared = _in_turn(dist, lambda: prepare(config.data, emit, threads=config.run.threads))
         return prepared, prepared.load("train"), prepared.load("val")
     check = nothing_to_check
     if dist.local_rank == 0:
         # Training gets the cores first: the preparation beside it takes half of them for its workers.
         workers = max(1, (config.run.threads or os.cpu_count() or 1) // 2)
-        background = BackgroundPreparation(config.data, emit, explicit, workers).start()
+        background = BackgroundPreparation(config.data, emit, workers).start()
         stack.callback(_stop_preparation, background, emit)
         check = background.check
-    directory = prepared_dir(config.data, explicit)
+    directory = prepared_dir(config.data)
     prepared = first_phase(directory, check)
     first = prepared.phases[0]
     prepared = dataclasses.replace(prepared, train_tokens=first["train_tokens"], val_tokens=first["val_tokens"])

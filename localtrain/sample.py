@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from localtrain import sampling
 from localtrain.errors import LocaltrainError
 from localtrain.export import Source, load_source
 
@@ -88,8 +89,8 @@ def sample(source: Source, prompts: list[str], settings: Settings, backend: str 
         ids = tok.encode(prompt) or [tok.eos_id]
         for j in range(settings.num_samples):
             seed = settings.seed + i * settings.num_samples + j
-            out = model.generate(
-                ids, settings.max_tokens, 1.0 if greedy else settings.temperature,
+            out = sampling.generate(
+                model, ids, settings.max_tokens, 1.0 if greedy else settings.temperature,
                 1 if greedy else settings.top_k, seed, top_p=1.0 if greedy else settings.top_p,
             )
             if tok.eos_id in out:

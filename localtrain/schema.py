@@ -20,6 +20,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "torch", "mlx")
 SWITCHES = ("auto", "on", "off")
+VOCAB_FITS = ("shrink", "exact")
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,9 @@ class DataConfig:
     """Sentencepiece model type: bpe, unigram or char."""
     vocab_size: int = 4096
     """Tokenizer vocabulary size for bpe/unigram (a char vocabulary is sized by the corpus)."""
+    vocab_fit: str = "shrink"
+    """A corpus too small for data.vocab_size pieces: shrink (train the largest vocabulary it supports, with a
+    warning) or exact (stop with an error). Wherever the value was set, it means the same."""
     character_coverage: float = 0.0
     """Share of the sample's characters the vocabulary must cover; rarer characters become bytes or <unk>.
     0 chooses from the corpus: 0.9995 for Chinese, Japanese or Korean text or a large alphabet, 1.0 for a small one."""
@@ -216,9 +220,6 @@ class Config:
         payload = json.dumps({k: d[k] for k in ("model", "data")}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
-    def explicit_keys(self) -> set[str]:
-        """Dotted keys the user set on the command line."""
-        return {o.split("=", 1)[0] for o in self.run.overrides}
 
 
 SECTIONS: dict[str, type] = {
@@ -257,7 +258,7 @@ def did_you_mean(word: str, choices: list[str]) -> str:
     return f" Did you mean `{close[0]}`?" if close else ""
 
 
-LATER_DEFAULTS = {"data": {"phases": [], "phase_epochs": 1}}
+LATER_DEFAULTS = {"data": {"phases": [], "phase_epochs": 1, "vocab_fit": "shrink"}}
 """Fields added after runs were first written: at these values they are left out of fingerprints, so a
 run started before they existed still resumes."""
 

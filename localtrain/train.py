@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from localtrain import checkpoint, events as ev, metrics
+from localtrain import checkpoint, events as ev, metrics, sampling
 from localtrain.backends.base import Backend, OutOfMemory, StepResult
 from localtrain.config import Config, TrainConfig
 from localtrain.data.loader import POLL_SECONDS, Cursor, TrainWindows, eval_windows
@@ -265,7 +265,7 @@ class Trainer:
         for i, prompt in enumerate(t.sample_prompts):
             ids = self.data.encode(prompt) or [self.data.eos_id]
             seed = t.seed * 1_000_003 + self.state.step * 101 + i
-            out = self.backend.generate(ids, t.sample_tokens, t.temperature, t.top_k, seed)
+            out = sampling.generate(self.backend, ids, t.sample_tokens, t.temperature, t.top_k, seed)
             if self.data.eos_id in out:
                 out = out[: out.index(self.data.eos_id)]
             text = self.data.decode(out)

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from typing import Any
 
-from localtrain.schema import BACKENDS, DEVICES, DTYPES, SECTIONS, SWITCHES, TOKENIZER_TYPES, Config, did_you_mean
+from localtrain.schema import BACKENDS, DEVICES, DTYPES, SECTIONS, SWITCHES, TOKENIZER_TYPES, VOCAB_FITS, Config, did_you_mean
 
 
 EVAL_METRICS = ("val_loss", "val_ppl", "val_bpb", "val_word_ppl")
@@ -114,6 +114,8 @@ def check(config: Config) -> list[str]:
     need(d.tokenizer in TOKENIZER_TYPES, "data.tokenizer", d.tokenizer,
          f"must be one of {', '.join(TOKENIZER_TYPES)}",
          (did_you_mean(d.tokenizer, list(TOKENIZER_TYPES)) or " Pick one of them.").strip())
+    need(d.vocab_fit in VOCAB_FITS, "data.vocab_fit", d.vocab_fit, f"must be one of {', '.join(VOCAB_FITS)}",
+         (did_you_mean(d.vocab_fit, list(VOCAB_FITS)) or " Pick one of them.").strip())
     need(16 <= d.vocab_size <= 2**31 - 1, "data.vocab_size", d.vocab_size, "must be at least 16",
          "Typical values are 4096 to 50304.")
     need(d.character_coverage == 0 or 0.5 < d.character_coverage <= 1.0, "data.character_coverage",

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from localtrain import config as cfg, tuner
-from localtrain.data.prepare import cache_root
+from localtrain.data.paths import cache_root
 from localtrain.hardware import probe
 from localtrain.planner import GB, Choice, micro_batch_candidates, plan, memory_estimate
 

@@ -79,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
     config = cfg.resolve(args.preset or "python-stdlib", overrides_from(args))
     threads = args.workers if args.workers is not None else config.run.threads
     printer = Printer()
-    prepared = prepare(config.data, printer, explicit=config.explicit_keys(), threads=threads, out_dir=args.out)
+    prepared = prepare(config.data, printer, threads=threads, out_dir=args.out)
     if args.emit_text:
         count = write_text(config.data, Path(args.emit_text), printer, threads)
         print(f"[text] Wrote {count:,} documents to {args.emit_text}.", file=sys.stderr)

@@ -13,7 +13,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Set
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -96,11 +96,11 @@ class _Cancel:
         return self.event.is_set() or os.getppid() != self.parent
 
 
-def _prepare_in_child(data: DataConfig, explicit: Set[str], threads: int, events: Any, cancel: _Cancel) -> None:
+def _prepare_in_child(data: DataConfig, threads: int, events: Any, cancel: _Cancel) -> None:
     """The child process: prepare, sending every event and the outcome to the parent."""
     cancel.parent = os.getppid()
     try:
-        prepare(data, lambda event: events.put(("event", event)), explicit=explicit, threads=threads,
+        prepare(data, lambda event: events.put(("event", event)), threads=threads,
                 cancel=cancel, progress_seconds=PROGRESS_SECONDS)
         events.put(("finished", None))
     except Cancelled:
@@ -120,7 +120,7 @@ class BackgroundPreparation:
     (SIGKILL) stops by itself at its next unit of work.
     """
 
-    def __init__(self, data: DataConfig, emit: Emit, explicit: Set[str], threads: int) -> None:
+    def __init__(self, data: DataConfig, emit: Emit, threads: int) -> None:
         ctx = pool_context(separate=True)
         self.events = ctx.Queue()
         self.cancel = ctx.Event()
@@ -128,7 +128,7 @@ class BackgroundPreparation:
         self.error: BaseException | None = None
         self.finished = False
         self.process = ctx.Process(target=_prepare_in_child, name="localtrain-prepare",
-                                   args=(data, set(explicit), threads, self.events, _Cancel(self.cancel)))
+                                   args=(data, threads, self.events, _Cancel(self.cancel)))
         self.forwarder = threading.Thread(target=self._forward, name="localtrain-prepare-events", daemon=True)
 
     def start(self) -> BackgroundPreparation:

@@ -38,7 +38,7 @@ import datetime
 import hashlib
 import json
 import time
-from collections.abc import Iterator, Set
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -166,13 +166,14 @@ def token_dtype(vocab_size: int) -> str:
     return "uint16" if vocab_size <= 1 << 16 else "uint32"
 
 
-def cache_key(data: DataConfig, spec: SourceSpec, explicit: Set[str]) -> str:
+def cache_key(data: DataConfig, spec: SourceSpec) -> str:
     """sha256 of everything the prepared output depends on, known before reading the source."""
     payload = {
         "format": FORMAT_VERSION,
         "source": spec.fingerprint,
         "data": {k: getattr(data, k) for k in KEY_FIELDS},
-        "vocab_size_explicit": "data.vocab_size" in explicit,
+        # (named so because the key predates data.vocab_fit: prepared data keeps its key)
+        "vocab_size_explicit": data.vocab_fit == "exact",
     }
     if data.phases:  # (data without phases keeps the key it had before phases existed)
         payload["phases"] = list(data.phases)
@@ -203,9 +204,9 @@ def _directory(data: DataConfig, key: str, out_dir: Path | str | None) -> Path:
     return Path(out_dir).expanduser() if out_dir else prepared_root(data) / key[:20]
 
 
-def prepared_dir(data: DataConfig, explicit: Set[str] = frozenset()) -> Path:
+def prepared_dir(data: DataConfig) -> Path:
     """The cache directory `prepare` writes `data` into."""
-    return _directory(data, cache_key(data, source_spec(data), explicit), None)
+    return _directory(data, cache_key(data, source_spec(data)), None)
 
 
 class StopRequest(Protocol):
@@ -255,7 +256,6 @@ class Filters:
 def prepare(
     data: DataConfig,
     emit: Emit,
-    explicit: Set[str] = frozenset(),
     threads: int = 0,
     out_dir: Path | str | None = None,
     cancel: StopRequest | None = None,
@@ -263,16 +263,14 @@ def prepare(
 ) -> PreparedData:
     """Prepare `data` into token shards (or continue or reuse an earlier preparation).
 
-    `explicit` holds the dotted config keys set on the command line (a default
-    vocab_size may shrink to fit a small corpus; an explicit one may not); `threads` is
-    the number of worker processes for cleaning and encoding (0: every core); `out_dir`
+    `threads` is the number of worker processes for cleaning and encoding (0: every core); `out_dir`
     is the directory to prepare into instead of the cache. Setting `cancel` stops the
     work at the next unit read, after a commit (raising `Cancelled`); `progress_seconds`
     spaces the progress events.
     """
     start = time.perf_counter()
     spec = source_spec(data)
-    key = cache_key(data, spec, explicit)
+    key = cache_key(data, spec)
     directory = _directory(data, key, out_dir)
     with preparedir.opened(directory, key, out_dir, spec, emit, threads) as (manifest, verified):
         if manifest is not None and manifest.get("complete"):
@@ -282,7 +280,7 @@ def prepare(
         source = spec.open(emit)
         workers = worker_count(threads)
         if manifest is None:
-            manifest = _start(data, directory, key, spec, source, emit, explicit, workers, cancel)
+            manifest = _start(data, directory, key, spec, source, emit, workers, cancel)
         else:
             emit(Prepare(stage="resume", message=f"Continuing the preparation in {directory} from "
                          f"{_counts_text(manifest)}.", documents=_documents(manifest),
@@ -294,7 +292,7 @@ def prepare(
 
 
 def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source: Source, emit: Emit,
-           explicit: Set[str], workers: int, cancel: StopRequest | None = None) -> dict[str, Any]:
+           workers: int, cancel: StopRequest | None = None) -> dict[str, Any]:
     """Pass 1: the tokenizer sample, the tokenizer, and the first (empty) manifest."""
     for stale in directory.iterdir():
         if SHARD_FILE.fullmatch(stale.name):
@@ -306,7 +304,7 @@ def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source
                  f"from {source.name} for the tokenizer sample of {sum(len(s) for s in sample):,} characters.",
                  files=read["tasks"], documents=read["documents"], bytes=read["bytes"],
                  skipped=sum(read["dropped"].values()), dropped=dict(read["dropped"])))
-    tok = train_tokenizer(sample, data, explicit, emit)
+    tok = train_tokenizer(sample, data, emit)
     del sample
     # The coverage the tokenizer was trained at: data.character_coverage, or the one chosen from the sample.
     used = dataclasses.replace(data, character_coverage=tok.character_coverage or data.character_coverage)

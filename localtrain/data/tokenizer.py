@@ -18,7 +18,6 @@ import io
 import os
 import re
 import time
-from collections.abc import Set
 from pathlib import Path
 from typing import Any
 
@@ -236,7 +235,7 @@ def _train_char(sentences: list[str], data: DataConfig) -> Tokenizer:
     return tok
 
 
-def _train_subword(sentences: list[str], data: DataConfig, explicit: Set[str], emit: Emit) -> Tokenizer:
+def _train_subword(sentences: list[str], data: DataConfig, emit: Emit) -> Tokenizer:
     asked = vocab_size = data.vocab_size
     for _ in range(SHRINK_RETRIES + 1):
         try:
@@ -259,16 +258,17 @@ def _train_subword(sentences: list[str], data: DataConfig, explicit: Set[str], e
                     f"another --set data.tokenizer."
                 ) from exc
             largest = int(high.group(2))
-            if "data.vocab_size" in explicit:
+            if data.vocab_fit == "exact":
                 raise DataError(
                     f"data.vocab_size = {asked} is too large for this corpus: the {data.tokenizer} trainer "
-                    f"supports at most {largest} pieces on this text. Set --set data.vocab_size={largest} "
-                    f"or less, or give more text."
+                    f"supports at most {largest} pieces on this text, and data.vocab_fit = exact. Set --set "
+                    f"data.vocab_size={largest} or less, give more text, or --set data.vocab_fit=shrink."
                 ) from exc
             emit(Warning(
                 message=f"The tokenizer vocabulary shrinks from {vocab_size} to {largest} pieces: this corpus "
-                f"is too small for {vocab_size} {data.tokenizer} pieces, and data.vocab_size was not set on "
-                f"the command line. Set --set data.vocab_size={largest} to silence this, or give more text.",
+                f"is too small for {vocab_size} {data.tokenizer} pieces (data.vocab_fit = shrink). Set --set "
+                f"data.vocab_size={largest} to silence this, --set data.vocab_fit=exact to stop instead, or "
+                f"give more text.",
                 code="vocab_shrunk",
             ))
             vocab_size = largest
@@ -278,11 +278,11 @@ def _train_subword(sentences: list[str], data: DataConfig, explicit: Set[str], e
     )
 
 
-def train_tokenizer(sample: list[str], data: DataConfig, explicit: Set[str], emit: Emit) -> Tokenizer:
+def train_tokenizer(sample: list[str], data: DataConfig, emit: Emit) -> Tokenizer:
     """Train a `data.tokenizer` model on `sample`; emit a `Prepare(stage="tokenizer")` event.
 
-    For bpe/unigram, a default vocab_size that the corpus cannot fill shrinks with a
-    warning; one set on the command line (in `explicit`) raises DataError instead. A char
+    For bpe/unigram, a vocab_size that the corpus cannot fill shrinks with a warning, or
+    raises DataError under data.vocab_fit = exact. A char
     vocabulary is exactly the characters needed at `data.character_coverage`;
     data.character_coverage 0 is chosen from the sample (`choose_coverage`).
     """
@@ -299,7 +299,7 @@ def train_tokenizer(sample: list[str], data: DataConfig, explicit: Set[str], emi
     if data.tokenizer == "char":
         tok = _train_char(sentences, data)
     else:
-        tok = _train_subword(sentences, data, explicit, emit)
+        tok = _train_subword(sentences, data, emit)
     seconds = time.perf_counter() - start
     sample_bytes = sum(len(s.encode("utf-8")) for s in sample)
     emit(Prepare(

@@ -19,6 +19,7 @@ from localtrain.backends import backend_class
 from localtrain.backends.base import Backend
 from localtrain.config import ModelConfig, TrainConfig
 from localtrain.errors import CheckpointError
+from localtrain.sampling import generate, sample_token
 
 MODEL = ModelConfig(n_layer=2, n_head=4, n_embd=32, seq_len=16, pad_vocab_multiple=8)
 VOCAB = 37
@@ -347,7 +348,7 @@ def test_generation_with_the_kv_cache_equals_full_recomputation(backend: Factory
     prompt = [3, 1, 4, 1, 5]
     # top_k=1 is greedy: compare with argmax over a full forward pass at every step,
     # running past the context length (16) so the window restart is covered too.
-    out = b.generate(prompt, 30, temperature=1.0, top_k=1, seed=0)
+    out = generate(b, prompt, 30, temperature=1.0, top_k=1, seed=0)
     seq, window_start = list(prompt), 0
     for _ in range(30):
         ctx = seq[window_start:]
@@ -357,18 +358,36 @@ def test_generation_with_the_kv_cache_equals_full_recomputation(backend: Factory
         seq.append(int(backend.logits(b, np.array([ctx]))[0, -1].argmax()))
     assert out == seq[len(prompt):]
     # A nucleus too small for a second token is greedy too.
-    assert b.generate(prompt, 30, temperature=1.0, top_k=0, seed=3, top_p=1e-6) == out
+    assert generate(b, prompt, 30, temperature=1.0, top_k=0, seed=3, top_p=1e-6) == out
 
 
 def test_sampling_is_seeded_and_leaves_the_training_rng_alone(backend: Factory) -> None:
     b = backend.make(dataclasses.replace(MODEL, dropout=0.1))
     state = b.rng_state()
-    a1 = b.generate([1, 2], 20, 1.0, 0, seed=7)
-    a2 = b.generate([1, 2], 20, 1.0, 0, seed=7)
-    a3 = b.generate([1, 2], 20, 1.0, 0, seed=8)
+    a1 = generate(b, [1, 2], 20, 1.0, 0, seed=7)
+    a2 = generate(b, [1, 2], 20, 1.0, 0, seed=7)
+    a3 = generate(b, [1, 2], 20, 1.0, 0, seed=8)
     assert a1 == a2 and a1 != a3
     assert all(0 <= t < VOCAB for t in a1)  # padded rows are never sampled
     assert b.rng_state() == state
+
+
+def test_seeded_sampling_draws_what_the_float64_reference_scores_give(backend: Factory) -> None:
+    # Sampling lives in core: a backend only scores. From the same weights and seed every
+    # backend must draw the tokens the reference model's scores give, at a temperature
+    # where the draw really is random, through the window restart (seq_len 16).
+    b = backend.make(seed=6)
+    weights, _ = b.state_arrays()
+    prompt = [5, 3, 5]
+    ours = generate(b, prompt, 24, temperature=1.5, top_k=0, seed=11, top_p=0.95)
+    rng, seq, start = np.random.default_rng(11), list(prompt), 0
+    for _ in range(24):
+        if len(seq) - start > MODEL.seq_len:
+            start = len(seq) - MODEL.seq_len // 2
+        scores = llama_reference.logits(weights, MODEL, np.array([seq[start:]]))[0, -1, :VOCAB].numpy()
+        seq.append(sample_token(scores, 1.5, 0, 0.95, rng))
+    assert ours == seq[len(prompt):]
+    assert len(set(ours)) > 5  # a random draw, not a greedy one
 
 
 # -- speed ------------------------------------------------------------------------------------

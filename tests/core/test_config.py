@@ -39,7 +39,6 @@ def test_precedence_defaults_preset_overrides() -> None:
     over = cfg.resolve("tiny-shakespeare", ["train.lr=3e-4", "model.n_layer=2", "data.include=[\"*.txt\"]"])
     assert over.train.lr == 3e-4 and over.model.n_layer == 2 and over.data.include == ["*.txt"]
     assert over.run.overrides == ["train.lr=3e-4", "model.n_layer=2", 'data.include=["*.txt"]']
-    assert over.explicit_keys() == {"train.lr", "model.n_layer", "data.include"}
 
 
 def test_values_are_coerced_to_field_types() -> None:

@@ -75,8 +75,8 @@ def test_each_token_scored_once_with_its_context(targets: int, seq_len: int, str
 def two_tokenizers() -> tuple[str, Tokenizer, Tokenizer]:
     text = (STDLIB / "textwrap.py").read_text(encoding="utf-8")[:20_000]
     quiet = lambda event: None  # noqa: E731
-    char = train_tokenizer([text], DataConfig(tokenizer="char", character_coverage=1.0), set(), quiet)
-    bpe = train_tokenizer([text], DataConfig(tokenizer="bpe", vocab_size=500, character_coverage=1.0), set(), quiet)
+    char = train_tokenizer([text], DataConfig(tokenizer="char", character_coverage=1.0), quiet)
+    bpe = train_tokenizer([text], DataConfig(tokenizer="bpe", vocab_size=500, character_coverage=1.0), quiet)
     return text, char, bpe
 
 
@@ -177,7 +177,7 @@ def test_the_trainers_eval_figures_are_its_checkpoint_scored_independently(train
     seq_len = run.model.seq_len
     plan = next(e for e in events if e["type"] == "plan")
     assert plan["dtype"] == "float32"  # the comparison below is at float32 precision
-    prepared = prepare(run.data, lambda e: None, explicit=run.explicit_keys())
+    prepared = prepare(run.data, lambda e: None)
     val = np.asarray(prepared.load("val"), dtype=np.int64)
     tok = Tokenizer.load(trained_run / "tokenizer.model")
     nbytes = np.array([len(piece_bytes(tok, i)) for i in range(tok.vocab_size)])

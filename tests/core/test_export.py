@@ -14,6 +14,7 @@ from localtrain.config import DataConfig
 from localtrain.data.tokenizer import Tokenizer, train_tokenizer
 from localtrain.export import export, load_source, read_safetensors, tokenizer_config, tokenizer_json
 from localtrain.sample import build_backend
+from localtrain.sampling import generate
 
 transformers = pytest.importorskip("transformers", reason="needs transformers (the test extra)")
 torch = pytest.importorskip("torch")
@@ -75,8 +76,8 @@ def test_both_tokenizer_classes_give_localtrains_ids(trained_run, tmp_path, cach
 @pytest.mark.parametrize("kind", ["bpe", "char", "unigram"])
 def test_the_tokenizer_files_reproduce_every_tokenizer_type(kind, tmp_path, code_corpus) -> None:
     texts = code_texts(code_corpus)
-    data = DataConfig(tokenizer=kind, vocab_size=800, character_coverage=0.9999 if kind == "char" else 0.9995)
-    tok = train_tokenizer([(code_corpus / m).read_text() for m in CORPUS_MODULES], data, {"data.vocab_size"},
+    data = DataConfig(tokenizer=kind, vocab_size=800, vocab_fit="exact", character_coverage=0.9999 if kind == "char" else 0.9995)
+    tok = train_tokenizer([(code_corpus / m).read_text() for m in CORPUS_MODULES], data,
                           lambda e: None)
     (tmp_path / "tokenizer.model").write_bytes(tok.model_bytes)
     spec = tokenizer_json(tok.model_bytes, kind)
@@ -113,7 +114,7 @@ def test_mlx_lm_loads_and_generates_from_both_formats(trained_run, tmp_path, cac
     ours = build_backend(source, "mlx", "cpu")
     prompt = "class A:\n    def "
     ids = token_ids(trained_run, prompt)
-    greedy = ours.generate(ids, 8, 1.0, 1, seed=0)
+    greedy = generate(ours, ids, 8, 1.0, 1, seed=0)
     # No end-of-text among them: mlx-lm must produce all eight.
     assert Tokenizer.load(source.tokenizer_path).eos_id not in greedy
     for fmt in ("hf", "mlx"):

@@ -13,7 +13,9 @@ import pytest
 
 from conftest import SHARED_DATA, need
 from localtrain.config import DataConfig
-from localtrain.data.prepare import cache_root, is_val, prepare, token_dtype
+from localtrain import config as cfg
+from localtrain.data.paths import cache_root
+from localtrain.data.prepare import is_val, prepare, prepared_dir, token_dtype
 from localtrain.data.shards import ShardedTokens
 from localtrain.data.sources import read_corpus
 from localtrain.events import Prepare
@@ -121,8 +123,8 @@ def test_changed_source_or_settings_invalidate_the_cache(corpus_dir: Path, tmp_p
     second = prepare(data, events.append)
     assert second.dir != first.dir and ("done", False) in stages(events)
     assert prepare(dataclasses.replace(data, val_fraction=0.3), lambda e: None).dir not in (first.dir, second.dir)
-    explicit = prepare(data, lambda e: None, explicit={"data.vocab_size"})
-    assert explicit.dir != second.dir and explicit.tokenizer_sha256 == second.tokenizer_sha256
+    exact = prepare(dataclasses.replace(data, vocab_fit="exact"), lambda e: None)
+    assert exact.dir != second.dir and exact.tokenizer_sha256 == second.tokenizer_sha256
 
 
 def test_an_incomplete_directory_is_continued_not_taken_for_a_cache(corpus_dir: Path, tmp_path: Path) -> None:
@@ -179,3 +181,12 @@ def test_tinyshakespeare_char(tmp_path: Path) -> None:
     first = np.asarray(val[: int(np.argmax(np.asarray(val) == tok.eos_id))])
     assert tok.decode(first.tolist()) in SHAKESPEARE.read_text(encoding="utf-8")
     assert sum(os.path.getsize(p) for p in prepared.shards("train")) == 2 * prepared.train_tokens
+
+
+def test_a_value_means_the_same_from_a_preset_and_from_the_command_line(tmp_path: Path) -> None:
+    # Where data.vocab_size came from changes neither the prepared data nor its cache key.
+    preset = cfg.resolve("tiny-shakespeare", [f"data.cache_dir={tmp_path}"])
+    typed = cfg.resolve("tiny-shakespeare", [f"data.cache_dir={tmp_path}", f"data.vocab_size={preset.data.vocab_size}"])
+    assert prepared_dir(preset.data) == prepared_dir(typed.data)
+    exact = cfg.resolve("tiny-shakespeare", [f"data.cache_dir={tmp_path}", "data.vocab_fit=exact"])
+    assert prepared_dir(exact.data) != prepared_dir(preset.data)

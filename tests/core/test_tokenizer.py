@@ -49,14 +49,14 @@ def shakespeare() -> str:
 
 @pytest.fixture(scope="module")
 def bpe() -> Tokenizer:
-    return train_tokenizer(code_sample(), config(tokenizer="bpe", vocab_size=1024), set(), lambda e: None)
+    return train_tokenizer(code_sample(), config(tokenizer="bpe", vocab_size=1024), lambda e: None)
 
 
 @pytest.mark.parametrize("kind", ["bpe", "unigram"])
 def test_subword_round_trip_on_code(kind: str) -> None:
     sample = code_sample()
     events: list = []
-    tok = train_tokenizer(sample, config(tokenizer=kind, vocab_size=800), set(), events.append)
+    tok = train_tokenizer(sample, config(tokenizer=kind, vocab_size=800), events.append)
     assert tok.vocab_size == 800
     for text in TRICKY + sample[:2]:
         assert tok.decode(tok.encode(text)) == text
@@ -66,7 +66,7 @@ def test_subword_round_trip_on_code(kind: str) -> None:
 
 def test_subword_round_trip_on_prose() -> None:
     text = shakespeare()
-    tok = train_tokenizer([text[:300_000]], config(tokenizer="bpe", vocab_size=1000), set(), lambda e: None)
+    tok = train_tokenizer([text[:300_000]], config(tokenizer="bpe", vocab_size=1000), lambda e: None)
     assert tok.decode(tok.encode(text[-50_000:])) == text[-50_000:]
 
 
@@ -107,7 +107,7 @@ def expected_alphabet(text: str, coverage: float) -> set[str]:
 
 def test_char_vocab_is_exactly_the_needed_characters() -> None:
     text = shakespeare()
-    tok = train_tokenizer([text], config(tokenizer="char", character_coverage=1.0, vocab_size=4096), set(),
+    tok = train_tokenizer([text], config(tokenizer="char", character_coverage=1.0, vocab_size=4096),
                           lambda e: None)
     assert len(set(text)) == 65
     assert set(tok.pieces()) == {c.replace(" ", "\u2581") for c in set(text)} | SPECIALS
@@ -119,7 +119,7 @@ def test_char_vocab_is_exactly_the_needed_characters() -> None:
 
 def test_char_vocab_follows_coverage() -> None:
     text = shakespeare()
-    tok = train_tokenizer([text], config(tokenizer="char", character_coverage=0.999), set(), lambda e: None)
+    tok = train_tokenizer([text], config(tokenizer="char", character_coverage=0.999), lambda e: None)
     want = expected_alphabet(text, 0.999)
     assert len(want) < 65
     assert set(tok.pieces()) == want | SPECIALS
@@ -127,23 +127,23 @@ def test_char_vocab_follows_coverage() -> None:
 
 def test_char_round_trip_on_code() -> None:
     sample = code_sample() + TRICKY[:2]  # the stdlib has no tabs; these bring some
-    tok = train_tokenizer(sample, config(tokenizer="char", character_coverage=1.0), set(), lambda e: None)
+    tok = train_tokenizer(sample, config(tokenizer="char", character_coverage=1.0), lambda e: None)
     assert "\t" in tok.pieces()
     for text in sample[:2] + TRICKY[:3]:
         assert tok.decode(tok.encode(text)) == text
 
 
-def test_default_vocab_shrinks_with_a_warning_but_explicit_raises() -> None:
+def test_a_vocab_too_large_shrinks_with_a_warning_or_raises_under_exact_fit() -> None:
     sample = [code_sample()[0][:20_000]]
     events: list = []
-    tok = train_tokenizer(sample, config(tokenizer="bpe", vocab_size=50_000), set(), events.append)
+    tok = train_tokenizer(sample, config(tokenizer="bpe", vocab_size=50_000), events.append)
     warnings = [e for e in events if isinstance(e, Warning)]
     assert warnings and warnings[0].code == "vocab_shrunk" and "50000" in warnings[0].message
     assert tok.vocab_size < 50_000 and str(tok.vocab_size) in warnings[-1].message
     assert tok.decode(tok.encode(sample[0])) == sample[0]
 
     with pytest.raises(DataError) as err:
-        train_tokenizer(sample, config(tokenizer="bpe", vocab_size=50_000), {"data.vocab_size"}, lambda e: None)
+        train_tokenizer(sample, config(tokenizer="bpe", vocab_size=50_000, vocab_fit="exact"), lambda e: None)
     message = str(err.value)
     largest = int(re.search(r"at most (\d+)", message).group(1))
     assert "50000" in message and f"--set data.vocab_size={largest}" in message
@@ -152,7 +152,7 @@ def test_default_vocab_shrinks_with_a_warning_but_explicit_raises() -> None:
 
 def test_vocab_smaller_than_the_characters_raises() -> None:
     with pytest.raises(DataError) as err:
-        train_tokenizer(code_sample()[:1], config(tokenizer="bpe", vocab_size=100), set(), lambda e: None)
+        train_tokenizer(code_sample()[:1], config(tokenizer="bpe", vocab_size=100), lambda e: None)
     numbers = re.findall(r"\d+", str(err.value))
     assert "100" in numbers and any(int(n) > 256 for n in numbers)
     assert "data.vocab_size" in str(err.value)
@@ -161,5 +161,5 @@ def test_vocab_smaller_than_the_characters_raises() -> None:
 def test_the_trainers_marker_character_does_not_drop_text() -> None:
     # sentencepiece silently drops every training sentence holding U+2585.
     sample = ["\u2585 " + code_sample()[0]]
-    tok = train_tokenizer(sample, config(tokenizer="bpe", vocab_size=600), set(), lambda e: None)
+    tok = train_tokenizer(sample, config(tokenizer="bpe", vocab_size=600), lambda e: None)
     assert tok.decode(tok.encode(sample[0])) == sample[0]

@@ -139,12 +139,12 @@ def test_vendored_and_generated_files_are_skipped_and_duplicates_dropped(tmp_pat
     assert m["splits"]["train"]["documents"] + m["splits"]["val"]["documents"] == 3
 
 
-def test_an_explicit_vocab_too_large_fails_and_a_default_one_shrinks(tmp_path: Path) -> None:
+def test_a_vocab_too_large_fails_under_exact_fit_and_shrinks_by_default(tmp_path: Path) -> None:
     src = tmp_path / "t.txt"
     src.write_text("".join(f"line {i} of a short text\n\n" for i in range(400)))
     data = config(src, tmp_path, vocab_size=5000, document_bytes=512)
     with pytest.raises(DataError) as err:
-        prepare(data, lambda e: None, explicit={"data.vocab_size"}, threads=1)
+        prepare(dataclasses.replace(data, vocab_fit="exact"), lambda e: None, threads=1)
     assert "data.vocab_size = 5000 is too large" in str(err.value)
     events: list = []
     prepared = prepare(data, events.append, threads=1)

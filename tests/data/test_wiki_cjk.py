@@ -38,7 +38,7 @@ def test_character_coverage_is_chosen_from_the_script(lang: str, coverage: float
     events: list = []
     data = DataConfig(tokenizer="bpe", vocab_size=1200)
     assert data.character_coverage == 0  # the default: chosen from the corpus
-    tok = train_tokenizer(cleaned(lang, tmp_path, copies=3), data, set(), events.append)
+    tok = train_tokenizer(cleaned(lang, tmp_path, copies=3), data, events.append)
     assert tok.character_coverage == coverage
     (message,) = [e.message for e in events if isinstance(e, Prepare)]
     assert f"character coverage {coverage:g} (chosen from the sample" in message
@@ -48,14 +48,14 @@ def test_a_large_alphabet_without_cjk_is_covered_at_the_large_alphabet_value() -
     # 640 distinct letters (Latin, Greek, Cyrillic, Armenian, Georgian ...), none of them CJK.
     letters = [chr(c) for c in range(0x100, 0x600) if chr(c).isalpha()][:640]
     sample = [" ".join("".join(letters[(i + j) % 640] for j in range(7)) for i in range(0, 640 * 8, 3))]
-    tok = train_tokenizer(sample, DataConfig(tokenizer="bpe", vocab_size=4096), set(), lambda e: None)
+    tok = train_tokenizer(sample, DataConfig(tokenizer="bpe", vocab_size=4096), lambda e: None)
     assert tok.character_coverage == 0.9995
 
 
 def test_an_explicit_coverage_wins_and_bytes_spell_what_the_vocabulary_lacks(tmp_path: Path) -> None:
     events: list = []
     data = DataConfig(tokenizer="bpe", vocab_size=1200, character_coverage=0.9999)
-    tok = train_tokenizer(cleaned("ja", tmp_path, copies=3), data, set(), events.append)
+    tok = train_tokenizer(cleaned("ja", tmp_path, copies=3), data, events.append)
     assert tok.character_coverage == 0.9999
     assert "character coverage 0.9999 (set in the configuration)" in events[-1].message
     unseen = "鬱蒼とした森で𠮷野家の🍜を食べた。"
