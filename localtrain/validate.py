@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
-from localtrain.schema import BACKENDS, DEVICES, DTYPES, SECTIONS, SWITCHES, TOKENIZER_TYPES, VOCAB_FITS, Config, did_you_mean
+from localtrain.files import parse_size
+from localtrain.schema import BACKENDS, DEVICES, DTYPES, SECTIONS, SWITCHES, TOKENIZER_TYPES, VOCAB_FITS, Config, DataConfig, ModelConfig, RunConfig, TrainConfig, did_you_mean
 
 
 EVAL_METRICS = ("val_loss", "val_ppl", "val_bpb", "val_word_ppl")
@@ -70,15 +71,28 @@ def _typical(key: str) -> str:
     return str(default if default else 1000)
 
 
+Need = Callable[[bool, str, Any, str, str], None]
+"""need(ok, key, value, rule, fix): record the problem when `ok` is false."""
+
+
 def check(config: Config) -> list[str]:
     """The problems with the ranges and relations of the fields, each naming key, value and fix."""
     p: list[str] = []
-    m, d, t, r = config.model, config.data, config.train, config.run
 
     def need(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
         if not ok:
             p.append(f"`{key}` = {value!r}: {rule}. {fix}")
 
+    _model(config.model, need)
+    _data(config.data, need)
+    _train(config.train, need)
+    _run(config.run, need)
+    named = {problem.split("`")[1] for problem in p if problem.startswith("`")}
+    return p + [b for b in bounds(config) if b.split("`")[1] not in named]
+
+
+def _model(m: ModelConfig, need: Need) -> None:
+    """The rules of the model section."""
     need(m.n_layer >= 1, "model.n_layer", m.n_layer, "must be at least 1", "Set --set model.n_layer=6.")
     need(m.n_head >= 1, "model.n_head", m.n_head, "must be at least 1", "Set --set model.n_head=8.")
     need(m.n_embd >= 8, "model.n_embd", m.n_embd, "must be at least 8", "Set --set model.n_embd=256.")
@@ -101,6 +115,9 @@ def check(config: Config) -> list[str]:
     need(m.pad_vocab_multiple >= 1, "model.pad_vocab_multiple", m.pad_vocab_multiple, "must be at least 1",
          "Use 1 for no padding or 64.")
 
+
+def _data(d: DataConfig, need: Need) -> None:
+    """The rules of the data section."""
     need(bool(d.source.strip()), "data.source", d.source, "must name a source or a path",
          "Pass --data PATH or a named source.")
     need(0 < d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "must be in (0, 0.5]",
@@ -129,6 +146,9 @@ def check(config: Config) -> list[str]:
     need(d.tokenizer_sample_bytes >= 10_000, "data.tokenizer_sample_bytes", d.tokenizer_sample_bytes,
          "must be at least 10000", "The default is 20000000.")
 
+
+def _train(t: TrainConfig, need: Need) -> None:
+    """The rules of the train section."""
     need(t.batch_size >= 1, "train.batch_size", t.batch_size, "must be at least 1", "Set --set train.batch_size=32.")
     need(t.micro_batch_size >= 0, "train.micro_batch_size", t.micro_batch_size, "must be 0 or positive",
          "Use 0 to run the whole batch at once.")
@@ -162,18 +182,19 @@ def check(config: Config) -> list[str]:
          (did_you_mean(t.best_metric, list(EVAL_METRICS)) + " The default is val_loss.").strip())
     need(t.log_every >= 1, "train.log_every", t.log_every, "must be at least 1", "Try 10.")
     need(t.seed >= 0, "train.seed", t.seed, "must be 0 or positive", "Use --seed N.")
-    if t.early_stop_patience and not t.eval_every:
-        p.append("`train.early_stop_patience` is set but `train.eval_every` = 0, so no evaluation ever runs. "
-                 "Set --set train.eval_every=250 or disable early stopping.")
+    need(not (t.early_stop_patience and not t.eval_every), "train.early_stop_patience", t.early_stop_patience,
+         "stops on evaluations, but train.eval_every = 0 runs none",
+         "Set --set train.eval_every=250 or disable early stopping.")
 
+
+def _run(r: RunConfig, need: Need) -> None:
+    """The rules of the run section."""
     need(r.device in DEVICES, "run.device", r.device, f"must be one of {', '.join(DEVICES)}",
          (did_you_mean(r.device, list(DEVICES)) + " Use --device cpu|cuda|mps|auto.").strip())
     need(r.backend in BACKENDS, "run.backend", r.backend, f"must be one of {', '.join(BACKENDS)}",
          "Use --set run.backend=torch.")
     need(r.threads >= 0, "run.threads", r.threads, "must be 0 or positive", "Use 0 for all cores.")
     if r.memory_budget != "auto":
-        from localtrain.files import parse_size
-
         try:
             ok = parse_size(r.memory_budget) > 0
         except ValueError:
@@ -184,5 +205,3 @@ def check(config: Config) -> list[str]:
          "Use --set run.compile=auto.")
     need(r.autotune in ("auto", "off"), "run.autotune", r.autotune, "must be auto or off",
          "Use --set run.autotune=auto.")
-    named = {problem.split("`")[1] for problem in p if problem.startswith("`")}
-    return p + [b for b in bounds(config) if b.split("`")[1] not in named]

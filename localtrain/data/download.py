@@ -133,64 +133,14 @@ def download(
     if not dest.parent.is_dir():
         make_dir(dest.parent)
         ownership.write_marker(dest.parent, "download", url=url)
-    part = dest.with_name(dest.name + ".part")
-    meta = dest.with_name(dest.name + ".part.json")
-    known = _read_validators(meta, url)
-    if part.exists() and part.stat().st_size and not (known and if_range(known)):
-        emit(Warning(message=f"The partial download {part} has no ETag or Last-Modified to check that the server "
-                     f"still has the same file, so it is not resumed: the download starts again.",
-                     code="download_restart"))
-        known = None
-    total: int | None = None
+    transfer = _Transfer(url, dest, emit, timeout)
     attempt = 0
-    last_error = ""
     while True:
-        have = part.stat().st_size if part.exists() and known else 0
-        if total is not None and have >= total:
-            break
         try:
-            with _open(url, have, timeout, if_range(known) if known else None) as response:
-                status = getattr(response, "status", 200)
-                got = validators(response.headers)
-                resumed = bool(have) and status == 206 and _content_range_start(response.headers) == have \
-                    and _same_version(known or {}, got)
-                if have and not resumed:
-                    emit(Warning(message=f"The server's copy of {url} is not the one {part} was downloading from "
-                                 f"(or it does not serve ranges): the download starts again from the beginning.",
-                                 code="download_restart"))
-                    known, have = None, 0
-                    if status == 206:
-                        continue  # a part of a file that may not be the one in the part: ask for all of it
-                if not have:
-                    # The validators describe the bytes about to be written: recorded before the first of them.
-                    known = got
-                    write_atomic(meta, json.dumps({"url": url, "validators": got}, indent=1) + "\n")
-                length = response.headers.get("Content-Length")
-                total = have + int(length) if length is not None else None
-                started, sent, count = time.monotonic(), time.monotonic(), 0
-                with Appender(part, truncate=not have) as f:
-                    while True:
-                        block = response.read(CHUNK)
-                        if not block:
-                            break
-                        f.write(block)
-                        count += len(block)
-                        now = time.monotonic()
-                        if now - sent >= EVENT_SECONDS:
-                            sent = now
-                            emit(_progress(url, have + count, total, count / max(now - started, 1e-9)))
-                    f.sync()
-                done = have + count
-                if total is not None and done < total:
-                    raise ConnectionError(f"the connection closed after {done:,} of {total:,} bytes")
-                emit(_progress(url, done, total or done, count / max(time.monotonic() - started, 1e-9),
-                               finished=True))
-                total = done
+            if transfer.attempt():
                 break
+            continue  # a range of another version of the file: ask for all of it at once
         except urllib.error.HTTPError as exc:
-            if exc.code == 416 and have:
-                total = have  # the range starts at the end: the file is complete
-                break
             last_error = f"HTTP {exc.code} {exc.reason}"
             if exc.code in (401, 403, 404, 410):
                 raise DataError(
@@ -201,32 +151,112 @@ def download(
             last_error = str(getattr(exc, "reason", None) or exc)
         attempt += 1
         if attempt > retries:
-            kept = part.stat().st_size if part.exists() else 0
             raise DataError(
-                f"Downloading {url} failed {attempt} times (last: {last_error}). The {kept:,} bytes received "
-                f"so far are kept in {part}; run the command again to continue from there, or download the file "
-                f"yourself and pass --data PATH."
+                f"Downloading {url} failed {attempt} times (last: {last_error}). The {transfer.received():,} bytes "
+                f"received so far are kept in {transfer.part}; run the command again to continue from there, or "
+                f"download the file yourself and pass --data PATH."
             )
         delay = backoff * 2 ** (attempt - 1)
         emit(Warning(message=f"Download of {url} interrupted ({last_error}); retry {attempt} of {retries} "
-                     f"in {delay:.1f}s, continuing from byte {part.stat().st_size if part.exists() else 0:,}.",
-                     code="download_retry"))
+                     f"in {delay:.1f}s, continuing from byte {transfer.received():,}.", code="download_retry"))
         time.sleep(delay)
-    if checksum:
-        algorithm = _digest_name(checksum)
-        got_sum = file_digest(part, algorithm)
-        if got_sum != checksum.lower():
-            bad = dest.with_name(dest.name + ".bad")
-            replace(part, bad)
-            remove_file(meta)
-            raise ChecksumError(
-                f"The download of {url} does not match its published {algorithm} checksum (expected {checksum}, "
-                f"got {got_sum}); it was moved aside to {bad} and is not used. Run the command again to download "
-                f"it afresh, or check the address."
-            )
-    replace(part, dest)
-    remove_file(meta)
+    transfer.finish(dest, checksum)
     return dest
+
+
+class _Transfer:
+    """One download across its attempts: the `.part` file, the validators it was written under, the size."""
+
+    def __init__(self, url: str, dest: Path, emit: Emit, timeout: float) -> None:
+        self.url, self.emit, self.timeout = url, emit, timeout
+        self.part = dest.with_name(dest.name + ".part")
+        self.meta = dest.with_name(dest.name + ".part.json")
+        self.known = _read_validators(self.meta, url)
+        self.total: int | None = None
+        if self.received() and not (self.known and if_range(self.known)):
+            emit(Warning(message=f"The partial download {self.part} has no ETag or Last-Modified to check that the "
+                         f"server still has the same file, so it is not resumed: the download starts again.",
+                         code="download_restart"))
+            self.known = None
+
+    def received(self) -> int:
+        return self.part.stat().st_size if self.part.exists() else 0
+
+    def attempt(self) -> bool:
+        """One request: True once the file is complete, False to ask again for all of it."""
+        have = self.received() if self.known else 0
+        if self.total is not None and have >= self.total:
+            return True
+        try:
+            with _open(self.url, have, self.timeout, if_range(self.known) if self.known else None) as response:
+                return self._receive(response, have)
+        except urllib.error.HTTPError as exc:
+            if exc.code == 416 and have:
+                self.total = have  # the range starts at the end: the file is complete
+                return True
+            raise
+
+    def _receive(self, response, have: int) -> bool:
+        status = getattr(response, "status", 200)
+        got = validators(response.headers)
+        resumed = bool(have) and status == 206 and _content_range_start(response.headers) == have \
+            and _same_version(self.known or {}, got)
+        if have and not resumed:
+            self.emit(Warning(message=f"The server's copy of {self.url} is not the one {self.part} was downloading "
+                              f"from (or it does not serve ranges): the download starts again from the beginning.",
+                              code="download_restart"))
+            self.known, have = None, 0
+            if status == 206:
+                return False  # a part of a file that may not be the one in the part
+        if not have:
+            # The validators describe the bytes about to be written: recorded before the first of them.
+            self.known = got
+            write_atomic(self.meta, json.dumps({"url": self.url, "validators": got}, indent=1) + "\n")
+        length = response.headers.get("Content-Length")
+        self.total = have + int(length) if length is not None else None
+        started = time.monotonic()
+        count = self._append(response, have, started)
+        done = have + count
+        if self.total is not None and done < self.total:
+            raise ConnectionError(f"the connection closed after {done:,} of {self.total:,} bytes")
+        self.emit(_progress(self.url, done, self.total or done, count / max(time.monotonic() - started, 1e-9),
+                            finished=True))
+        self.total = done
+        return True
+
+    def _append(self, response, have: int, started: float) -> int:
+        """Write the body after the `have` bytes kept (or from empty), with progress events; the bytes written."""
+        sent, count = started, 0
+        with Appender(self.part, truncate=not have) as f:
+            while True:
+                block = response.read(CHUNK)
+                if not block:
+                    break
+                f.write(block)
+                count += len(block)
+                now = time.monotonic()
+                if now - sent >= EVENT_SECONDS:
+                    sent = now
+                    self.emit(_progress(self.url, have + count, self.total, count / max(now - started, 1e-9)))
+            f.sync()
+        return count
+
+    def finish(self, dest: Path, checksum: str | None) -> None:
+        """Verify the checksum (a mismatch is moved aside to .bad) and rename the part into place."""
+        if checksum:
+            algorithm = _digest_name(checksum)
+            got_sum = file_digest(self.part, algorithm)
+            if got_sum != checksum.lower():
+                bad = dest.with_name(dest.name + ".bad")
+                replace(self.part, bad)
+                remove_file(self.meta)
+                raise ChecksumError(
+                    f"The download of {self.url} does not match its published {algorithm} checksum (expected "
+                    f"{checksum}, got {got_sum}); it was moved aside to {bad} and is not used. Run the command "
+                    f"again to download it afresh, or check the address."
+                )
+        replace(self.part, dest)
+        remove_file(self.meta)
 
 
 def _progress(url: str, done: int, total: int | None, rate: float, finished: bool = False) -> Download:

@@ -118,6 +118,26 @@ def open_compressed(path: Path) -> BinaryIO:
     return formats.open_decompressed(path)
 
 
+def _open_dump(path: Path, compression: str | None) -> tuple[BinaryIO, BinaryIO]:
+    """The raw file and the decompressed stream over it ("sniff": the compression its first bytes show)."""
+    raw = open(path, "rb")
+    if compression == "sniff":
+        compression = formats.compression_of(raw.read(4))
+        raw.seek(0)
+    stream: BinaryIO = (bz2.BZ2File(raw) if compression == "bz2"  # type: ignore[assignment]
+                        else gzip.GzipFile(fileobj=raw) if compression == "gzip" else raw)
+    return raw, stream
+
+
+def _read_header(header: bytes, ended: bool, report: DumpReport) -> bytes:
+    """Collect the dump's header until the first page starts, then read the site from it; what to keep."""
+    # The header ends where the first page starts: it is read before any page is handed on.
+    if b"<page" in header or ended or len(header) > HEADER_LIMIT:
+        report.site = read_site(header[: header.find(b"<page")] if b"<page" in header else header)
+        return b""
+    return header
+
+
 def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0,
                compression: str | None = "sniff") -> Iterator[Page]:
     """Every complete page of a dump file, in order; the first `skip_pages` are parsed but not yielded.
@@ -126,12 +146,7 @@ def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0,
     records it in `report`; the pages before it have been yielded.
     """
     parser = ET.XMLPullParser(events=("end",))
-    raw = open(path, "rb")
-    if compression == "sniff":
-        compression = formats.compression_of(raw.read(4))
-        raw.seek(0)
-    stream: BinaryIO = (bz2.BZ2File(raw) if compression == "bz2"  # type: ignore[assignment]
-                        else gzip.GzipFile(fileobj=raw) if compression == "gzip" else raw)
+    raw, stream = _open_dump(path, compression)
     closed = False
     header = b""
     try:
@@ -144,11 +159,7 @@ def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0,
                 break
             report.compressed_bytes = raw.tell()
             if report.site is None:
-                # The header ends where the first page starts: it is read before any page is handed on.
-                header += chunk
-                if b"<page" in header or not chunk or len(header) > HEADER_LIMIT:
-                    report.site = read_site(header[: header.find(b"<page")] if b"<page" in header else header)
-                    header = b""
+                header = _read_header(header + chunk, not chunk, report)
             if not chunk:
                 try:
                     parser.close()
