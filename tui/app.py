@@ -13,46 +13,18 @@ from pathlib import Path
 
 from textual.app import App
 
+from localtrain.tui import messages as msg
+from localtrain.tui.dashboard import RunScreen
+from localtrain.tui.home import HomeScreen
 from localtrain.tui.launch import resume_args, start_run
-
-CSS = """
-Screen { layout: vertical; }
-.section-title { text-style: bold; color: $accent; height: 1; margin: 0 1; }
-.panel { border: round $primary-darken-1; padding: 0 1; }
-.panel-title { text-style: bold; color: $accent; height: 1; }
-#home { height: 1fr; }
-#runs { height: 1fr; margin: 0 1; }
-#presets { height: auto; max-height: 9; margin: 0 1; }
-#run-title { height: 1; background: $boost; }
-#top { height: 13; }
-#data-panel { width: 1fr; }
-#train-panel { width: 2fr; }
-#progress { height: 2; }
-#speed { height: 3; }
-#plots { height: 1fr; min-height: 10; }
-#loss-plot { width: 3fr; }
-#ppl-plot { width: 2fr; }
-#bottom { height: 12; }
-#samples-panel { width: 2fr; }
-#checkpoints-panel { width: 38; }
-#messages-panel { width: 1fr; }
-#form { grid-size: 2; grid-columns: 18 1fr; grid-rows: 3; height: auto; margin: 0 1; }
-#form Label { padding: 1 0 0 1; }
-#check-panel { height: auto; min-height: 6; margin: 0 1; }
-#newrun-buttons { height: 3; margin: 0 1; }
-#newrun-buttons Button { margin-right: 2; }
-#machine-top { height: auto; }
-#checks { height: auto; margin: 0 1; }
-#capacity { height: auto; margin: 0 1; }
-#plan-panel { height: auto; margin: 0 1; }
-"""
-
+from localtrain.tui.machine import MachineScreen
+from localtrain.tui.newrun import NewRunScreen
 
 class LocaltrainApp(App):
     """The dashboard. `poll_interval` is how often a run's events are read (seconds)."""
 
     TITLE = "localtrain"
-    CSS = CSS
+    CSS_PATH = "localtrain.tcss"
 
     def __init__(self, runs_dir: Path | str = "runs", poll_interval: float = 0.25,
                  cursor_blink: bool = True, open_run: Path | None = None) -> None:
@@ -65,8 +37,6 @@ class LocaltrainApp(App):
         """Runs started from this app (reaped when they exit; never stopped by quitting)."""
 
     def on_mount(self) -> None:
-        from localtrain.tui.home import HomeScreen
-
         self.push_screen(HomeScreen())
         if self.open_on_start is not None:
             self.open_run(self.open_on_start)
@@ -82,16 +52,33 @@ class LocaltrainApp(App):
         return None
 
     def open_run(self, run_dir: Path) -> None:
-        from localtrain.tui.dashboard import RunScreen
-
         self.push_screen(RunScreen(run_dir, self.process_for(run_dir)))
 
-    def resume_run(self, run_dir: Path) -> None:
-        from localtrain.tui.dashboard import RunScreen
+    # -- what the screens ask for (tui/messages.py) -----------------------------------------
 
-        process = start_run(resume_args(), run_dir)
+    def on_open_run(self, message: msg.OpenRun) -> None:
+        self.open_run(message.run_dir)
+
+    def on_resume_run(self, message: msg.ResumeRun) -> None:
+        process = start_run(resume_args(), message.run_dir)
         self.track(process)
-        self.push_screen(RunScreen(run_dir, process))
+        self.push_screen(RunScreen(message.run_dir, process))
+
+    def on_run_started(self, message: msg.RunStarted) -> None:
+        self.track(message.process)
+        self.switch_screen(RunScreen(message.run_dir, message.process))
+
+    def on_open_new_run(self, message: msg.OpenNewRun) -> None:
+        self.push_screen(NewRunScreen(preset=message.preset) if message.preset else NewRunScreen())
+
+    def on_open_machine(self, message: msg.OpenMachine) -> None:
+        self.push_screen(MachineScreen())
+
+    def on_go_home(self, message: msg.GoHome) -> None:
+        if len(self.screen_stack) > 2:
+            self.pop_screen()
+        else:
+            self.switch_screen(HomeScreen())
 
 
 def main(args: argparse.Namespace) -> int:

@@ -21,7 +21,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Footer, Static
 
 from localtrain import control
@@ -31,7 +30,9 @@ from localtrain.runfiles import EVENTS_FILE, PLAN_FILE
 from localtrain.tui.dialogs import QuitDialog
 from localtrain.tui.launch import console_tail
 from localtrain.tui.runs import EventTail, RunState, describe_status, lock_pid, pid_alive, run_status
-from localtrain.tui.widgets import Curves, MemoryBar, Meter, eta_text
+from localtrain.tui.widgets import Curves, MemoryBar, Meter, eta_text, stamp
+from localtrain.tui import messages as msg
+from localtrain.tui.messages import HostedScreen
 
 PREPARE_STAGES = ("read", "tokenizer", "encode", "done")
 LIVE = ("running", "paused", "waiting", "stopping", "starting")
@@ -44,11 +45,7 @@ def clock(t: float | None) -> str:
     return "--:--:--" if t is None else dt.datetime.fromtimestamp(t).strftime("%H:%M:%S")
 
 
-def stamp(t: float | None) -> str:
-    return "-" if t is None else dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
-
-
-class RunScreen(Screen):
+class RunScreen(HostedScreen):
     """A run's dashboard: progress, speed, memory, curves, samples, checkpoints, messages."""
 
     BINDINGS = [
@@ -106,7 +103,7 @@ class RunScreen(Screen):
         self.query_one("#checkpoints-panel").border_title = "Checkpoints"
         self.query_one("#messages-panel").border_title = "Warnings and errors"
         self.redraw()
-        self.set_interval(self.app.poll_interval, self.poll)
+        self.set_interval(self.host.poll_interval, self.poll)
         self.call_later(self.poll)
 
     # -- reading ----------------------------------------------------------------------------
@@ -149,7 +146,7 @@ class RunScreen(Screen):
     def _note_once(self, key: str, level: str, text: str) -> None:
         if key not in self._noted:
             self._noted.add(key)
-            self.state._message(level, self.state.last_time or 0.0, text)
+            self.state.note(level, self.state.last_time or 0.0, text)
 
     def _note_ended_states(self) -> None:
         if self.alive:
@@ -317,12 +314,7 @@ class RunScreen(Screen):
             self.notify("Writing a checkpoint at the next step...")
 
     def action_back(self) -> None:
-        if len(self.app.screen_stack) > 2:
-            self.app.pop_screen()
-        else:
-            from localtrain.tui.home import HomeScreen
-
-            self.app.switch_screen(HomeScreen())
+        self.post_message(msg.GoHome())
 
     def action_quit_run(self) -> None:
         if not (self.alive and self.status in LIVE):

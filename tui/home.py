@@ -9,13 +9,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from localtrain import config as cfg
 
-from localtrain.tui.dashboard import stamp
 from localtrain.tui.runs import RunSummary, describe_status, find_runs, summarize
+from localtrain.tui.widgets import stamp
+from localtrain.tui import messages as msg
+from localtrain.tui.messages import HostedScreen
 
 RESUMABLE = ("stopped", "died", "failed", "finished")
 SCAN_SECONDS = 2.0
@@ -35,7 +36,7 @@ def scan(runs_dir: Path) -> list[RunSummary]:
     return [summarize(d) for d in find_runs(runs_dir)]
 
 
-class HomeScreen(Screen):
+class HomeScreen(HostedScreen):
     """Runs (name, preset, status, step, best val ppl, last update) and presets."""
 
     BINDINGS = [
@@ -66,13 +67,13 @@ class HomeScreen(Screen):
         presets.add_columns("preset", "what it trains")
         for name, intro in preset_rows():
             presets.add_row(name, intro, key=name)
-        self.query_one("#runs-title", Static).update(f"Runs in {self.app.runs_dir}/")
+        self.query_one("#runs-title", Static).update(f"Runs in {self.host.runs_dir}/")
         runs.focus()
         self.set_interval(SCAN_SECONDS, self.rescan)
         self.call_later(self.rescan)
 
     async def rescan(self) -> None:
-        summaries = await asyncio.to_thread(scan, self.app.runs_dir)
+        summaries = await asyncio.to_thread(scan, self.host.runs_dir)
         self.show(summaries)
         self.scanned.set()
 
@@ -89,7 +90,7 @@ class HomeScreen(Screen):
                           key=str(s.run_dir))
         if not summaries:
             self.query_one("#runs-title", Static).update(
-                f"Runs in {self.app.runs_dir}/: none yet. Press n to start one.")
+                f"Runs in {self.host.runs_dir}/: none yet. Press n to start one.")
         elif current is not None:
             keys = [str(s.run_dir) for s in summaries]
             if str(current.run_dir) in keys:
@@ -104,15 +105,13 @@ class HomeScreen(Screen):
     def action_open(self) -> None:
         if self.focused is self.query_one("#presets", DataTable):
             table = self.query_one("#presets", DataTable)
-            from localtrain.tui.newrun import NewRunScreen
-
-            self.app.push_screen(NewRunScreen(preset=cfg.preset_names()[table.cursor_row]))
+            self.post_message(msg.OpenNewRun(cfg.preset_names()[table.cursor_row]))
             return
         summary = self.highlighted()
         if summary is None:
             self.notify("No run to open: press n to start one.", severity="warning")
             return
-        self.app.open_run(summary.run_dir)
+        self.post_message(msg.OpenRun(summary.run_dir))
 
     def action_resume(self) -> None:
         summary = self.highlighted()
@@ -121,14 +120,10 @@ class HomeScreen(Screen):
         if summary.status not in RESUMABLE:
             self.notify(f"{summary.name} is {summary.status}; open it with Enter.", severity="warning")
             return
-        self.app.resume_run(summary.run_dir)
+        self.post_message(msg.ResumeRun(summary.run_dir))
 
     def action_new(self) -> None:
-        from localtrain.tui.newrun import NewRunScreen
-
-        self.app.push_screen(NewRunScreen())
+        self.post_message(msg.OpenNewRun())
 
     def action_machine(self) -> None:
-        from localtrain.tui.machine import MachineScreen
-
-        self.app.push_screen(MachineScreen())
+        self.post_message(msg.OpenMachine())

@@ -14,7 +14,6 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Static
 
 from localtrain import config as cfg
@@ -22,6 +21,7 @@ from localtrain.console import human
 from localtrain.doctor import Check, capacity, human_time, run_checks
 
 from localtrain.tui.widgets import MemoryBar
+from localtrain.tui.messages import HostedScreen
 
 STATUS_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
 
@@ -53,7 +53,7 @@ def plan_text(preset: str, p: dict[str, Any]) -> Text:
     return text
 
 
-class MachineScreen(Screen):
+class MachineScreen(HostedScreen):
     """The doctor report, the capacity table, and the highlighted preset's plan and memory."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("q", "app.pop_screen", "Back")]
@@ -83,7 +83,7 @@ class MachineScreen(Screen):
         self.run_worker(self.load(), exclusive=True)
 
     async def load(self) -> None:
-        machine, checks, rows = await asyncio.to_thread(doctor_report, self.app.runs_dir)
+        machine, checks, rows = await asyncio.to_thread(doctor_report, self.host.runs_dir)
         self.query_one("#machine-title", Static).update(Text.assemble(
             ("Machine: ", "bold"), f"{machine.cpu_model}, {machine.physical_cores} cores,"
             f" {human(machine.ram_total_bytes, 'B')} RAM, {machine.os}"))

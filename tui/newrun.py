@@ -15,13 +15,14 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
-from textual.screen import Screen
 from textual.widgets import Button, Footer, Input, Label, Select, Static
 
 from localtrain import config as cfg
 
 from localtrain.tui.launch import Checked, RunForm, check_form, new_run_args, run_dir_for, start_run
 from localtrain.tui.widgets import MemoryBar
+from localtrain.tui import messages as msg
+from localtrain.tui.messages import HostedScreen
 
 FIELDS = (
     ("data", "data source", "the preset's own source (a file, a directory, or a named source)"),
@@ -33,7 +34,7 @@ FIELDS = (
 )
 
 
-class NewRunScreen(Screen):
+class NewRunScreen(HostedScreen):
     """A form for a new run, its problems or its plan, and a Start button."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("ctrl+s", "start", "Start")]
@@ -72,7 +73,7 @@ class NewRunScreen(Screen):
     def on_mount(self) -> None:
         self.query_one("#check-panel").border_title = "Check and plan"
         for w in self.query(Input):
-            w.cursor_blink = self.app.cursor_blink
+            w.cursor_blink = self.host.cursor_blink
         self.query_one("#data", Input).focus()
         self.run_worker(self.validate, exclusive=True, group="validate")
 
@@ -105,7 +106,7 @@ class NewRunScreen(Screen):
         from localtrain.hardware import probe
 
         if self.machine is None:
-            self.machine = probe(self.app.runs_dir, cache_root(config.data))
+            self.machine = probe(self.host.runs_dir, cache_root(config.data))
         planned = planner.plan(config, self.machine)
         planner.check_plan(planned, self.machine)
         return planned
@@ -146,10 +147,7 @@ class NewRunScreen(Screen):
             self.notify("Fix the problems shown first.", severity="error")
             return
         config = self.checked.config
-        run_dir = run_dir_for(self.app.runs_dir, self.form(), config.run.preset,
+        run_dir = run_dir_for(self.host.runs_dir, self.form(), config.run.preset,
                               dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
         process = start_run(new_run_args(config.run.preset, self.checked.overrides), run_dir)
-        self.app.track(process)
-        from localtrain.tui.dashboard import RunScreen
-
-        self.app.switch_screen(RunScreen(run_dir, process))
+        self.post_message(msg.RunStarted(run_dir, process))

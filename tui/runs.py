@@ -19,7 +19,7 @@ from typing import Any
 
 from localtrain import events as ev
 from localtrain.jsonl import JsonlTail
-from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, EVENTS_FILE, LOCK_FILE
+from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE
 CHUNK_BYTES = 256 * 1024
 """The most a single read takes from events.jsonl: the UI folds and redraws between reads."""
 KEEP_SAMPLES = 12
@@ -104,7 +104,7 @@ class RunState:
             self.add(event)
         for line_no, text in chunk.bad_lines:
             self.bad_lines += 1
-            self._message("warning", self.last_time or 0.0,
+            self.note("warning", self.last_time or 0.0,
                           f"events.jsonl line {line_no} is not a valid event and was skipped: {text!r}")
 
     def add(self, event: ev.Event) -> None:
@@ -134,14 +134,15 @@ class RunState:
             self.status = event
         elif isinstance(event, ev.Warning):
             self.stopping = self.stopping or event.code == "stopping"
-            self._message("warning", event.time, event.message)
+            self.note("warning", event.time, event.message)
         elif isinstance(event, ev.Error):
             self.error = event
-            self._message("error", event.time, event.message)
+            self.note("error", event.time, event.message)
         elif isinstance(event, ev.Done):
             self.done = event
 
-    def _message(self, level: str, when: float, text: str) -> None:
+    def note(self, level: str, when: float, text: str) -> None:
+        """Add a message to the list shown (the newest KEEP_MESSAGES are kept)."""
         self.messages = (self.messages + [(level, when, text)])[-KEEP_MESSAGES:]
 
     # -- derived figures ------------------------------------------------------------------

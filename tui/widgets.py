@@ -6,6 +6,7 @@ so a finished run looks the same each time it is opened.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 
 from rich.console import Group
@@ -144,3 +145,8 @@ class Curves(PlotextPlot):
 
 def eta_text(seconds: float | None) -> str:
     return "?" if seconds is None else duration(seconds)
+
+
+def stamp(t: float | None) -> str:
+    """A wall-clock time as the dashboard shows it (minutes), or "-"."""
+    return "-" if t is None else dt.datetime.fromtimestamp(t).strftime("%Y-%m-%d %H:%M")
