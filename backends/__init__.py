@@ -6,13 +6,21 @@ reach a backend by name here and never import a framework themselves.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from localtrain.backends.base import Backend
-    from localtrain.planner import RunPlan
+from localtrain.backends.base import Backend
 
 NAMES = ("torch", "mlx")
+
+
+class Chosen(Protocol):
+    """What a backend is built from: the planner's RunPlan has these fields."""
+
+    backend: str
+    device: str
+    dtype: str
+    threads: int
+    compile: bool
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -28,6 +36,6 @@ def backend_class(name: str) -> type[Backend]:
     raise ValueError(f"no backend named {name!r}; the backends are {', '.join(NAMES)}")
 
 
-def make_backend(plan: RunPlan) -> Backend:
+def make_backend(plan: Chosen) -> Backend:
     """The backend a plan chose, with its device, dtype, threads and compile."""
     return backend_class(plan.backend)(plan.device, plan.dtype, plan.threads, plan.compile)
