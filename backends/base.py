@@ -73,6 +73,16 @@ def matmul_peak(sizes: tuple[int, ...], operands: Callable[[int], tuple[Any, Any
     return best
 
 
+def loss_chunk_tokens(vocab_rows: int) -> int:
+    """Tokens per chunk where the output head's loss runs in chunks: a power of two, about
+    2^29 logits a chunk (1 GiB in 16 bits), at least 1,024 tokens.
+
+    Below that, the per-chunk sum into the head's float32 weight gradient (read and written
+    once a chunk) starts to cost more than a percent of the step.
+    """
+    return max(1024, 1 << max(0, (2**29 // max(1, vocab_rows)).bit_length() - 1))
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
     """Whether a framework error means memory ran out (CUDA, MPS, Metal, or the CPU allocator)."""
     text = str(exc).lower()

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from localtrain.backends.base import (
-    MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory, matmul_peak,
+    MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory, loss_chunk_tokens, matmul_peak,
 )
+from localtrain.backends import torch_attention
 from localtrain.backends.torch_model import LlamaLM, shared_layout
 from localtrain.config import ModelConfig, TrainConfig
 from localtrain.errors import CheckpointError, LocaltrainError
@@ -97,10 +98,15 @@ def _decode_bytes(s: str) -> torch.Tensor:
 class TorchBackend:
     name = "torch"
 
-    def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 0, compile: bool = False) -> None:
+    def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 0, compile: bool = False,
+                 *, compile_mode: str | None = None) -> None:
         self.device = resolve_device(device)
         self.dtype = check_dtype(dtype)
         self.compile = compile
+        # torch.compile's mode ("max-autotune-no-cudagraphs", "reduce-overhead"); None: its default.
+        self.compile_mode = compile_mode
+        # The measured attention kernel order per (micro-batch, dtype) on CUDA.
+        self.attention: dict[tuple[int, str], torch_attention.AttentionChoice] = {}
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
@@ -137,9 +143,17 @@ class TorchBackend:
                 broadcast_buffers=False,
             )
             train_model = self.ddp
-        # Only the training forward is compiled; evaluation and generation (whose shapes
-        # change token by token) run the same module eagerly.
-        self.train_model = torch.compile(train_model) if self.compile else train_model
+        # Only the training forward (and with it the backward) is compiled, for the one
+        # micro-batch shape a run trains with; evaluation and generation (whose shapes change
+        # token by token) run the same module eagerly.
+        self.train_model = (
+            torch.compile(train_model, dynamic=False, mode=self.compile_mode) if self.compile else train_model
+        )
+        # On a GPU the output head's loss runs in chunks (torch_loss): the full logits would
+        # be the largest tensor of the step. Elsewhere the loss is the plain one, whose memory
+        # the planner's coefficients were fitted to.
+        if self.device == "cuda":
+            self.model.loss_chunk = loss_chunk_tokens(self.model.model.embed_tokens.num_embeddings)
         self.layout = shared_layout(self.model)
         # MPS lacks some complex kernels, and the compiler cannot fuse complex arithmetic;
         # real arithmetic gives the same rotation there.
@@ -214,6 +228,18 @@ class TorchBackend:
             return t.pin_memory().to(self.device, non_blocking=True)
         return t.to(self.device)
 
+    def _attention(self, micro_batch_size: int) -> contextlib.AbstractContextManager:
+        """On CUDA, the fastest attention kernel for this micro-batch, measured the first time."""
+        model = self.model
+        if self.device != "cuda" or model.cfg.dropout:
+            return contextlib.nullcontext()
+        key = (micro_batch_size, self.dtype)
+        if key not in self.attention:
+            cfg = model.cfg
+            shape = (micro_batch_size, cfg.n_head, cfg.seq_len, cfg.head_dim)
+            self.attention[key] = torch_attention.measure(shape, TORCH_DTYPES[self.dtype], self.device)
+        return self.attention[key].context()
+
     # -- training and evaluation --------------------------------------------------------
 
     def train_step(self, micro_batches: list[tuple[np.ndarray, np.ndarray]], lr: float) -> StepResult:
@@ -237,12 +263,15 @@ class TorchBackend:
         model.train()
         n = len(micro_batches)
         total = torch.zeros((), device=self.device)
-        for i, (x, y) in enumerate(micro_batches):
+        # Every micro-batch is copied (from pinned memory, without waiting) before the first
+        # forward, so no copy waits on a backward pass.
+        inputs = [(self._tensor(x), self._tensor(y)) for x, y in micro_batches]
+        for i, (x, y) in enumerate(inputs):
             # Under DDP the gradients are averaged once, after the last micro-batch.
             sync = self.ddp is None or i == n - 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+            with contextlib.nullcontext() if sync else self.ddp.no_sync(), self._attention(len(x)):
                 with self._autocast():
-                    loss = model(self._tensor(x), self._tensor(y))
+                    loss = model(x, y)
                 scaled = loss / n
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += loss.detach()
@@ -262,7 +291,9 @@ class TorchBackend:
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
-        return StepResult(loss=(total / n).item(), grad_norm=norm.item(), skipped=skipped)
+        # One wait for the device, for both numbers.
+        loss, grad_norm = torch.stack([total / n, norm.to(total.dtype)]).tolist()
+        return StepResult(loss=loss, grad_norm=grad_norm, skipped=skipped)
 
     @torch.inference_mode()
     def token_losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:

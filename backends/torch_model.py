@@ -15,6 +15,7 @@ import torch.nn as nn
 import torch.utils.checkpoint
 import torch.nn.functional as F
 
+from localtrain.backends.torch_loss import chunked_cross_entropy, chunked_token_losses
 from localtrain.config import ModelConfig
 
 
@@ -37,7 +38,7 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rot: torch
         return torch.view_as_real(xc * rot).flatten(-2).type_as(x)
     x0, x1 = x.unflatten(-1, (-1, 2)).unbind(-1)
     c, s = cos[:, None, :], sin[:, None, :]
-    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2)
+    return torch.stack([x0 * c - x1 * s, x0 * s + x1 * c], dim=-1).flatten(-2).type_as(x)
 
 
 def interleave_rows(n_heads: int, head_dim: int) -> torch.Tensor:
@@ -144,6 +145,8 @@ class LlamaLM(nn.Module):
         self.register_buffer("rope_rot", torch.complex(cos, sin)[:, None, :], persistent=False)
         self.complex_rope = True
         self.checkpointing = False
+        # Tokens per chunk of the output head's loss (torch_loss); 0 makes the full logits.
+        self.loss_chunk = 0
 
     def init_weights(self, generator: torch.Generator) -> None:
         """Normal(0, init_std) matrices; residual outputs scaled by 1/sqrt(2 n_layer) as in GPT-2."""
@@ -181,12 +184,23 @@ class LlamaLM(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of predicting `targets` from `idx`, both (B, T)."""
-        logits = self.logits(self.hidden(idx))  # (B, T, V)
+        h = self.hidden(idx)  # (B, T, d)
+        if self.loss_chunk:
+            return chunked_cross_entropy(
+                h.flatten(0, 1), self.model.embed_tokens.weight, targets.flatten(), self.loss_chunk
+            )
+        logits = self.logits(h)  # (B, T, V)
         return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
 
     def token_losses(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-token negative log-likelihood in nats, (B, T)."""
-        logits = self.logits(self.hidden(idx)).float()
+        h = self.hidden(idx)
+        if self.loss_chunk:
+            losses = chunked_token_losses(
+                h.flatten(0, 1), self.model.embed_tokens.weight, targets.flatten(), self.loss_chunk
+            )
+            return losses.view(targets.shape)
+        logits = self.logits(h).float()
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
 
 

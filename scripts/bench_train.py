@@ -1,4 +1,15 @@
-"""Throughput and MFU of the training step on the tiny-shakespeare shape (torch; --backend mlx for MLX).
+"""Throughput and MFU of the training step: on a device beside the GPT-2 baseline, or on this CPU.
+
+With --device (cuda, cpu, mps) and --shape (a preset), the step of localtrain beside the
+GPT-2 baseline of the same shape, compiled and eager, at the planner's micro-batch and
+at --micro, with MFU, peak memory and the planner's prediction (bench_step.py); with
+--backend mlx, MLX's compiled step beside torch's compiled step at one micro-batch
+(bench_mlx.py). For a GPU:
+
+    python3 scripts/bench_train.py --device cuda --shape gpt2-124m --out bench.json
+    python3 scripts/bench_train.py --device cuda --shape gpt2-124m --backend mlx --out mlx.json
+
+Without --device, the CPU benchmark of the tiny-shakespeare shape below.
 
 Prints the measured matmul peak, tokens/s and MFU of the training step (4 layers,
 4 heads, 128 wide, context 64, micro-batch 12), eager and compiled, and their ratios to
@@ -28,62 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class GPT2Block:
-    """Builds the baseline: a GPT-2 model of the tiny-shakespeare shape and its train step."""
-
-    def __init__(self, vocab: int, n_layer: int, n_head: int, n_embd: int, seq_len: int) -> None:
-        import torch
-        import torch.nn as nn
-        import torch.nn.functional as F
-
-        class Block(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.ln1, self.ln2 = nn.LayerNorm(n_embd, bias=False), nn.LayerNorm(n_embd, bias=False)
-                self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=False)
-                self.proj = nn.Linear(n_embd, n_embd, bias=False)
-                self.fc = nn.Linear(n_embd, 4 * n_embd, bias=False)
-                self.out = nn.Linear(4 * n_embd, n_embd, bias=False)
-
-            def forward(self, x):
-                B, T, C = x.shape
-                q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
-                q, k, v = (t.view(B, T, n_head, C // n_head).transpose(1, 2) for t in (q, k, v))
-                y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-                x = x + self.proj(y.transpose(1, 2).reshape(B, T, C))
-                return x + self.out(F.gelu(self.fc(self.ln2(x))))
-
-        class GPT(nn.Module):
-            def __init__(self) -> None:
-                super().__init__()
-                self.wte, self.wpe = nn.Embedding(vocab, n_embd), nn.Embedding(seq_len, n_embd)
-                self.blocks = nn.ModuleList(Block() for _ in range(n_layer))
-                self.ln_f = nn.LayerNorm(n_embd, bias=False)
-
-            def forward(self, idx, targets):
-                x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-                for block in self.blocks:
-                    x = block(x)
-                logits = self.ln_f(x) @ self.wte.weight.T
-                return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
-
-        torch.manual_seed(0)
-        self.model = GPT()
-        decay = [p for p in self.model.parameters() if p.dim() >= 2]
-        rest = [p for p in self.model.parameters() if p.dim() < 2]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                                     lr=1e-3, betas=(0.9, 0.99))
-        self.params = sum(p.numel() for p in self.model.parameters())
-
-    def train_step(self, x, y) -> None:
-        import torch
-
-        loss = self.model(torch.from_numpy(x.astype("int64")), torch.from_numpy(y.astype("int64")))
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+from gpt2_baseline import GPT2Baseline
 
 
 def alternate(rounds: int, steps: int) -> tuple[float, float, float, int]:
@@ -96,14 +52,14 @@ def alternate(rounds: int, steps: int) -> tuple[float, float, float, int]:
     ours = TorchBackend("cpu", "float32")
     ours.build(m, 65, 0)
     ours.configure_optimizer(config.train)
-    base = GPT2Block(65, m.n_layer, m.n_head, m.n_embd, m.seq_len)
+    base = GPT2Baseline(65, m.n_layer, m.n_head, m.n_embd, m.seq_len)
     rng = np.random.default_rng(0)
     data = rng.integers(0, 65, (config.train.batch_size, m.seq_len + 1)).astype(np.uint16)
     x, y = data[:, :-1], data[:, 1:]
     tokens = x.size
     for _ in range(20):
         ours.train_step([(x, y)], 1e-3)
-        base.train_step(x, y)
+        base.train_step([(x, y)])
     ratios, a_all, b_all = [], [], []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -112,7 +68,7 @@ def alternate(rounds: int, steps: int) -> tuple[float, float, float, int]:
         a = tokens * steps / (time.perf_counter() - start)
         start = time.perf_counter()
         for _ in range(steps):
-            base.train_step(x, y)
+            base.train_step([(x, y)])
         b = tokens * steps / (time.perf_counter() - start)
         ratios.append(a / b)
         a_all.append(a)
@@ -186,7 +142,26 @@ def full_run(path: Path, compile_: bool) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=300, help="timed steps per variant")
+    ap.add_argument("--device", help="compare with the GPT-2 baseline on this device (cuda, cpu, mps)")
+    ap.add_argument("--shape", default="gpt2-124m", help="with --device: the preset whose model shape to time")
+    ap.add_argument("--micro", type=lambda s: [int(v) for v in s.split(",")], default=[12, 32],
+                    help="with --device: micro-batches beside the planner's (comma-separated)")
+    ap.add_argument("--no-plan", dest="plan", action="store_false", help="with --device: skip the planner's micro-batch")
+    ap.add_argument("--variants", type=lambda s: s.split(","), default=["compiled", "eager"],
+                    help="with --device: compiled, eager or both")
+    ap.add_argument("--models", type=lambda s: s.split(","), default=["localtrain", "gpt2"],
+                    help="with --device: localtrain, gpt2 or both")
+    ap.add_argument("--warmup", type=int, default=10, help="with --device: warm-up steps (compilation included)")
+    ap.add_argument("--dtype", default="auto", help="with --device: training dtype (auto: bf16 on a GPU)")
+    ap.add_argument("--vocab", type=int, default=0, help="with --device: vocabulary (default: the preset's)")
+    ap.add_argument("--compile-mode", default=None,
+                    help="with --device: torch.compile mode, e.g. max-autotune-no-cudagraphs (default: its default)")
+    ap.add_argument("--no-profile", dest="profile", action="store_false",
+                    help="with --device cuda: skip the kernel-time profile of the first compiled rows")
+    ap.add_argument("--budget-s", type=float, default=330.0,
+                    help="with --device: start no new row after this many seconds")
+    ap.add_argument("--out", type=Path, help="with --device: also write every figure to this JSON file")
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per variant (300 on the CPU benchmark, 15 with --device)")
     ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     ap.add_argument("--rounds", type=int, default=7, help="alternating rounds against the GPT-2 baseline")
     ap.add_argument("--full", type=Path, metavar="INPUT_TXT", help="also run the 2,000-step preset on this file")
@@ -194,8 +169,18 @@ def main() -> None:
     ap.add_argument("--ref-val-loss", type=float, default=1.886, help="reference val loss after 2,000 steps")
     ap.add_argument("--ref-seconds", type=float, default=141.0, help="reference wall time of 2,000 steps")
     ap.add_argument("--backend", choices=["torch", "mlx"], default="torch",
-                    help="mlx: time the MLX step (eager and mx.compile) beside torch's eager step, same shape")
+                    help="mlx: time the MLX step beside torch's (with --device: both compiled, same micro-batch)")
     args = ap.parse_args()
+    if args.device:
+        args.steps = args.steps or 15
+        if args.backend == "mlx":
+            import bench_mlx
+
+            return bench_mlx.run(args)
+        import bench_step
+
+        return bench_step.run(args)
+    args.steps = args.steps or 300
     if args.backend == "mlx":
         return compare_mlx(args.steps)
 

@@ -1,0 +1,103 @@
+"""Which fused attention kernel runs the training step: measured on the step's own shape.
+
+PyTorch's scaled_dot_product_attention has several fused kernels on an NVIDIA GPU
+(FlashAttention-2, cuDNN's, the memory-efficient one) and picks among them by a fixed
+order. Which one is fastest depends on the card, the head size and the library
+versions, so the backend times each that accepts the shape (forward and backward, on
+random data from its own generator) once per shape, checks that it agrees with the
+others, and puts the fastest first for the training step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+try:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+except ImportError:  # torch before 2.3: its default order, unmeasured
+    SDPBackend = sdpa_kernel = None
+
+# The fused kernels a GPU may have; the math fallback writes out the T x T scores.
+FUSED = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+
+
+@dataclass
+class AttentionChoice:
+    """The measured order of the fused kernels for one shape, fastest first."""
+
+    order: list[str] = field(default_factory=list)
+    ms: dict[str, float] = field(default_factory=dict)
+    """Forward + backward milliseconds of each kernel that ran."""
+    refused: dict[str, str] = field(default_factory=dict)
+    """Kernels that could not run the shape, or disagreed with the others, and why."""
+
+    def context(self) -> contextlib.AbstractContextManager:
+        """Run attention with the measured order (the rest as fallbacks) inside this block."""
+        if not self.order or sdpa_kernel is None:
+            return contextlib.nullcontext()
+        order = [getattr(SDPBackend, name) for name in self.order]
+        rest = [getattr(SDPBackend, n) for n in (*FUSED, "MATH") if n not in self.order and hasattr(SDPBackend, n)]
+        try:
+            return sdpa_kernel(order + rest, set_priority=True)
+        except TypeError:  # no priorities before torch 2.6: only the fastest is allowed
+            return sdpa_kernel(order[:1] + [SDPBackend.MATH])
+
+
+def _make(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, gen: torch.Generator):
+    B, H, T, hs = shape
+    # The model's layout: (B, T, heads, hs) projections seen as (B, heads, T, hs).
+    return [torch.randn(B, T, H, hs, device=device, dtype=dtype, generator=gen).transpose(1, 2).requires_grad_()
+            for _ in range(3)]
+
+
+def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = "cuda",
+            repeats: int = 10) -> AttentionChoice:
+    """Time causal attention forward + backward on (B, heads, T, hs) with each fused kernel."""
+    choice = AttentionChoice()
+    if sdpa_kernel is None:
+        return choice
+    gen = torch.Generator(device=device).manual_seed(0)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    q, k, v = _make(shape, dtype, device, gen)
+    grad = torch.randn(q.shape, device=device, dtype=dtype, generator=gen)
+    outputs: dict[str, torch.Tensor] = {}
+    for name in FUSED:
+        if not hasattr(SDPBackend, name):
+            continue
+        try:
+            with sdpa_kernel([getattr(SDPBackend, name)]):
+                def run() -> torch.Tensor:
+                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    out.backward(grad)
+                    return out
+
+                out = run()
+                for _ in range(2):
+                    run()
+                sync()
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    run()
+                sync()
+        except RuntimeError as exc:
+            choice.refused[name] = str(exc).strip().splitlines()[0][:200]
+            continue
+        choice.ms[name] = (time.perf_counter() - start) * 1000 / repeats
+        outputs[name] = out[:1].detach().float()
+    q.grad = k.grad = v.grad = None
+    # A kernel whose output strays from float32 arithmetic on the first sequence is left out
+    # (16-bit rounding gives ~4e-3).
+    with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
+        ref = F.scaled_dot_product_attention(*(t[:1].float() for t in (q, k, v)), is_causal=True)
+    for name, out in outputs.items():
+        err = float((out - ref).norm() / ref.norm())
+        if not err <= 2e-2:
+            choice.refused[name] = f"output differs from float32 arithmetic by {err:.1e} (relative)"
+            del choice.ms[name]
+    choice.order = sorted(choice.ms, key=choice.ms.get)
+    return choice

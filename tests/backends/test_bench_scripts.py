@@ -1,0 +1,72 @@
+"""The training-step benchmark runs end to end on this CPU, on a tiny shape, and reports every row."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_train.py"
+SHAPE = """
+[model]
+n_layer = 2
+n_head = 2
+n_embd = 32
+seq_len = 32
+
+[data]
+tokenizer = "bpe"
+vocab_size = 300
+
+[train]
+batch_size = 8
+"""
+
+
+def bench(tmp_path: Path, *args: str) -> dict:
+    shape = tmp_path / "tiny.toml"
+    shape.write_text(SHAPE)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--device", "cpu", "--shape", str(shape), "--warmup", "1", "--steps", "2",
+         "--variants", "eager", "--out", str(out), *args],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(out.read_text()) | {"stdout": proc.stdout}
+
+
+def test_the_device_benchmark_times_both_models_at_every_micro_batch(tmp_path: Path) -> None:
+    report = bench(tmp_path, "--micro", "2,4")
+    rows = {(r["model"], r["mode"], r["micro"]): r for r in report["rows"]}
+    # The planner's micro-batch comes first (the batch of 8 fits whole on this CPU), then the others.
+    assert report["micros"] == [report["planner_micro"], 2, 4] and report["planner_micro"] == 8
+    assert set(rows) == {(m, "eager", mb) for m in ("localtrain", "gpt2") for mb in (8, 2, 4)}
+    for row in rows.values():
+        assert row["tok_s"] == pytest.approx(row["micro"] * 32 / (row["ms"] / 1e3))
+        assert 0 < row["mfu_measured"] < 5
+    # Predicted memory comes from the planner for localtrain's rows, and grows with the micro-batch.
+    predicted = [rows[("localtrain", "eager", mb)]["predicted_bytes"] for mb in (2, 4, 8)]
+    assert predicted[0] < predicted[1] < predicted[2]
+    ratios = {(r["mode"], r["micro"]): r["ratio"] for r in report["ratios"]}
+    for mb in (8, 2, 4):
+        assert ratios[("eager", mb)] == pytest.approx(rows[("localtrain", "eager", mb)]["tok_s"]
+                                                      / rows[("gpt2", "eager", mb)]["tok_s"])
+    assert "GPT-2 tok/s" in report["stdout"] and set(report["sections"]) >= {"peak", "localtrain eager", "gpt2 eager"}
+
+
+def test_a_spent_time_budget_skips_the_rest_but_keeps_the_report(tmp_path: Path) -> None:
+    report = bench(tmp_path, "--micro", "2", "--no-plan", "--budget-s", "0")
+    assert report["rows"] == []
+    assert "skipped (time budget" in report["stdout"]
+
+
+def test_the_mlx_comparison_times_both_frameworks_at_one_micro_batch(tmp_path: Path) -> None:
+    pytest.importorskip("mlx.core", reason="needs MLX")
+    report = bench(tmp_path, "--micro", "2", "--backend", "mlx")
+    assert set(report["rows"]) == {"torch", "mlx"} and report["micro"] == 2
+    assert report["ratio"] == pytest.approx(report["rows"]["mlx"]["tok_s"] / report["rows"]["torch"]["tok_s"])
+    assert report["rows"]["mlx"]["grads_ms"] > 0 and report["rows"]["mlx"]["update_ms"] > 0
