@@ -1,0 +1,135 @@
+"""The pieces of the torch step that CUDA runs, checked on this CPU: the chunked loss, the attention choice."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from localtrain.backends import torch_attention
+from localtrain.backends.base import loss_chunk_tokens
+from localtrain.backends.torch_backend import TorchBackend
+from localtrain.backends.torch_loss import chunked_cross_entropy, chunked_token_losses
+from localtrain.config import ModelConfig, TrainConfig
+
+MODEL = ModelConfig(n_layer=2, n_head=4, n_embd=32, seq_len=16, pad_vocab_multiple=8)
+VOCAB = 37
+
+
+def operands(dtype: torch.dtype, n: int = 50, d: int = 16, v: int = 37, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, d, generator=g, dtype=dtype, requires_grad=True)
+    w = torch.randn(v, d, generator=g, dtype=dtype, requires_grad=True)
+    y = torch.randint(0, v, (n,), generator=g)
+    return h, w, y
+
+
+def plain(h, w, y, scale: float = 1.0):
+    loss = F.cross_entropy((h @ w.T).float() if h.dtype != torch.float64 else h @ w.T, y)
+    return (loss.detach(), *torch.autograd.grad(loss * scale, (h, w)))
+
+
+@pytest.mark.parametrize("chunk", [7, 25, 50, 64])  # uneven, even, one whole chunk, more than the tokens
+def test_chunked_loss_and_gradients_equal_the_plain_loss_in_float64(chunk: int) -> None:
+    h, w, y = operands(torch.float64)
+    loss, gh, gw = plain(h, w, y, scale=3.0)
+    ours = chunked_cross_entropy(h, w, y, chunk)
+    ch, cw = torch.autograd.grad(ours * 3.0, (h, w))  # the incoming gradient scales both
+    assert abs(ours.item() - loss.item()) < 1e-12
+    assert torch.allclose(ch, gh, rtol=0, atol=1e-14) and torch.allclose(cw, gw, rtol=0, atol=1e-14)
+
+
+def test_chunked_loss_in_float32_matches_to_rounding_and_token_losses_too() -> None:
+    h, w, y = operands(torch.float32, n=300, d=32, v=500, seed=1)
+    loss, gh, gw = plain(h, w, y)
+    ours = chunked_cross_entropy(h, w, y, 64)
+    ch, cw = torch.autograd.grad(ours, (h, w))
+    assert ours.item() == pytest.approx(loss.item(), rel=1e-6)
+    assert (ch - gh).norm() / gh.norm() < 1e-5 and (cw - gw).norm() / gw.norm() < 1e-5
+    per_token = chunked_token_losses(h, w, y, 64)
+    assert torch.allclose(per_token, F.cross_entropy(h @ w.T, y, reduction="none"), atol=1e-5)
+
+
+def test_chunked_loss_under_bfloat16_autocast_stays_within_bfloat16_rounding() -> None:
+    h, w, y = operands(torch.float32, n=256, d=64, v=300, seed=2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, gh, gw = plain(h, w, y)
+        ours = chunked_cross_entropy(h, w, y, 96)
+    ch, cw = torch.autograd.grad(ours, (h, w))
+    # Gradients come back in the parameters' dtype, as autocast's would.
+    assert ours.dtype == ch.dtype == cw.dtype == torch.float32
+    assert ours.item() == pytest.approx(loss.item(), rel=2e-3)
+    assert (ch - gh).norm() / gh.norm() < 2e-2 and (cw - gw).norm() / gw.norm() < 2e-2
+
+
+def test_without_gradients_the_chunked_loss_is_the_mean_of_the_token_losses() -> None:
+    h, w, y = operands(torch.float64)
+    with torch.no_grad():
+        loss = chunked_cross_entropy(h, w, y, 8)
+    assert loss.item() == pytest.approx(F.cross_entropy(h @ w.T, y).item(), abs=1e-12)
+
+
+def test_chunks_hold_about_2_to_the_29_logits_and_at_least_1024_tokens() -> None:
+    assert loss_chunk_tokens(50304) == 8192  # 2^29 / 50304 = 10672.6, the power of two below
+    assert loss_chunk_tokens(32000) == 16384  # 16777.2
+    assert loss_chunk_tokens(1 << 20) == 1024  # 512 would be too few to amortize the weight gradient's sum
+    assert loss_chunk_tokens(65) == 1 << 22  # a char vocabulary: one chunk for any real micro-batch
+
+
+def backend(chunk: int, seed: int = 2, compile: str = "off", **model) -> TorchBackend:
+    b = TorchBackend("cpu", "float32", compile=compile)
+    b.build(dataclasses.replace(MODEL, **model), VOCAB, seed)
+    b.configure_optimizer(TrainConfig(lr=1e-2, grad_clip=0.5))
+    b.model.loss_chunk = chunk
+    return b
+
+
+def batch(seed: int, rows: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    data = np.random.default_rng(seed).integers(0, VOCAB, (rows, MODEL.seq_len + 1)).astype(np.uint16)
+    return data[:, :-1], data[:, 1:]
+
+
+def test_the_cpu_backend_keeps_the_plain_loss() -> None:
+    # The CPU path's results and memory (which the planner was fitted to) stay as they were.
+    b = TorchBackend("cpu", "float32")
+    b.build(MODEL, VOCAB, 0)
+    assert b.model.loss_chunk == 0
+
+
+def test_training_with_the_chunked_loss_follows_the_plain_one() -> None:
+    plain_b, chunked = backend(0), backend(24)  # 64 tokens a micro-batch: chunks of 24, 24, 16
+    for s in range(4):
+        micro = [batch(s, rows=2), batch(s + 10, rows=2)]  # accumulation: the loss is scaled by 1/2
+        a, b = plain_b.train_step(micro, 1e-2), chunked.train_step(micro, 1e-2)
+        assert b.loss == pytest.approx(a.loss, rel=1e-5) and b.grad_norm == pytest.approx(a.grad_norm, rel=1e-5)
+    wa, ma = plain_b.state_arrays()
+    wb, mb = chunked.state_arrays()
+    assert max(np.abs(wa[k] - wb[k]).max() for k in wa) < 1e-4
+    x, y = batch(9)
+    assert np.allclose(plain_b.token_losses(x, y), chunked.token_losses(x, y), atol=1e-5)
+
+
+def test_the_chunked_loss_compiles_into_one_graph() -> None:
+    # A graph break would split the step at the loss and cost a launch gap on a GPU.
+    b = backend(24)
+    b.model.complex_rope = False  # as under torch.compile
+    x, y = (torch.from_numpy(a.astype(np.int64)) for a in batch(1))
+    explained = torch._dynamo.explain(b.model)(x, y)
+    assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+
+
+def test_the_attention_choice_orders_the_kernels_that_ran_and_names_the_rest() -> None:
+    choice = torch_attention.measure((2, 4, 64, 16), torch.float32, "cpu", repeats=2)
+    # This CPU has torch's flash kernel; cuDNN's and the memory-efficient one are CUDA-only.
+    assert choice.order == ["FLASH_ATTENTION"] and choice.ms["FLASH_ATTENTION"] > 0
+    assert set(choice.refused) == {"CUDNN_ATTENTION", "EFFICIENT_ATTENTION"}
+    q = torch.randn(2, 4, 64, 16)
+    with choice.context():
+        out = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    with torch.nn.attention.sdpa_kernel([torch.nn.attention.SDPBackend.MATH]):
+        ref = F.scaled_dot_product_attention(q, q, q, is_causal=True)
+    assert torch.allclose(out, ref, atol=1e-5)
+
