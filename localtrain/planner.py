@@ -23,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping
 
+from localtrain.backends.base import loss_chunk_tokens
 from localtrain.config import Config, ModelConfig
 from localtrain.errors import LocaltrainError
 from localtrain.files import human, parse_size
@@ -56,6 +57,9 @@ LOGITS_COPIES_COMPILED_FP32 = 1.0
 LOGITS_BYTES_COMPILED_MIXED = 1.3
 # Embedding output, final norm input/output and the loss's row buffers, per token.
 EMBED_VALUES = 12
+# On CUDA the loss runs a chunk of tokens at a time (backends/torch_loss.py): one chunk's
+# logits exist at once, in float32 beside their 16-bit gradient (6 bytes a logit).
+CHUNK_LOGIT_BYTES = 6
 # Memory a backend holds before the model: the interpreter and libraries (CPU RSS), a
 # CUDA context outside the caching allocator, Metal/MLX runtime buffers.
 OVERHEAD = {"cpu": 300 * MB, "cuda": 600 * MB, "mps": 500 * MB, "mlx": 200 * MB}
@@ -255,6 +259,13 @@ def memory_estimate(
         "compiler": COMPILER.get(kind, 0) if compiled else 0,
         "overhead": OVERHEAD.get(kind, OVERHEAD["cpu"]),
     }
+    if device == "cuda":
+        # Chunked loss: one chunk's logits, the head's float32 weight gradient and the
+        # hidden states' float32 gradient (both made in the forward pass).
+        tokens = micro_batch_size * model.seq_len
+        chunk = min(tokens, loss_chunk_tokens(rows))
+        terms["logits"] = CHUNK_LOGIT_BYTES * chunk * rows + 4 * rows * d + 4 * tokens * d
+        per_sample += int((4 * d - logits) * model.seq_len)
     return MemoryEstimate(terms=terms, per_sample=per_sample)
 
 

@@ -228,3 +228,14 @@ def test_a_run_whose_disk_need_exceeds_free_space_fails_before_writing(tmp_path,
     err = capsys.readouterr().err
     assert "Not enough disk" in err and "GiB free" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_on_cuda_the_logits_term_is_one_chunk_of_the_chunked_loss() -> None:
+    m = cfg.resolve("gpt2-124m").model  # 50304 rows, 768 wide: chunks of 8192 tokens
+    small, large = (memory_estimate(m, 50257, mb, "bfloat16", "cuda") for mb in (32, 64))
+    # Past one chunk, more tokens add only the hidden states' float32 gradient (4 bytes x 768).
+    assert large.terms["logits"] - small.terms["logits"] == 32 * 1024 * 4 * 768
+    assert large.total - small.total == 32 * small.per_sample
+    # The CPU keeps the full logits: they grow with every token.
+    cpu = [memory_estimate(m, 50257, mb, "bfloat16", "cpu").terms["logits"] for mb in (32, 64)]
+    assert cpu[1] == 2 * cpu[0] > 100 * (large.terms["logits"] - small.terms["logits"])
