@@ -26,6 +26,8 @@ LAYER_KEYS = (
 )
 EMBED = "model.embed_tokens.weight"
 NORM = "model.norm.weight"
+QKV = ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight")
+GATE_UP = ("mlp.gate_proj.weight", "mlp.up_proj.weight")
 
 
 def param_shapes(cfg: ModelConfig, rows: int) -> dict[str, tuple[int, ...]]:
@@ -67,12 +69,10 @@ def _attention(
 ) -> mx.array:
     B, T, _ = x.shape
     nh, nkv, hd = cfg.n_head, cfg.kv_heads, cfg.head_dim
-    h = x.astype(dtype)
-
-    def proj(name: str, heads: int) -> mx.array:
-        return (h @ lp[name].astype(dtype).T).reshape(B, T, heads, hd).transpose(0, 2, 1, 3)  # (B, heads, T, hs)
-
-    q, k, v = proj("self_attn.q_proj.weight", nh), proj("self_attn.k_proj.weight", nkv), proj("self_attn.v_proj.weight", nkv)
+    # One matmul for q, k and v: their matrices stacked (and cast) for this step.
+    qkv = x.astype(dtype) @ _stacked(lp, QKV, dtype).T
+    qkv = qkv.reshape(B, T, nh + 2 * nkv, hd).transpose(0, 2, 1, 3)  # (B, heads, T, hs)
+    q, k, v = mx.split(qkv, [nh, nh + nkv], axis=1)
     q = mx.fast.rope(q, hd, traditional=False, base=cfg.rope_theta, scale=1.0, offset=start)
     k = mx.fast.rope(k, hd, traditional=False, base=cfg.rope_theta, scale=1.0, offset=start)
     if cache is not None:
@@ -98,10 +98,13 @@ def _attention(
 
 
 def _mlp(lp: Params, x: mx.array, dtype: mx.Dtype) -> mx.array:
-    h = x.astype(dtype)
-    gate = h @ lp["mlp.gate_proj.weight"].astype(dtype).T
-    up = h @ lp["mlp.up_proj.weight"].astype(dtype).T
+    gate, up = mx.split(x.astype(dtype) @ _stacked(lp, GATE_UP, dtype).T, 2, axis=-1)  # one matmul for both
     return (_silu(gate) * up) @ lp["mlp.down_proj.weight"].astype(dtype).T
+
+
+def _stacked(lp: Params, names: tuple[str, ...], dtype: mx.Dtype) -> mx.array:
+    """The named matrices stacked by rows in the compute dtype (the gradient splits back by rows)."""
+    return mx.concatenate([lp[n] for n in names], axis=0).astype(dtype)
 
 
 def _silu(x: mx.array) -> mx.array:
@@ -150,9 +153,35 @@ def hidden(
     return mx.fast.rms_norm(x, params[NORM], cfg.norm_eps)
 
 
+def head(params: Params, h: mx.array, dtype: mx.Dtype) -> mx.array:
+    """Scores over every (padded) embedding row in the compute dtype: (..., rows)."""
+    return h.astype(dtype) @ params[EMBED].astype(dtype).T
+
+
 def logits(params: Params, h: mx.array, dtype: mx.Dtype) -> mx.array:
     """Scores over every (padded) embedding row, float32: (..., rows)."""
-    return (h.astype(dtype) @ params[EMBED].astype(dtype).T).astype(mx.float32)
+    return head(params, h, dtype).astype(mx.float32)
+
+
+@mx.custom_function
+def cross_entropy(z: mx.array, y: mx.array) -> mx.array:
+    """Per-token cross-entropy (float32) of logits z: (..., V) in any float dtype, targets y: (...)."""
+    z32 = z.astype(mx.float32)
+    return mx.logsumexp(z32, axis=-1) - mx.take_along_axis(z32, y[..., None], axis=-1)[..., 0]
+
+
+@cross_entropy.vjp
+def _cross_entropy_vjp(primals, cotangent, output):
+    # softmax(z) - one-hot(y), times the incoming gradient: one elementwise pass over the
+    # logits that writes the gradient in their own dtype. (Differentiating the forward
+    # instead writes float32 copies of the logits, a scattered zero array and their sum.)
+    z, y = primals
+    z32 = z.astype(mx.float32)
+    target = mx.take_along_axis(z32, y[..., None], axis=-1)
+    lse = output[..., None] + target  # output = lse - target
+    hit = mx.arange(z.shape[-1], dtype=y.dtype) == y[..., None]
+    grad = (mx.exp(z32 - lse) - hit.astype(mx.float32)) * cotangent[..., None]
+    return grad.astype(z.dtype), mx.zeros_like(y)
 
 
 def token_losses(
@@ -160,9 +189,7 @@ def token_losses(
     key: mx.array | None = None, checkpoint: bool = False,
 ) -> mx.array:
     """Per-token negative log-likelihood in nats, (B, T)."""
-    z = logits(params, hidden(params, x, cfg, dtype, key=key, checkpoint=checkpoint), dtype)
-    target = mx.take_along_axis(z, y[..., None], axis=-1)[..., 0]
-    return mx.logsumexp(z, axis=-1) - target
+    return cross_entropy(head(params, hidden(params, x, cfg, dtype, key=key, checkpoint=checkpoint), dtype), y)
 
 
 def loss(params: Params, x: mx.array, y: mx.array, cfg: ModelConfig, dtype: mx.Dtype, **kw: Any) -> mx.array:
