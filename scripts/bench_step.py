@@ -180,36 +180,50 @@ def measure_row(c: Contestant, data, warmup: int, steps: int, device: str) -> di
 
 
 def profile_step(c: Contestant, data, device: str, report: Report, rows: int = 14) -> dict:
-    """Kernel time of two steps by kernel and by kind (matmul, attention, fused, optimizer, other)."""
+    """Kernel (on a CPU: operator) time of two steps, by name and by kind (matmul, attention, ...)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    cuda = device == "cuda"
+    with profile(activities=[ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU]) as prof:
         for i in range(2):
             c.step([data[i % len(data)]])
-        torch.cuda.synchronize()
+        if cuda:
+            torch.cuda.synchronize()
     kernels = []
     for e in prof.key_averages():
-        us = getattr(e, "self_device_time_total", None)
-        if us is None:
-            us = getattr(e, "self_cuda_time_total", 0.0)
+        if cuda:
+            us = getattr(e, "self_device_time_total", None)
+            us = getattr(e, "self_cuda_time_total", 0.0) if us is None else us
+        else:
+            us = e.self_cpu_time_total
         if us > 0:
             kernels.append((e.key, us / 2, e.count // 2))
     total = sum(us for _, us, _ in kernels) or 1.0
     kinds: dict[str, float] = {}
     for name, us, _ in kernels:
-        low = name.lower()
-        kind = ("attention" if any(k in low for k in ("flash", "fmha", "cudnn", "attention", "sdpa"))
-                else "matmul" if any(k in low for k in ("gemm", "xmma", "nvjet", "cutlass", "sm90", "matmul", "mma"))
-                else "optimizer" if any(k in low for k in ("adam", "multi_tensor", "foreach", "norm_kernel"))
-                else "fused (triton)" if low.startswith("triton") else "other")
-        kinds[kind] = kinds.get(kind, 0.0) + us
-    report.line(f"  kernel time per step {total / 1e3:.1f} ms: " + ", ".join(
+        kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0.0) + us
+    report.line(f"  {'kernel' if cuda else 'operator'} time per step {total / 1e3:.1f} ms: " + ", ".join(
         f"{k} {v / total:.0%}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
-    for name, us, count in sorted(kernels, key=lambda k: -k[1])[:rows]:
+    top = sorted(kernels, key=lambda k: -k[1])
+    for name, us, count in top[:rows]:
         report.line(f"    {us / 1e3:7.2f} ms {us / total:6.1%} x{count:<4} {name[:90]}")
-    return {"kernel_ms": total / 1e3, "kinds_ms": {k: v / 1e3 for k, v in kinds.items()},
-            "top": [(n[:160], us / 1e3, cnt) for n, us, cnt in sorted(kernels, key=lambda k: -k[1])[:40]]}
+    return {"total_ms": total / 1e3, "kinds_ms": {k: v / 1e3 for k, v in kinds.items()},
+            "top": [(n[:160], us / 1e3, cnt) for n, us, cnt in top[:40]]}
+
+
+def kernel_kind(name: str) -> str:
+    """Which part of the step a kernel (or operator) name belongs to."""
+    low = name.lower()
+    if any(k in low for k in ("flash", "fmha", "cudnn", "attention", "sdpa")):
+        return "attention"
+    if any(k in low for k in ("gemm", "xmma", "nvjet", "cutlass", "sm90", "matmul", "aten::mm", "addmm", "bmm")):
+        return "matmul"
+    if any(k in low for k in ("adam", "multi_tensor", "foreach", "clip_grad")):
+        return "optimizer"
+    if low.startswith("triton"):
+        return "fused (triton)"
+    return "other"
 
 
 def fit(points: list[tuple[int, int]]) -> tuple[float, float] | None:
@@ -325,8 +339,9 @@ def run(args) -> None:
                 report.data["rows"].append(row)
                 report.line(_describe(row, peak, published))
                 report.save()
-                if device == "cuda" and args.profile and micro == micros[0] and mode == "compiled":
+                if args.profile and micro == micros[0] and mode == modes[0]:
                     row["profile"] = profile_step(c, data, device, report)
+                    report.save()
             c.close()
             gc.collect()
             if device == "cuda":

@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--compile-mode", default=None,
                     help="with --device: torch.compile mode, e.g. max-autotune-no-cudagraphs (default: its default)")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
-                    help="with --device cuda: skip the kernel-time profile of the first compiled rows")
+                    help="with --device: skip the kernel-time profile at the first micro-batch of the first variant")
     ap.add_argument("--budget-s", type=float, default=330.0,
                     help="with --device: start no new row after this many seconds")
     ap.add_argument("--out", type=Path, help="with --device: also write every figure to this JSON file")

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_train.py"
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+SCRIPT = SCRIPTS / "bench_train.py"
 SHAPE = """
 [model]
 n_layer = 2
@@ -56,6 +57,10 @@ def test_the_device_benchmark_times_both_models_at_every_micro_batch(tmp_path: P
         assert ratios[("eager", mb)] == pytest.approx(rows[("localtrain", "eager", mb)]["tok_s"]
                                                       / rows[("gpt2", "eager", mb)]["tok_s"])
     assert "GPT-2 tok/s" in report["stdout"] and set(report["sections"]) >= {"peak", "localtrain eager", "gpt2 eager"}
+    # The first micro-batch of each model is profiled: its operators, grouped by kind.
+    profile = rows[("localtrain", "eager", 8)]["profile"]
+    assert profile["kinds_ms"]["matmul"] > 0 and profile["top"]
+    assert "profile" not in rows[("localtrain", "eager", 2)]
 
 
 def test_a_spent_time_budget_skips_the_rest_but_keeps_the_report(tmp_path: Path) -> None:
@@ -70,3 +75,28 @@ def test_the_mlx_comparison_times_both_frameworks_at_one_micro_batch(tmp_path: P
     assert set(report["rows"]) == {"torch", "mlx"} and report["micro"] == 2
     assert report["ratio"] == pytest.approx(report["rows"]["mlx"]["tok_s"] / report["rows"]["torch"]["tok_s"])
     assert report["rows"]["mlx"]["grads_ms"] > 0 and report["rows"]["mlx"]["update_ms"] > 0
+
+
+def test_a_row_that_runs_out_of_memory_is_retried_with_the_micro_batch_split(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    import bench_step
+    from localtrain.backends.base import OutOfMemory
+
+    class Fake:
+        which, compiled, flops_per_token, params = "localtrain", False, 1.0, 1
+
+        def __init__(self) -> None:
+            self.seen: list[list[int]] = []
+            self.b = type("B", (), {"optimizer": type("O", (), {"zero_grad": lambda self, set_to_none: None})()})()
+
+        def step(self, micro_batches) -> None:
+            sizes = [len(x) for x, _ in micro_batches]
+            self.seen.append(sizes)
+            if sizes[0] > 2:
+                raise OutOfMemory("CUDA out of memory")
+
+    fake = Fake()
+    row = bench_step.measure_row(fake, bench_step.batches(50, 8, 16), warmup=1, steps=2, device="cpu")
+    # 8 and 4 ran out of memory; 4 x 2 fitted, and every timed step fed all 8 sequences.
+    assert [s[0] for s in fake.seen[:3]] == [8, 4, 2] and fake.seen[-1] == [2, 2, 2, 2]
+    assert row["micro"] == 8 and row["accum"] == 4 and row["tok_s"] == pytest.approx(8 * 16 / (row["ms"] / 1e3))

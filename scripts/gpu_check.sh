@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Every check that needs an NVIDIA GPU, in one command from the repository root:
+#   1. install localtrain (editable, no downloads) and the wheels in .whl/ (if any) into /tmp/site;
+#   2. print the GPU (nvidia-smi) and the library versions;
+#   3. the training-step benchmark: localtrain beside the GPT-2 baseline on gpt2-124m (bench_train.py);
+#   4. the tests marked requires_cuda;
+#   5. MLX's compiled step beside torch's on the same GPU (bench_train.py --backend mlx).
+# Everything printed also goes to $OUT/gpu_check.log, with each stage's own log and JSON
+# beside it. The stages share a time budget (GPU_CHECK_BUDGET_S, 420 s): each gets at most
+# what is left, so the whole script ends within the budget and keeps what it measured.
+set -u -o pipefail
+OUT=${OUT:-$PWD/gpu-check-out}
+BUDGET=${GPU_CHECK_BUDGET_S:-420}
+SHAPE=${GPU_CHECK_SHAPE:-gpt2-124m}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/gpu_check.log") 2>&1
+export PYTHONUNBUFFERED=1
+start=$(date +%s)
+elapsed() { echo $(( $(date +%s) - start )); }
+stage() { echo; echo "=== [$(elapsed) s] $*"; }
+# remaining CAP: seconds a stage may take, at most CAP and what the budget leaves (minus 10 s to wrap up).
+remaining() { local left=$(( BUDGET - $(elapsed) - 10 )); echo $(( left < $1 ? left : $1 )); }
+
+stage "install"
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || { echo "install failed"; exit 1; }
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        || { echo "installing .whl/ failed"; exit 1; }
+    # MLX's CUDA library looks for the CUDA libraries and headers beside its own package:
+    # point it at those of torch's site-packages.
+    nvidia=$(python3 -c "import os, torch; print(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), 'nvidia'))")
+    if [ -d "$nvidia" ] && [ ! -e /tmp/site/nvidia ]; then ln -s "$nvidia" /tmp/site/nvidia; fi
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+stage "versions"
+nvidia-smi
+nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu \
+    --format=csv
+python3 - <<'EOF'
+import platform, torch
+print(f"python {platform.python_version()}; torch {torch.__version__}, CUDA {torch.version.cuda},"
+      f" cuDNN {torch.backends.cudnn.version()}; {torch.cuda.get_device_name()}, capability"
+      f" {torch.cuda.get_device_capability()}, {torch.cuda.get_device_properties(0).multi_processor_count} SMs")
+try:
+    import triton
+    print(f"triton {triton.__version__}")
+except ImportError:
+    print("triton: not installed")
+try:
+    import mlx.core as mx
+    print(f"mlx {mx.__version__}; default device {mx.default_device()}; cuda available {mx.cuda.is_available()}")
+except Exception as exc:  # the MLX stage reports its own failure
+    print(f"mlx: {type(exc).__name__}: {exc}")
+EOF
+
+stage "training-step benchmark, $SHAPE, localtrain beside the GPT-2 baseline"
+cap=$(remaining 270)
+# No new row after 200 s (or what the budget leaves); the timeout stops a row that runs long.
+timeout "$cap" python3 scripts/bench_train.py --device cuda --shape "$SHAPE" --budget-s $(( cap - 70 )) \
+    --out "$OUT/bench_torch.json" 2>&1 | tee "$OUT/bench_torch.log"
+echo "benchmark exit status: $?"
+
+stage "tests marked requires_cuda"
+cap=$(remaining 150)
+if [ "$cap" -gt 30 ]; then
+    timeout "$cap" python3 -m pytest -q -m requires_cuda -p no:cacheprovider --continue-on-collection-errors \
+        2>&1 | tee "$OUT/pytest.log"
+    echo "pytest exit status: $?"
+else
+    echo "skipped: the time budget is spent"
+fi
+
+stage "MLX beside torch, $SHAPE, micro-batch 12"
+cap=$(remaining 130)
+if [ "$cap" -gt 40 ]; then
+    timeout "$cap" python3 scripts/bench_train.py --device cuda --shape "$SHAPE" --backend mlx --micro 12 \
+        --out "$OUT/bench_mlx.json" 2>&1 | tee "$OUT/bench_mlx.log"
+    echo "MLX benchmark exit status: $?"
+else
+    echo "skipped: the time budget is spent"
+fi
+stage "done"
