@@ -275,7 +275,8 @@ def _describe(row: dict, peak: float, published: float | None) -> str:
     if "peak_bytes" in row:
         text += f"\n{'':30}peak {row['peak_bytes'] / GiB:.2f} GiB"
         if "predicted_bytes" in row:
-            text += f", planner {row['predicted_bytes'] / GiB:.2f} GiB ({row['memory_error']:+.1%})"
+            text += (f", planner {row['predicted_bytes'] / GiB:.2f} GiB ({row['memory_error']:+.1%} without its"
+                     f" {row['terms'].get('overhead', 0) / GiB:.2f} GiB overhead term)")
     if row.get("attention"):
         a = row["attention"]
         text += f"\n{'':30}attention kernels (fwd+bwd): " + ", ".join(f"{k} {v:.2f} ms" for k, v in a["ms"].items())
@@ -329,17 +330,19 @@ def run(args) -> None:
                 row["mfu_measured"] = row["flops_per_token"] * row["tok_s"] / peak
                 row["mfu_published"] = row["flops_per_token"] * row["tok_s"] / published if published else None
                 if which == "localtrain":
-                    total, terms = predicted_memory(config, vocab, micro, dtype, device, mode == "compiled")
+                    total, terms = predicted_memory(config, vocab, micro // row["accum"], dtype, device,
+                                                    mode == "compiled")
                     row.update(predicted_bytes=total, terms=terms)
                     if "peak_bytes" in row:
-                        row["memory_error"] = total / row["peak_bytes"] - 1
+                        # The overhead term is the CUDA context, outside the allocator's count.
+                        row["memory_error"] = (total - terms.get("overhead", 0)) / row["peak_bytes"] - 1
                     choice = c.b.attention.get((micro // row["accum"], dtype))
                     if choice is not None:
                         row["attention"] = {"order": choice.order, "ms": choice.ms, "refused": choice.refused}
                 report.data["rows"].append(row)
                 report.line(_describe(row, peak, published))
                 report.save()
-                if args.profile and micro == micros[0] and mode == modes[0]:
+                if args.profile and micro == micros[0] and mode == modes[0] and row["accum"] == 1:
                     row["profile"] = profile_step(c, data, device, report)
                     report.save()
             c.close()
@@ -370,16 +373,18 @@ def _summary(report: Report, predict) -> None:
     mem = [r for r in rows if r["model"] == "localtrain" and "peak_bytes" in r]
     if mem:
         report.line()
-        report.line("memory of localtrain's step: torch.cuda.max_memory_allocated against the planner")
+        report.line("memory of localtrain's step: torch.cuda.max_memory_allocated against the planner"
+                    " (whose overhead term, the CUDA context, the allocator does not count)")
         for mode in ("compiled", "eager"):
             points = [(r["micro"], r["peak_bytes"]) for r in mem if r["mode"] == mode and r["accum"] == 1]
             for r in (r for r in mem if r["mode"] == mode):
                 report.line(f"  {mode:8} micro {r['micro']:>3}: measured {r['peak_bytes'] / GiB:6.2f} GiB,"
-                            f" predicted {r['predicted_bytes'] / GiB:6.2f} GiB ({r['memory_error']:+.1%})")
+                            f" predicted {(r['predicted_bytes'] - r['terms'].get('overhead', 0)) / GiB:6.2f} GiB"
+                            f" ({r['memory_error']:+.1%})")
             measured_fit = fit(points)
             if measured_fit:
-                p1, _ = predict(1, mode == "compiled")
-                p2, _ = predict(2, mode == "compiled")
+                (p1, terms1), (p2, _) = predict(1, mode == "compiled"), predict(2, mode == "compiled")
+                p1, p2 = p1 - terms1.get("overhead", 0), p2 - terms1.get("overhead", 0)
                 report.line(f"  {mode:8} fit: {measured_fit[0] / GiB:.2f} GiB + {measured_fit[1] / 2**20:.1f} MiB"
                             f" per sequence; planner: {(2 * p1 - p2) / GiB:.2f} GiB + {(p2 - p1) / 2**20:.1f} MiB"
                             " per sequence")
