@@ -103,8 +103,11 @@ def _mlp(lp: Params, x: mx.array, dtype: mx.Dtype) -> mx.array:
 
 
 def _stacked(lp: Params, names: tuple[str, ...], dtype: mx.Dtype) -> mx.array:
-    """The named matrices stacked by rows in the compute dtype (the gradient splits back by rows)."""
-    return mx.concatenate([lp[n] for n in names], axis=0).astype(dtype)
+    """The named matrices stacked by rows in the compute dtype (the gradient splits back by rows).
+
+    Cast first: the copy the stacking makes is then of 16-bit values.
+    """
+    return mx.concatenate([lp[n].astype(dtype) for n in names], axis=0)
 
 
 def _silu(x: mx.array) -> mx.array:
