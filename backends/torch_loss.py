@@ -44,8 +44,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total = total + (lse.squeeze(1) - z.gather(1, yc[:, None]).squeeze(1)).sum()
             # d loss / d z, unscaled: softmax - one-hot, each entry in [-1, 1], so it keeps
             # its precision in float16 too; the 1/n and the incoming gradient come in backward.
-            # In place: the chunk's logits are not needed again.
-            dz = z.sub_(lse).exp_().scatter_add_(1, yc[:, None], z.new_full((yc.shape[0], 1), -1.0)).to(dtype)
+            if torch.compiler.is_compiling():
+                # Pointwise only: the compiler makes it one kernel from the 16-bit logits.
+                hit = torch.arange(z.shape[1], device=z.device) == yc[:, None]
+                dz = (torch.exp(z - lse) - hit.to(acc)).to(dtype)
+            else:
+                # In place: the chunk's logits are not needed again.
+                dz = z.sub_(lse).exp_().scatter_add_(1, yc[:, None], z.new_full((yc.shape[0], 1), -1.0)).to(dtype)
             grad_h.append(dz @ w)  # (C, d)
             grad_w = grad_w + (dz.T @ hc).to(acc)  # (V, d)
         ctx.save_for_backward(torch.cat(grad_h).to(h.dtype), grad_w.to(weight.dtype))
