@@ -65,6 +65,17 @@ def test_chunked_loss_under_bfloat16_autocast_stays_within_bfloat16_rounding() -
     assert (ch - gh).norm() / gh.norm() < 2e-2 and (cw - gw).norm() / gw.norm() < 2e-2
 
 
+def test_the_compiled_chunked_loss_matches_the_plain_loss() -> None:
+    # Under the compiler the logits' gradient takes its own (pointwise) path.
+    h, w, y = operands(torch.float32, n=200, d=32, v=300, seed=3)
+    loss, gh, gw = plain(h, w, y)
+    compiled = torch.compile(chunked_cross_entropy, dynamic=False)
+    ours = compiled(h, w, y, 64)
+    ch, cw = torch.autograd.grad(ours, (h, w))
+    assert ours.item() == pytest.approx(loss.item(), rel=1e-5)
+    assert (ch - gh).norm() / gh.norm() < 1e-5 and (cw - gw).norm() / gw.norm() < 1e-5
+
+
 def test_without_gradients_the_chunked_loss_is_the_mean_of_the_token_losses() -> None:
     h, w, y = operands(torch.float64)
     with torch.no_grad():
