@@ -32,7 +32,8 @@ def run(args) -> None:
 
     from localtrain import metrics
     from localtrain.backends.mlx_backend import MLXBackend
-    from localtrain.backends.torch_backend import TorchBackend, resolve_device, resolve_dtype
+    from localtrain import hardware, planner
+    from localtrain.backends.torch_backend import TorchBackend, resolve_device
     from localtrain.config import resolve
     from localtrain.planner import estimate_vocab
 
@@ -41,7 +42,7 @@ def run(args) -> None:
     config = resolve(args.shape)
     m = config.model
     vocab = args.vocab or estimate_vocab(config)
-    dtype = resolve_dtype(args.dtype, device)
+    dtype = args.dtype if args.dtype != "auto" else planner.default_dtype(hardware.probe(), device)
     micro = args.micro[0]
     data = batches(vocab, micro, m.seq_len)
     name = torch.cuda.get_device_name() if device == "cuda" else device
@@ -72,7 +73,7 @@ def run(args) -> None:
 
     # Both compiled unless --variants eager asks for both eager (a quick check of the script).
     mode = "compiled" if "compiled" in args.variants else "eager"
-    on = "on" if mode == "compiled" else "off"
+    on = mode == "compiled"
     t = TorchBackend(device, dtype, 0, on, compile_mode=args.compile_mode)
     t.build(m, vocab, 0)
     t.configure_optimizer(config.train)

@@ -88,11 +88,12 @@ def predicted_memory(config, vocab: int, micro: int, dtype: str, device: str, co
     return est.total, dict(est.terms)
 
 
-def planner_micro(config, vocab: int) -> int | None:
+def planner_micro(config, machine, vocab: int) -> int | None:
+    """The micro-batch the planner picks before anything is measured (the largest that fits)."""
     try:
-        from localtrain import hardware, planner
+        from localtrain import planner
 
-        return planner.plan(config, hardware.probe(), vocab_size=vocab).micro_batch_size
+        return planner.plan(config, machine, vocab_size=vocab).micro_batch_size
     except Exception as exc:  # the comparison still runs at the micro-batches asked for
         print(f"(the planner could not plan this shape here: {exc})")
         return None
@@ -109,7 +110,7 @@ class Contestant:
             from localtrain import metrics
             from localtrain.backends.torch_backend import TorchBackend
 
-            self.b = TorchBackend(device, dtype, 0, "on" if compiled else "off", compile_mode=compile_mode)
+            self.b = TorchBackend(device, dtype, 0, compiled, compile_mode=compile_mode)
             self.b.build(m, vocab, 0)
             self.b.configure_optimizer(config.train)
             self.flops_per_token = metrics.flops_per_token(m, self.b.model.model.embed_tokens.num_embeddings)
@@ -288,7 +289,8 @@ def run(args) -> None:
     """Compare localtrain's step with the GPT-2 baseline's on args.device (see the module docstring)."""
     import torch
 
-    from localtrain.backends.torch_backend import resolve_device, resolve_dtype
+    from localtrain.backends.torch_backend import resolve_device
+    from localtrain import hardware, planner
     from localtrain.config import resolve
     from localtrain.planner import estimate_vocab
 
@@ -299,10 +301,11 @@ def run(args) -> None:
     device = resolve_device(args.device)
     config = resolve(args.shape)
     vocab = args.vocab or estimate_vocab(config)
-    dtype = resolve_dtype(args.dtype, device)
+    machine = hardware.probe()
+    dtype = args.dtype if args.dtype != "auto" else planner.default_dtype(machine, device)
     peak, published = _header(report, device, dtype, config, vocab)
     began = report.elapsed()
-    planned = planner_micro(config, vocab) if args.plan else None
+    planned = planner_micro(config, machine, vocab) if args.plan else None
     micros = list(dict.fromkeys(([planned] if planned else []) + list(args.micro)))
     report.line(f"micro-batches: {micros}" + (f" (the planner picks {planned} here)" if planned else ""))
     report.data.update(planner_micro=planned, micros=micros)

@@ -79,10 +79,10 @@ def alternate(rounds: int, steps: int) -> tuple[float, float, float, int]:
 def measure_step(compile_: bool, steps: int, backend: str = "torch") -> dict:
     from localtrain import metrics
     from localtrain.config import resolve
-    from localtrain.runner import backend_class
+    from localtrain.backends import backend_class
 
     config = resolve("tiny-shakespeare")
-    b = backend_class(backend)("cpu", "float32", 0, "on" if compile_ else "off")
+    b = backend_class(backend)("cpu", "float32", 0, compile_)
     vocab = 65
     b.build(config.model, vocab, 0)
     b.configure_optimizer(config.train)
@@ -152,7 +152,8 @@ def main() -> None:
     ap.add_argument("--models", type=lambda s: s.split(","), default=["localtrain", "gpt2"],
                     help="with --device: localtrain, gpt2 or both")
     ap.add_argument("--warmup", type=int, default=10, help="with --device: warm-up steps (compilation included)")
-    ap.add_argument("--dtype", default="auto", help="with --device: training dtype (auto: bf16 on a GPU)")
+    ap.add_argument("--dtype", default="auto",
+                    help="with --device: training dtype (auto: the planner's default, bf16 on a recent GPU)")
     ap.add_argument("--vocab", type=int, default=0, help="with --device: vocabulary (default: the preset's)")
     ap.add_argument("--compile-mode", default=None,
                     help="with --device: torch.compile mode, e.g. max-autotune-no-cudagraphs (default: its default)")

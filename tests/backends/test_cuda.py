@@ -25,7 +25,7 @@ MODEL = ModelConfig(n_layer=2, n_head=4, n_embd=128, seq_len=128)
 VOCAB = 1000
 
 
-def backend(compile: str = "off", model: ModelConfig = MODEL, vocab: int = VOCAB, seed: int = 1) -> TorchBackend:
+def backend(compile: bool = False, model: ModelConfig = MODEL, vocab: int = VOCAB, seed: int = 1) -> TorchBackend:
     b = TorchBackend("cuda", "bfloat16", 0, compile)
     b.build(model, vocab, seed)
     b.configure_optimizer(TrainConfig(lr=3e-3))
@@ -38,7 +38,7 @@ def batch(seed: int, rows: int, model: ModelConfig = MODEL, vocab: int = VOCAB) 
 
 
 def test_a_compiled_bfloat16_run_follows_eager() -> None:
-    eager, compiled = backend("off"), backend("on")
+    eager, compiled = backend(False), backend(True)
     eager.model.loss_chunk = compiled.model.loss_chunk = 1024  # 4,096 tokens: four chunks
     losses = []
     for s in range(8):
@@ -94,7 +94,7 @@ SHAPE = ModelConfig(n_layer=4, n_head=8, n_embd=512, seq_len=512)
 
 @pytest.mark.parametrize("compiled", [False, True])
 def test_the_planners_predicted_peak_is_within_10_percent_at_three_micro_batches(compiled: bool) -> None:
-    b = backend("on" if compiled else "off", SHAPE, vocab=8192)
+    b = backend(compiled, SHAPE, vocab=8192)
     params = inspect.signature(planner.memory_estimate).parameters
     extra = {"compiled": compiled} if "compiled" in params else {}
     errors = {}
@@ -113,7 +113,7 @@ def test_the_planners_predicted_peak_is_within_10_percent_at_three_micro_batches
 
 
 def test_eval_and_generation_run_beside_the_compiled_step() -> None:
-    b = backend("on", dataclasses.replace(MODEL, n_kv_head=2))
+    b = backend(True, dataclasses.replace(MODEL, n_kv_head=2))
     x, y = batch(3, 8)
     first = b.train_step([(x, y)], 3e-3).loss
     losses = b.token_losses(x, y)

@@ -90,7 +90,7 @@ def test_chunks_hold_about_2_to_the_29_logits_and_at_least_1024_tokens() -> None
     assert loss_chunk_tokens(65) == 1 << 22  # a char vocabulary: one chunk for any real micro-batch
 
 
-def backend(chunk: int, seed: int = 2, compile: str = "off", **model) -> TorchBackend:
+def backend(chunk: int, seed: int = 2, compile: bool = False, **model) -> TorchBackend:
     b = TorchBackend("cpu", "float32", compile=compile)
     b.build(dataclasses.replace(MODEL, **model), VOCAB, seed)
     b.configure_optimizer(TrainConfig(lr=1e-2, grad_clip=0.5))

@@ -236,6 +236,6 @@ def test_on_cuda_the_logits_term_is_one_chunk_of_the_chunked_loss() -> None:
     # Past one chunk, more tokens add only the hidden states' float32 gradient (4 bytes x 768).
     assert large.terms["logits"] - small.terms["logits"] == 32 * 1024 * 4 * 768
     assert large.total - small.total == 32 * small.per_sample
-    # The CPU keeps the full logits: they grow with every token.
+    # The CPU keeps the full logits: they grow with every token, by a whole vocabulary row.
     cpu = [memory_estimate(m, 50257, mb, "bfloat16", "cpu").terms["logits"] for mb in (32, 64)]
-    assert cpu[1] == 2 * cpu[0] > 100 * (large.terms["logits"] - small.terms["logits"])
+    assert cpu[1] == 2 * cpu[0] and cpu[1] - cpu[0] > 20 * (large.terms["logits"] - small.terms["logits"])
