@@ -3,14 +3,14 @@
 #   1. install localtrain (editable, no downloads) and the wheels in .whl/ (if any) into /tmp/site;
 #   2. print the GPU (nvidia-smi) and the library versions;
 #   3. the training-step benchmark: localtrain beside the GPT-2 baseline on gpt2-124m (bench_train.py);
-#   4. the tests marked requires_cuda;
-#   5. MLX's compiled step beside torch's on the same GPU (bench_train.py --backend mlx).
+#   4. MLX's compiled step beside torch's on the same GPU (bench_train.py --backend mlx);
+#   5. the tests marked requires_cuda.
 # Everything printed also goes to $OUT/gpu_check.log, with each stage's own log and JSON
-# beside it. The stages share a time budget (GPU_CHECK_BUDGET_S, 420 s): each gets at most
+# beside it. The stages share a time budget (GPU_CHECK_BUDGET_S, 450 s): each gets at most
 # what is left, so the whole script ends within the budget and keeps what it measured.
 set -u -o pipefail
 OUT=${OUT:-$PWD/gpu-check-out}
-BUDGET=${GPU_CHECK_BUDGET_S:-420}
+BUDGET=${GPU_CHECK_BUDGET_S:-450}
 SHAPE=${GPU_CHECK_SHAPE:-gpt2-124m}
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/gpu_check.log") 2>&1
@@ -55,24 +55,14 @@ except Exception as exc:  # the MLX stage reports its own failure
 EOF
 
 stage "training-step benchmark, $SHAPE, localtrain beside the GPT-2 baseline"
-cap=$(remaining 270)
-# No new row after 200 s (or what the budget leaves); the timeout stops a row that runs long.
-timeout "$cap" python3 scripts/bench_train.py --device cuda --shape "$SHAPE" --budget-s $(( cap - 70 )) \
+cap=$(remaining 250)
+# No new row after 190 s (or what the budget leaves); the timeout stops a row that runs long.
+timeout "$cap" python3 scripts/bench_train.py --device cuda --shape "$SHAPE" --budget-s $(( cap - 60 )) \
     --out "$OUT/bench_torch.json" 2>&1 | tee "$OUT/bench_torch.log"
 echo "benchmark exit status: $?"
 
-stage "tests marked requires_cuda"
-cap=$(remaining 150)
-if [ "$cap" -gt 30 ]; then
-    timeout "$cap" python3 -m pytest -q -m requires_cuda -p no:cacheprovider --continue-on-collection-errors \
-        2>&1 | tee "$OUT/pytest.log"
-    echo "pytest exit status: $?"
-else
-    echo "skipped: the time budget is spent"
-fi
-
 stage "MLX beside torch, $SHAPE, micro-batch 12"
-cap=$(remaining 130)
+cap=$(remaining 110)
 if [ "$cap" -gt 40 ]; then
     timeout "$cap" python3 scripts/bench_train.py --device cuda --shape "$SHAPE" --backend mlx --micro 12 \
         --out "$OUT/bench_mlx.json" 2>&1 | tee "$OUT/bench_mlx.log"
@@ -80,4 +70,14 @@ if [ "$cap" -gt 40 ]; then
 else
     echo "skipped: the time budget is spent"
 fi
+stage "tests marked requires_cuda"
+cap=$(remaining 150)
+if [ "$cap" -gt 30 ]; then
+    timeout "$cap" python3 -m pytest -v -m requires_cuda -p no:cacheprovider --continue-on-collection-errors \
+        --durations=8 2>&1 | tee "$OUT/pytest.log"
+    echo "pytest exit status: $?"
+else
+    echo "skipped: the time budget is spent"
+fi
+
 stage "done"
