@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every check that needs an NVIDIA GPU, in one command from the repository root:
-#   1. install localtrain (editable, no downloads) and the wheels in .whl/ (if any) into /tmp/site;
+#   1. install localtrain (editable, no downloads) and the wheels in .whl/ (if any) under /tmp;
 #   2. print the GPU (nvidia-smi) and the library versions;
 #   3. the training-step benchmark: localtrain beside the GPT-2 baseline on gpt2-124m (bench_train.py);
 #   4. MLX's compiled step beside torch's on the same GPU (bench_train.py --backend mlx);
@@ -23,21 +23,32 @@ remaining() { local left=$(( BUDGET - $(elapsed) - 10 )); echo $(( left < $1 ? l
 
 stage "install"
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . || { echo "install failed"; exit 1; }
+# The wheels in .whl/ go to /tmp/site; MLX's to /tmp/site-mlx, on the path of the MLX stage
+# alone, so that nothing else in this script loads a second CUDA framework.
 if ls .whl/*.whl >/dev/null 2>&1; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-        || { echo "installing .whl/ failed"; exit 1; }
-    # MLX's CUDA library looks for the CUDA libraries and headers beside its own package:
-    # point it at those of torch's site-packages.
-    nvidia=$(python3 -c "import os, torch; print(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), 'nvidia'))")
-    if [ -d "$nvidia" ] && [ ! -e /tmp/site/nvidia ]; then ln -s "$nvidia" /tmp/site/nvidia; fi
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    others=$(ls .whl/*.whl | grep -v '/mlx')
+    mlx_wheels=$(ls .whl/*.whl | grep '/mlx' || true)
+    if [ -n "$others" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site $others \
+            || { echo "installing .whl/ failed"; exit 1; }
+        export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+    fi
+    if [ -n "$mlx_wheels" ]; then
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site-mlx \
+            $mlx_wheels || echo "installing MLX's wheels failed: the MLX stage will say so"
+        # MLX's CUDA library looks for the CUDA libraries and headers beside its own package:
+        # point it at those of torch's site-packages.
+        nvidia=$(python3 -c "import os, torch; print(os.path.join(os.path.dirname(os.path.dirname(torch.__file__)), 'nvidia'))")
+        if [ -d "$nvidia" ] && [ ! -e /tmp/site-mlx/nvidia ]; then ln -s "$nvidia" /tmp/site-mlx/nvidia; fi
+    fi
 fi
+MLX_PATH=/tmp/site-mlx${PYTHONPATH:+:$PYTHONPATH}
 
 stage "versions"
 nvidia-smi
 nvidia-smi --query-gpu=name,memory.total,memory.used,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu \
     --format=csv
-python3 - <<'EOF'
+PYTHONPATH=$MLX_PATH python3 - <<'EOF'
 import platform, torch
 print(f"python {platform.python_version()}; torch {torch.__version__}, CUDA {torch.version.cuda},"
       f" cuDNN {torch.backends.cudnn.version()}; {torch.cuda.get_device_name()}, capability"
@@ -64,7 +75,7 @@ echo "benchmark exit status: $?"
 stage "MLX beside torch, $SHAPE, micro-batch 12"
 cap=$(remaining 110)
 if [ "$cap" -gt 40 ]; then
-    timeout "$cap" python3 scripts/bench_train.py --device cuda --shape "$SHAPE" --backend mlx --micro 12 \
+    PYTHONPATH=$MLX_PATH timeout "$cap" python3 scripts/bench_train.py --device cuda --shape "$SHAPE" --backend mlx --micro 12 \
         --out "$OUT/bench_mlx.json" 2>&1 | tee "$OUT/bench_mlx.log"
     echo "MLX benchmark exit status: $?"
 else
