@@ -91,4 +91,40 @@ else
     echo "skipped: the time budget is spent"
 fi
 
+stage "summary"
+OUT="$OUT" python3 - <<'EOF'
+import json, os
+from pathlib import Path
+
+out = Path(os.environ["OUT"])
+
+
+def load(name):
+    try:
+        return json.loads((out / name).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+bench = load("bench_torch.json")
+if bench:
+    print(bench.get("device", "?"))
+    rows = {(r["model"], r["mode"], r["micro"]): r for r in bench["rows"]}
+    for (model, mode, micro), r in rows.items():
+        if model != "localtrain":
+            continue
+        g = rows.get(("gpt2", mode, micro))
+        pub = f"{r['mfu_published']:.1%}" if r.get("mfu_published") else "-"
+        mem = f", memory {r['memory_error']:+.1%} against the planner" if "memory_error" in r else ""
+        print(f"{mode:8} micro {micro:>3}: localtrain {r['tok_s']:,.0f} tok/s (MFU {pub} of published)"
+              + (f", GPT-2 {g['tok_s']:,.0f} tok/s: {r['tok_s'] / g['tok_s']:.2f}x" if g else "") + mem)
+mlx = load("bench_mlx.json")
+if mlx and "ratio" in mlx:
+    print(f"MLX / torch at micro-batch {mlx['micro']}: {mlx['ratio']:.2f}x"
+          f" ({mlx['rows']['mlx']['tok_s']:,.0f} / {mlx['rows']['torch']['tok_s']:,.0f} tok/s)")
+log = out / "pytest.log"
+if log.exists():
+    lines = [line for line in log.read_text().splitlines() if " passed" in line or " failed" in line or " error" in line]
+    print("pytest:", lines[-1] if lines else "no result line")
+EOF
 stage "done"
