@@ -8,16 +8,12 @@ gradient with respect to the logits is already known in the forward pass (softma
 the one-hot target, over the token count), so the forward pass multiplies it into the
 gradients of the hidden states and of the head's weight right away, and the backward
 pass only scales them by the incoming gradient. No matmul is added, and at most one
-chunk's logits exist at a time.
+chunk's logits exist at a time. The chunk size is `base.loss_chunk_tokens`.
 """
 
 from __future__ import annotations
 
 import torch
-
-from localtrain.backends.base import loss_chunk_tokens
-
-__all__ = ["chunked_cross_entropy", "chunked_token_losses", "loss_chunk_tokens"]
 
 
 def _matmul_dtype(h: torch.Tensor) -> torch.dtype:
