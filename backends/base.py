@@ -73,13 +73,17 @@ def matmul_peak(sizes: tuple[int, ...], operands: Callable[[int], tuple[Any, Any
     return best
 
 
-def loss_chunk_tokens(vocab_rows: int) -> int:
-    """Tokens per chunk where the output head's loss runs in chunks: a power of two, about
-    2^29 logits a chunk (1 GiB in 16 bits), at least 1,024 tokens.
+def loss_chunk_tokens(vocab_rows: int, device: str) -> int:
+    """Tokens per chunk of the output head's loss on `device`; 0 where the loss is the plain one.
 
-    Below that, the per-chunk sum into the head's float32 weight gradient (read and written
-    once a chunk) starts to cost more than a percent of the step.
+    On CUDA the loss runs in chunks (torch_loss): a power of two, about 2^29 logits a chunk
+    (1 GiB in 16 bits), at least 1,024 tokens. Below that, the per-chunk sum into the head's
+    float32 weight gradient (read and written once a chunk) starts to cost more than a
+    percent of the step. Elsewhere (the CPU, MPS, MLX) the loss makes the full logits. The
+    backend and the planner's memory model both ask here.
     """
+    if device != "cuda":
+        return 0
     return max(1024, 1 << max(0, (2**29 // max(1, vocab_rows)).bit_length() - 1))
 
 

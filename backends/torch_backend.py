@@ -150,10 +150,8 @@ class TorchBackend:
             torch.compile(train_model, dynamic=False, mode=self.compile_mode) if self.compile else train_model
         )
         # On a GPU the output head's loss runs in chunks (torch_loss): the full logits would
-        # be the largest tensor of the step. Elsewhere the loss is the plain one, whose memory
-        # the planner's coefficients were fitted to.
-        if self.device == "cuda":
-            self.model.loss_chunk = loss_chunk_tokens(self.model.model.embed_tokens.num_embeddings)
+        # be the largest tensor of the step.
+        self.model.loss_chunk = loss_chunk_tokens(self.model.model.embed_tokens.num_embeddings, self.device)
         self.layout = shared_layout(self.model)
         # MPS lacks some complex kernels, and the compiler cannot fuse complex arithmetic;
         # real arithmetic gives the same rotation there.

@@ -36,19 +36,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_h, grad_w = [], torch.zeros(weight.shape, dtype=acc, device=weight.device)
         for hc, yc in zip(h.to(dtype).split(chunk), targets.split(chunk)):
             z = (hc @ w.T).to(acc)  # (C, V)
-            lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (C, 1)
-            total = total + (lse.squeeze(1) - z.gather(1, yc[:, None]).squeeze(1)).sum()
+            target = z.gather(1, yc[:, None])  # (C, 1)
             # d loss / d z, unscaled: softmax - one-hot, each entry in [-1, 1], so it keeps
             # its precision in float16 too; the 1/n and the incoming gradient come in backward.
             if torch.compiler.is_compiling():
-                # Pointwise only: the compiler makes it one kernel from the 16-bit logits.
+                # Pointwise only: the compiler makes it one kernel from the 16-bit logits,
+                # written over their buffer.
+                lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (C, 1)
                 hit = torch.arange(z.shape[1], device=z.device) == yc[:, None]
                 dz = (torch.exp(z - lse) - hit.to(acc)).to(dtype)
             else:
-                # In place: the chunk's logits are not needed again.
-                dz = z.sub_(lse).exp_().scatter_add_(1, yc[:, None], z.new_full((yc.shape[0], 1), -1.0)).to(dtype)
+                # In place, with no temporary of the chunk's size (torch.logsumexp makes one):
+                # the chunk's logits are not needed again.
+                top = z.amax(dim=-1, keepdim=True)
+                p = z.sub_(top).exp_()  # (C, V), unnormalized
+                total_p = p.sum(dim=-1, keepdim=True)
+                lse = top + total_p.log()
+                dz = p.div_(total_p).scatter_add_(1, yc[:, None], z.new_full((yc.shape[0], 1), -1.0)).to(dtype)
+                del z, p  # from here only dz: the chunk's peak is the float32 logits beside it
+            total = total + (lse - target).sum()
             grad_h.append(dz @ w)  # (C, d)
-            grad_w = grad_w + (dz.T @ hc).to(acc)  # (V, d)
+            grad_w.add_(dz.T @ hc)  # (V, d), summed in float32 in place
+            del dz  # before the next chunk's logits are made
         ctx.save_for_backward(torch.cat(grad_h).to(h.dtype), grad_w.to(weight.dtype))
         ctx.n = n
         return total / n

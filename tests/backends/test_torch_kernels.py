@@ -83,11 +83,13 @@ def test_without_gradients_the_chunked_loss_is_the_mean_of_the_token_losses() ->
     assert loss.item() == pytest.approx(F.cross_entropy(h @ w.T, y).item(), abs=1e-12)
 
 
-def test_chunks_hold_about_2_to_the_29_logits_and_at_least_1024_tokens() -> None:
-    assert loss_chunk_tokens(50304) == 8192  # 2^29 / 50304 = 10672.6, the power of two below
-    assert loss_chunk_tokens(32000) == 16384  # 16777.2
-    assert loss_chunk_tokens(1 << 20) == 1024  # 512 would be too few to amortize the weight gradient's sum
-    assert loss_chunk_tokens(65) == 1 << 22  # a char vocabulary: one chunk for any real micro-batch
+def test_chunks_hold_about_2_to_the_29_logits_and_at_least_1024_tokens_on_cuda_alone() -> None:
+    assert loss_chunk_tokens(50304, "cuda") == 8192  # 2^29 / 50304 = 10672.6, the power of two below
+    assert loss_chunk_tokens(32000, "cuda") == 16384  # 16777.2
+    assert loss_chunk_tokens(1 << 20, "cuda") == 1024  # 512 would be too few to amortize the weight gradient's sum
+    assert loss_chunk_tokens(65, "cuda") == 1 << 22  # a char vocabulary: one chunk for any real micro-batch
+    # Elsewhere the plain loss (0): the backend and the planner's memory model read the same answer.
+    assert [loss_chunk_tokens(50304, d) for d in ("cpu", "mps", "mlx")] == [0, 0, 0]
 
 
 def backend(chunk: int, seed: int = 2, compile: bool = False, **model) -> TorchBackend:
@@ -144,3 +146,44 @@ def test_the_attention_choice_orders_the_kernels_that_ran_and_names_the_rest() -
         ref = F.scaled_dot_product_attention(q, q, q, is_causal=True)
     assert torch.allclose(out, ref, atol=1e-5)
 
+
+
+def live_peak(step) -> int:
+    """The most bytes of CPU tensors allocated at once during step(), above those live before it
+    (the profiler's allocation events: what torch.cuda.max_memory_allocated counts on a GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    live = peak = 0
+    for _, nbytes in sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                            if e.name() == "[memory]" and str(e.device_type()).endswith("CPU")):
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+@pytest.mark.parametrize("mixed", [False, True])
+def test_the_chunked_loss_holds_one_chunk_of_logits_at_the_bytes_the_planner_counts(mixed: bool,
+                                                                                      compiled: bool) -> None:
+    from localtrain.planner import CHUNK_LOGIT_BYTES
+
+    n, d, v, chunk = 1024, 16, 8192, 512  # two chunks; the logits dwarf everything else
+    h, w, y = (t.detach() for t in operands(torch.float32, n, d, v, seed=4))
+    h.requires_grad_(), w.requires_grad_()
+    loss_fn = torch.compile(chunked_cross_entropy, dynamic=False) if compiled else chunked_cross_entropy
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mixed):
+            loss = loss_fn(h, w, y, chunk)
+        loss.backward()
+        h.grad = w.grad = None
+
+    step()  # compiles
+    logits = CHUNK_LOGIT_BYTES[f"{'compiled' if compiled else 'eager'}_{'mixed' if mixed else 'fp32'}"] * chunk * v
+    # Beside one chunk's logits: the head's weight and its gradients (float32 and 16-bit), the
+    # hidden states' ones: at most 5 x 4 bytes a value of each.
+    rest = 5 * 4 * (v * d + n * d)
+    # A temporary of the chunk's size (torch.logsumexp's), or a second chunk kept, breaks the bound.
+    assert logits <= live_peak(step) <= logits + rest
