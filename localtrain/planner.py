@@ -43,7 +43,11 @@ MB = 1024**2
 # Per token and layer, the block saves about 11 d + 4 f values for its backward (norm
 # inputs and outputs, q/k/v before and after rope, attention output, the MLP's gate,
 # up, SiLU and product); measured eager peaks carry 1.4x that (allocator slack, transients).
-LAYER_FACTOR = 1.4
+# CUDA's caching allocator counts the tensors themselves (max_memory_allocated): there the
+# tensor bytes live at the peak of an eager step are 1.0x, measured on this CPU through the
+# profiler's allocation events (scripts/bench_planner.py --chunked; bench_train.py --device
+# cuda checks it on a GPU).
+LAYER_FACTOR = {"cpu": 1.4, "cuda": 1.0}
 # A compiled step fuses the norms, rope and SwiGLU and saves fewer intermediates: half of
 # the eager activations, on a CPU as on CUDA (gpt2-124m).
 COMPILED_LAYER_SHARE = {"cpu": 0.5, "cuda": 0.5}
@@ -57,9 +61,13 @@ LOGITS_COPIES_COMPILED_FP32 = 1.0
 LOGITS_BYTES_COMPILED_MIXED = 1.3
 # Embedding output, final norm input/output and the loss's row buffers, per token.
 EMBED_VALUES = 12
-# On CUDA the loss runs a chunk of tokens at a time (backends/torch_loss.py): one chunk's
-# logits exist at once, in float32 beside their 16-bit gradient (6 bytes a logit).
-CHUNK_LOGIT_BYTES = 6
+# Where the loss runs a chunk of tokens at a time (backends/torch_loss.py, on CUDA), one
+# chunk's logits exist at once. Eager, bytes a logit: the float32 logits beside their
+# gradient in the compute dtype, which overwrites them in float32 (6 under autocast, 4 in
+# float32). Compiled, the gradient takes over the logits' own buffer: the compute dtype's
+# bytes. Measured as the tensor bytes live over the loss on this CPU, the compiled ones
+# with the CPU's code generator (tests/backends/test_torch_kernels.py holds them).
+CHUNK_LOGIT_BYTES = {"eager_mixed": 6, "eager_fp32": 4, "compiled_mixed": 2, "compiled_fp32": 4}
 # Memory a backend holds before the model: the interpreter and libraries (CPU RSS), a
 # CUDA context outside the caching allocator, Metal/MLX runtime buffers.
 OVERHEAD = {"cpu": 300 * MB, "cuda": 600 * MB, "mps": 500 * MB, "mlx": 200 * MB}
@@ -87,6 +95,12 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return sum(self.terms.values())
+
+    @property
+    def tensors(self) -> int:
+        """The terms a framework's allocator counts (torch.cuda.max_memory_allocated): all but the
+        backend's own overhead and the compiler's generated code."""
+        return self.total - self.terms["overhead"] - self.terms["compiler"]
 
 
 @dataclass(frozen=True)
@@ -230,7 +244,8 @@ def memory_estimate(
     # Saved per token: norm inputs/outputs and the attention input/output (8 d), q/k/v
     # around rope (3 kv), the MLP's gate/up, SiLU and product (4 f). The two residual
     # values stay fp32 under autocast; the rest is 16-bit there.
-    layer = LAYER_FACTOR * (2 * d * 4 + (6 * d + 3 * kv + 4 * f) * act_bytes)
+    kind = "mlx" if device == "mlx" else device
+    layer = LAYER_FACTOR.get(kind, LAYER_FACTOR["cpu"]) * (2 * d * 4 + (6 * d + 3 * kv + 4 * f) * act_bytes)
     if compiled:
         layer *= COMPILED_LAYER_SHARE.get(device, COMPILED_LAYER_SHARE["cpu"])
     if not fused_attention:
@@ -241,13 +256,17 @@ def memory_estimate(
         per_token_layers = model.n_layer * d * 4 + layer
     else:
         per_token_layers = model.n_layer * layer
-    if compiled:
+    chunk = loss_chunk_tokens(rows, device)
+    if chunk:
+        # Per token only the hidden state's float32 gradient, made in the forward pass; one
+        # chunk's logits and the head's float32 weight gradient are added below.
+        logits = 4 * d
+    elif compiled:
         logits = rows * (LOGITS_BYTES_COMPILED_MIXED if mixed else LOGITS_COPIES_COMPILED_FP32 * 4)
     else:
         logits = rows * (LOGITS_BYTES_MIXED if mixed else LOGITS_COPIES_FP32 * 4)
     per_token = per_token_layers + logits + EMBED_VALUES * d * 4
     per_sample = int(per_token * model.seq_len)
-    kind = "mlx" if device == "mlx" else device
     terms = {
         "weights": 4 * p,
         # Autocast keeps a 16-bit copy of each weight for the step.
@@ -259,13 +278,9 @@ def memory_estimate(
         "compiler": COMPILER.get(kind, 0) if compiled else 0,
         "overhead": OVERHEAD.get(kind, OVERHEAD["cpu"]),
     }
-    if device == "cuda":
-        # Chunked loss: one chunk's logits, the head's float32 weight gradient and the
-        # hidden states' float32 gradient (both made in the forward pass).
-        tokens = micro_batch_size * model.seq_len
-        chunk = min(tokens, loss_chunk_tokens(rows))
-        terms["logits"] = CHUNK_LOGIT_BYTES * chunk * rows + 4 * rows * d + 4 * tokens * d
-        per_sample += int((4 * d - logits) * model.seq_len)
+    if chunk:
+        per_logit = CHUNK_LOGIT_BYTES[f"{'compiled' if compiled else 'eager'}_{'mixed' if mixed else 'fp32'}"]
+        terms["logits"] += per_logit * min(micro_batch_size * model.seq_len, chunk) * rows + 4 * rows * d
     return MemoryEstimate(terms=terms, per_sample=per_sample)
 
 

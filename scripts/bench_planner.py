@@ -2,7 +2,11 @@
 
 1. Memory: for several shapes, the memory model's predicted peak of an eager and of a
    compiled step against the peak measured in its own process (CPU: the resident
-   high-water mark; CUDA: max_memory_allocated).
+   high-water mark; CUDA: max_memory_allocated). With --chunked, also the step as CUDA
+   runs it (the chunked loss of backends/torch_loss.py) on this CPU, fp32 and bf16: the
+   planner's CUDA prediction, less the terms the CUDA allocator does not count (context,
+   compiler), against the tensor bytes live at the step's peak (the profiler's allocation
+   events), which is what torch.cuda.max_memory_allocated counts on a GPU.
 2. Choice: for the tiny-shakespeare and python-stdlib presets, every dtype x compile x
    micro-batch, each timed in its own process (the grid); the tuner's pick from a fresh
    cache; the pick's tokens/s as a share of the grid's best; and the pick beside the
@@ -14,6 +18,7 @@
    CPU with native bf16, fp32 eager on one without).
 
     python3 scripts/bench_planner.py --data ../shared/data/tinyshakespeare/input.txt
+    python3 scripts/bench_planner.py --shape tiny-shakespeare --chunked --skip-choice
 """
 
 from __future__ import annotations
@@ -60,11 +65,11 @@ def measure_alone(spec: dict, choice: Choice):
         p.close()
 
 
-def accuracy() -> None:
+def accuracy(labels: list[str]) -> None:
     print("1. Peak memory: the memory model against a process running optimizer steps (float32):")
     print(f"{'shape':22} {'micro':>5} {'step':>8} {'predicted':>10} {'measured':>10} {'error':>7}")
     errors = []
-    for label, overrides, vocab, micro in SHAPES:
+    for label, overrides, vocab, micro in [s for s in SHAPES if not labels or s[0] in labels]:
         config = cfg.resolve("python-stdlib", overrides + [f"train.batch_size={micro}"])
         for compiled in (False, True):
             m = measure_alone(spec_for(config, vocab), Choice("float32", compiled, micro))
@@ -76,6 +81,64 @@ def accuracy() -> None:
             errors.append(abs(err))
             print(f"{label:22} {micro:5} {'compiled' if compiled else 'eager':>8} {predicted / GB:9.3f}G"
                   f" {m.peak_bytes / GB:9.3f}G {err:+7.1%}", flush=True)
+    print(f"largest error {max(errors):.1%} over {len(errors)} measurements\n")
+
+
+# Shapes whose peak the loss makes (a large vocabulary) or the blocks make (a small one).
+CHUNK_SHAPES = [
+    ("vocab 8k", ["model.n_layer=2", "model.n_head=4", "model.n_embd=256", "model.seq_len=256"], 8192, 4),
+    ("deep, vocab 256", ["model.n_layer=6", "model.n_head=4", "model.n_embd=256", "model.seq_len=256"], 256, 4),
+]
+
+
+def tensor_peak(step) -> int:
+    """The most bytes of CPU tensors allocated at once during step(), above those live before it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        step()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
+                    if e.name() == "[memory]" and str(e.device_type()).endswith("CPU"))
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return peak
+
+
+def chunked_accuracy() -> None:
+    import torch
+
+    from localtrain.backends.base import loss_chunk_tokens
+    from localtrain.backends.torch_backend import TorchBackend
+
+    print("1b. The step as CUDA runs it (chunked loss), on this CPU: the planner's CUDA prediction less its"
+          " context and compiler terms, against the tensor bytes live at the step's peak:")
+    print(f"{'shape':18} {'dtype':>8} {'step':>8} {'micro':>5} {'predicted':>10} {'measured':>10} {'error':>7}")
+    errors = []
+    for label, overrides, vocab, micro in CHUNK_SHAPES:
+        config = cfg.resolve("python-stdlib", overrides)
+        for dtype in ("float32", "bfloat16"):
+            for compiled in (False, True):
+                for mb in (micro, 2 * micro):
+                    b = TorchBackend("cpu", dtype, config.run.threads, compiled)
+                    b.build(config.model, vocab, 0)
+                    b.configure_optimizer(config.train)
+                    b.model.loss_chunk = loss_chunk_tokens(b.model.model.embed_tokens.num_embeddings, "cuda")
+                    data = np.random.default_rng(mb).integers(0, vocab, (mb, config.model.seq_len + 1))
+                    batch = [(data[:, :-1], data[:, 1:])]
+                    for _ in range(2):  # compiled, and the optimizer's moments made
+                        b.train_step(batch, 1e-4)
+                    held = [*b.model.parameters(), *b.model.buffers(),
+                            *(t for st in b.optimizer.state.values() for t in st.values() if torch.is_tensor(t))]
+                    measured = sum(t.numel() * t.element_size() for t in held) + tensor_peak(
+                        lambda: b.train_step(batch, 1e-4))
+                    est = memory_estimate(config.model, vocab, mb, dtype, "cuda", compiled=compiled)
+                    predicted = est.tensors
+                    err = (predicted - measured) / measured
+                    errors.append(abs(err))
+                    print(f"{label:18} {dtype:>8} {'compiled' if compiled else 'eager':>8} {mb:5}"
+                          f" {predicted / 2**20:9.1f}M {measured / 2**20:9.1f}M {err:+7.1%}", flush=True)
     print(f"largest error {max(errors):.1%} over {len(errors)} measurements\n")
 
 
@@ -183,6 +246,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, help="tinyshakespeare input.txt, for the whole-run comparison")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--shape", action="append", default=[], choices=[s[0] for s in SHAPES],
+                    help="part 1 on this shape only (repeatable; default: every shape)")
+    ap.add_argument("--chunked", action="store_true", help="also part 1b, the chunked loss as on CUDA")
     ap.add_argument("--skip-choice", action="store_true")
     args = ap.parse_args()
     machine = probe(cache_dir=cache_root(cfg.DataConfig()))
@@ -190,7 +256,9 @@ def main() -> None:
     print(f"machine: {machine.cpu_model}, {machine.physical_cores} cores, {machine.ram_total_bytes / GB:.1f} GiB RAM,"
           f" flags {' '.join(flags)}, torch {machine.backends.get('torch')}\n", flush=True)
     if not args.skip_accuracy:
-        accuracy()
+        accuracy(args.shape)
+    if args.chunked:
+        chunked_accuracy()
     if not args.skip_choice:
         choice(machine, "tiny-shakespeare", 68, baseline=True)
         choice(machine, "python-stdlib", 4096, baseline=False)
