@@ -13,7 +13,6 @@ soon as it is measured, so a run stopped by its time budget keeps what it measur
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import statistics
 import sys
@@ -78,14 +77,12 @@ def batches(vocab: int, micro: int, seq_len: int, count: int = 4) -> list[tuple[
     return out
 
 
-def predicted_memory(config, vocab: int, micro: int, dtype: str, device: str, compiled: bool) -> tuple[int, dict]:
-    """The planner's predicted peak and terms; passes `compiled` where memory_estimate takes it."""
+def predicted_memory(config, vocab: int, micro: int, dtype: str, device: str, compiled: bool) -> dict:
+    """The planner's predicted peak, the part of it the allocator counts, and its terms."""
     from localtrain import planner
 
-    params = inspect.signature(planner.memory_estimate).parameters
-    extra = {"compiled": compiled} if "compiled" in params else {}
-    est = planner.memory_estimate(config.model, vocab, micro, dtype, device, **extra)
-    return est.total, dict(est.terms)
+    est = planner.memory_estimate(config.model, vocab, micro, dtype, device, compiled=compiled)
+    return {"predicted_bytes": est.total, "predicted_tensors": est.tensors, "terms": dict(est.terms)}
 
 
 def planner_micro(config, machine, vocab: int) -> int | None:
@@ -137,24 +134,38 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, OutOfMemory) or is_out_of_memory(exc)
 
 
-def measure_row(c: Contestant, data, warmup: int, steps: int, device: str) -> dict:
-    """Warm up (compiling), then time `steps` steps; splits the micro-batch in two on an OOM."""
+def split_for(micro: int, most: int) -> int:
+    """The fewest equal pieces, each of at most `most` sequences, that `micro` divides into."""
+    return next(n for n in range(1, micro + 1) if micro % n == 0 and micro // n <= most)
+
+
+def measure_row(c: Contestant, data, warmup: int, steps: int, device: str, accum: int = 1,
+                row_s: float = 8.0) -> dict:
+    """Warm up (compiling), then time the steps; splits the micro-batch in two on an OOM.
+
+    `accum`: the pieces the micro-batch starts split into. Past the first two warm-up steps,
+    the row spends about `row_s` seconds on steps, at most `warmup` warm-up and `steps` timed
+    ones (at least 2 and 5 where those allow): a step of a large micro-batch takes a second or more.
+    """
     import torch
 
-    accum = 1
     while True:
         size = len(data[0][0]) // accum
         feed = [[(x[i * size:(i + 1) * size], y[i * size:(i + 1) * size]) for i in range(accum)] for x, y in data]
         try:
             start = time.perf_counter()
-            for i in range(warmup):
+            c.step(feed[0])  # compiles
+            t = time.perf_counter()
+            c.step(feed[1 % len(feed)])
+            one = time.perf_counter() - t
+            for i in range(2, max(2, min(warmup, 2 + int(row_s / 4 / one)))):
                 c.step(feed[i % len(feed)])
             warm = time.perf_counter() - start
             if device == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
             times = []
-            for i in range(steps):
+            for i in range(min(steps, max(5, int(row_s / one)))):
                 t = time.perf_counter()
                 c.step(feed[i % len(feed)])  # each step ends by reading its loss: the device has finished
                 times.append(time.perf_counter() - t)
@@ -169,11 +180,11 @@ def measure_row(c: Contestant, data, warmup: int, steps: int, device: str) -> di
             gc.collect()
             if device == "cuda":
                 torch.cuda.empty_cache()
-            accum *= 2
+            accum = split_for(len(data[0][0]), size // 2)
     median = statistics.median(times)
     tokens = len(data[0][0]) * data[0][0].shape[1]
     row = {"model": c.which, "mode": "compiled" if c.compiled else "eager", "micro": len(data[0][0]),
-           "accum": accum, "ms": median * 1e3, "tok_s": tokens / median, "warmup_s": warm,
+           "accum": accum, "steps": len(times), "ms": median * 1e3, "tok_s": tokens / median, "warmup_s": warm,
            "flops_per_token": c.flops_per_token, "params": c.params}
     if device == "cuda":
         row["peak_bytes"] = int(torch.cuda.max_memory_allocated())
@@ -269,15 +280,15 @@ def _header(report: Report, device: str, dtype: str, config, vocab: int) -> tupl
 
 def _describe(row: dict, peak: float, published: float | None) -> str:
     text = (f"{row['model']:10} {row['mode']:8} micro {row['micro']:>3}"
-            + (f" (as {row['accum']} x {row['micro'] // row['accum']}: OOM whole)" if row["accum"] > 1 else "")
+            + (f" (as {row['accum']} x {row['micro'] // row['accum']})" if row["accum"] > 1 else "")
             + f": {row['ms']:8.1f} ms/step {row['tok_s']:>11,.0f} tok/s  MFU {row['mfu_measured']:5.1%} of measured"
             + (f", {row['mfu_published']:5.1%} of published" if published else "")
             + f"  warm-up {row['warmup_s']:.1f} s")
     if "peak_bytes" in row:
         text += f"\n{'':30}peak {row['peak_bytes'] / GiB:.2f} GiB"
         if "predicted_bytes" in row:
-            text += (f", planner {row['predicted_bytes'] / GiB:.2f} GiB ({row['memory_error']:+.1%} without its"
-                     f" {row['terms'].get('overhead', 0) / GiB:.2f} GiB overhead term)")
+            text += (f", planner {row['predicted_tensors'] / GiB:.2f} GiB of tensors ({row['memory_error']:+.1%};"
+                     f" {row['predicted_bytes'] / GiB:.2f} GiB with the context and the compiler's code)")
     if row.get("attention"):
         a = row["attention"]
         text += f"\n{'':30}attention kernels (fwd+bwd): " + ", ".join(f"{k} {v:.2f} ms" for k, v in a["ms"].items())
@@ -323,8 +334,11 @@ def run(args) -> None:
                     report.line(f"{which} {mode} micro {micro}: skipped (time budget of {args.budget_s:.0f} s spent)")
                     continue
                 data = batches(vocab, micro, config.model.seq_len)
+                # The baseline's full float32 logits fit no large micro-batch: it accumulates pieces
+                # of at most the largest micro-batch asked for, as nanoGPT's recipe does.
+                accum = split_for(micro, max(args.micro)) if which == "gpt2" else 1
                 try:
-                    row = measure_row(c, data, args.warmup, args.steps, device)
+                    row = measure_row(c, data, args.warmup, args.steps, device, accum, args.row_s)
                 except Exception as exc:
                     if not is_oom(exc):
                         raise
@@ -333,12 +347,10 @@ def run(args) -> None:
                 row["mfu_measured"] = row["flops_per_token"] * row["tok_s"] / peak
                 row["mfu_published"] = row["flops_per_token"] * row["tok_s"] / published if published else None
                 if which == "localtrain":
-                    total, terms = predicted_memory(config, vocab, micro // row["accum"], dtype, device,
-                                                    mode == "compiled")
-                    row.update(predicted_bytes=total, terms=terms)
+                    row.update(predicted_memory(config, vocab, micro // row["accum"], dtype, device,
+                                                mode == "compiled"))
                     if "peak_bytes" in row:
-                        # The overhead term is the CUDA context, outside the allocator's count.
-                        row["memory_error"] = (total - terms.get("overhead", 0)) / row["peak_bytes"] - 1
+                        row["memory_error"] = row["predicted_tensors"] / row["peak_bytes"] - 1
                     choice = c.b.attention.get((micro // row["accum"], dtype))
                     if choice is not None:
                         row["attention"] = {"order": choice.order, "ms": choice.ms, "refused": choice.refused}
@@ -353,10 +365,10 @@ def run(args) -> None:
             if device == "cuda":
                 torch.cuda.empty_cache()
             report.section(f"{which} {mode}", began)
-    _summary(report, lambda micro, compiled: predicted_memory(config, vocab, micro, dtype, device, compiled))
+    _summary(report)
 
 
-def _summary(report: Report, predict) -> None:
+def _summary(report: Report) -> None:
     rows = report.data["rows"]
     by = {(r["model"], r["mode"], r["micro"]): r for r in rows}
     report.line()
@@ -376,24 +388,27 @@ def _summary(report: Report, predict) -> None:
     mem = [r for r in rows if r["model"] == "localtrain" and "peak_bytes" in r]
     if mem:
         report.line()
-        report.line("memory of localtrain's step: torch.cuda.max_memory_allocated against the planner"
-                    " (whose overhead term, the CUDA context, the allocator does not count)")
+        report.line("memory of localtrain's step: torch.cuda.max_memory_allocated against the planner's"
+                    " tensors (its terms but the CUDA context and the compiler's code, which the allocator"
+                    " does not count)")
         for mode in ("compiled", "eager"):
             points = [(r["micro"], r["peak_bytes"]) for r in mem if r["mode"] == mode and r["accum"] == 1]
             for r in (r for r in mem if r["mode"] == mode):
                 report.line(f"  {mode:8} micro {r['micro']:>3}: measured {r['peak_bytes'] / GiB:6.2f} GiB,"
-                            f" predicted {(r['predicted_bytes'] - r['terms'].get('overhead', 0)) / GiB:6.2f} GiB"
+                            f" predicted {r['predicted_tensors'] / GiB:6.2f} GiB"
                             f" ({r['memory_error']:+.1%})")
             measured_fit = fit(points)
             if measured_fit:
-                (p1, terms1), (p2, _) = predict(1, mode == "compiled"), predict(2, mode == "compiled")
-                p1, p2 = p1 - terms1.get("overhead", 0), p2 - terms1.get("overhead", 0)
+                # The planner's figures through the same micro-batches (its loss term is not linear
+                # below one chunk of the chunked loss).
+                whole = [r for r in mem if r["mode"] == mode and r["accum"] == 1]
+                planner_fit = fit([(r["micro"], r["predicted_tensors"]) for r in whole])
                 report.line(f"  {mode:8} fit: {measured_fit[0] / GiB:.2f} GiB + {measured_fit[1] / 2**20:.1f} MiB"
-                            f" per sequence; planner: {(2 * p1 - p2) / GiB:.2f} GiB + {(p2 - p1) / 2**20:.1f} MiB"
-                            " per sequence")
+                            f" per sequence; planner: {planner_fit[0] / GiB:.2f} GiB + {planner_fit[1] / 2**20:.1f}"
+                            " MiB per sequence")
                 report.data.setdefault("memory_fit", {})[mode] = {
                     "fixed": measured_fit[0], "per_sample": measured_fit[1],
-                    "planner_fixed": 2 * p1 - p2, "planner_per_sample": p2 - p1}
+                    "planner_fixed": planner_fit[0], "planner_per_sample": planner_fit[1]}
             terms = next((r["terms"] for r in mem if r["mode"] == mode), None)
             if terms:
                 report.line(f"  {mode:8} planner terms at micro {next(r['micro'] for r in mem if r['mode'] == mode)}: "

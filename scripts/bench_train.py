@@ -159,6 +159,8 @@ def main() -> None:
                     help="with --device: torch.compile mode, e.g. max-autotune-no-cudagraphs (default: its default)")
     ap.add_argument("--no-profile", dest="profile", action="store_false",
                     help="with --device: skip the kernel-time profile at the first micro-batch of the first variant")
+    ap.add_argument("--row-s", type=float, default=8.0,
+                    help="with --device: seconds of steps a row spends past its first two (at least 5 timed)")
     ap.add_argument("--budget-s", type=float, default=330.0,
                     help="with --device: start no new row after this many seconds")
     ap.add_argument("--out", type=Path, help="with --device: also write every figure to this JSON file")

@@ -48,7 +48,10 @@ def test_the_device_benchmark_times_both_models_at_every_micro_batch(tmp_path: P
     assert set(rows) == {(m, "eager", mb) for m in ("localtrain", "gpt2") for mb in (8, 2, 4)}
     for row in rows.values():
         assert row["tok_s"] == pytest.approx(row["micro"] * 32 / (row["ms"] / 1e3))
-        assert 0 < row["mfu_measured"] < 5
+    # The baseline accumulates pieces of at most the largest micro-batch asked for; localtrain never.
+    assert [rows[("gpt2", "eager", mb)]["accum"] for mb in (8, 2, 4)] == [2, 1, 1]
+    assert {r["accum"] for (m, _, _), r in rows.items() if m == "localtrain"} == {1}
+    assert all(0 < row["mfu_measured"] < 5 for row in rows.values())
     # Predicted memory comes from the planner for localtrain's rows, and grows with the micro-batch.
     predicted = [rows[("localtrain", "eager", mb)]["predicted_bytes"] for mb in (2, 4, 8)]
     assert predicted[0] < predicted[1] < predicted[2]
