@@ -37,5 +37,11 @@ def backend_class(name: str) -> type[Backend]:
 
 
 def make_backend(plan: Chosen) -> Backend:
-    """The backend a plan chose, with its device, dtype, threads and compile."""
-    return backend_class(plan.backend)(plan.device, plan.dtype, plan.threads, plan.compile)
+    """The backend a plan chose, with its device, dtype, threads and compile (sharded by FSDP
+    when the plan says so)."""
+    cls = backend_class(plan.backend)
+    if getattr(plan, "parallel", "none") == "fsdp":
+        from localtrain.backends.torch_fsdp import FSDPBackend
+
+        cls = FSDPBackend
+    return cls(plan.device, plan.dtype, plan.threads, plan.compile)

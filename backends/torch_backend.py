@@ -133,7 +133,23 @@ class TorchBackend:
         generator = torch.Generator().manual_seed(seed)
         net = LlamaLM(model, vocab_size)
         net.init_weights(generator)
-        self.model = net.to(self.device)
+        self.model = net
+        self.train_model = self._training_module()
+        # On a GPU the output head's loss runs in chunks (torch_loss): the full logits would
+        # be the largest tensor of the step.
+        self.model.loss_chunk = loss_chunk_tokens(self.model.model.embed_tokens.num_embeddings, self.device)
+        self.layout = shared_layout(self.model)
+        # MPS lacks some complex kernels, and the compiler cannot fuse complex arithmetic;
+        # real arithmetic gives the same rotation there.
+        self.model.complex_rope = self.device != "mps" and not self.compile
+        # Dropout draws from the default generators, which a checkpoint saves; each rank
+        # of a data-parallel job draws its own masks.
+        torch.manual_seed(seed + 1 + (self.dist.rank if self.dist is not None else 0))
+
+    def _training_module(self) -> torch.nn.Module:
+        """Move the model to the device; the module the training forward runs."""
+        assert self.model is not None
+        self.model.to(self.device)
         train_model: torch.nn.Module = self.model
         if self.dist is not None and self.dist.world_size > 1:
             # Gradients are averaged across ranks in the backward pass; the rope tables
@@ -146,19 +162,11 @@ class TorchBackend:
         # Only the training forward (and with it the backward) is compiled, for the one
         # micro-batch shape a run trains with; evaluation and generation (whose shapes change
         # token by token) run the same module eagerly.
-        self.train_model = (
-            torch.compile(train_model, dynamic=False, mode=self.compile_mode) if self.compile else train_model
-        )
-        # On a GPU the output head's loss runs in chunks (torch_loss): the full logits would
-        # be the largest tensor of the step.
-        self.model.loss_chunk = loss_chunk_tokens(self.model.model.embed_tokens.num_embeddings, self.device)
-        self.layout = shared_layout(self.model)
-        # MPS lacks some complex kernels, and the compiler cannot fuse complex arithmetic;
-        # real arithmetic gives the same rotation there.
-        self.model.complex_rope = self.device != "mps" and not self.compile
-        # Dropout draws from the default generators, which a checkpoint saves; each rank
-        # of a data-parallel job draws its own masks.
-        torch.manual_seed(seed + 1 + (self.dist.rank if self.dist is not None else 0))
+        return torch.compile(train_model, dynamic=False, mode=self.compile_mode) if self.compile else train_model
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """Around one micro-batch's backward: under DDP gradients are averaged once, after the last."""
+        return contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
 
     def num_params(self) -> int:
         assert self.model is not None
@@ -265,9 +273,7 @@ class TorchBackend:
         # forward, so no copy waits on a backward pass.
         inputs = [(self._tensor(x), self._tensor(y)) for x, y in micro_batches]
         for i, (x, y) in enumerate(inputs):
-            # Under DDP the gradients are averaged once, after the last micro-batch.
-            sync = self.ddp is None or i == n - 1
-            with contextlib.nullcontext() if sync else self.ddp.no_sync(), self._attention(len(x)):
+            with self._gradient_sync(last=i == n - 1), self._attention(len(x)):
                 with self._autocast():
                     loss = model(x, y)
                 scaled = loss / n

@@ -1,11 +1,12 @@
 """`localtrain doctor`: checks of this machine, then what each preset would do on it.
 
 One row per check (ok / warn / fail / skip), then a capacity table with one row per
-preset: whether it fits, the backend, dtype, micro-batch x accumulation, the predicted
-peak against the memory budget, tokens/s, the time to the token budget and the disk
-needed; then the corpora prepared in the cache, with the characters and bytes of text
-per token their vocabulary gives. Exit status 0 when nothing fails, 1 when a check fails
-(with --strict, also when one warns).
+preset: whether it fits, how many devices it needs (one, or FSDP over several), the
+backend, dtype, micro-batch x accumulation, the predicted peak against the memory
+budget, tokens/s, the time to the token budget and the disk needed; then the corpora
+prepared in the cache, with the characters and bytes of text per token their vocabulary
+gives. Exit status 0 when nothing fails, 1 when a check fails (with --strict, also when
+one warns).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from localtrain import config as cfg
 from localtrain.errors import LocaltrainError
 from localtrain.hardware import Machine, probe
-from localtrain.planner import GB, estimate_vocab, plan
+from localtrain.planner import GB, SAFETY_MARGIN, RunPlan, estimate_vocab, memory_estimate, plan
 
 REQUIRED = ("torch", "sentencepiece", "safetensors", "numpy")
 
@@ -97,6 +98,24 @@ def known_vocab(config: cfg.Config) -> int:
     return vocab if isinstance(vocab, int) and vocab > 0 else estimate_vocab(config)
 
 
+def devices_needed(config: cfg.Config, p: RunPlan, most: int = 256) -> int | None:
+    """Devices with this plan's budget each that the preset needs: 1 when one process fits,
+    else the fewest FSDP shards over which one sequence per micro-batch with activation
+    checkpointing fits (None: not even over `most`)."""
+    usable = int(p.budget_bytes * (1 - SAFETY_MARGIN))
+    for n in range(1, most + 1):
+        est = memory_estimate(config.model, p.vocab_size, 1, p.dtype, p.device, True, p.device != "mps",
+                              parallel="fsdp" if n > 1 else "none", world_size=n)
+        if est.total <= usable:
+            return n
+    return None
+
+
+def devices_here(machine: Machine, p: RunPlan) -> int:
+    """Devices of this machine with a budget of their own: its GPUs (CPU processes share the RAM)."""
+    return len(machine.gpus) if p.device == "cuda" else 1
+
+
 def capacity(machine: Machine, names: list[str], overrides: list[str], probe_run: bool,
              cache_dir: Path) -> list[dict[str, Any]]:
     """A plan per preset: measured (or cached from an earlier run or probe) where it can be, else
@@ -117,7 +136,9 @@ def capacity(machine: Machine, names: list[str], overrides: list[str], probe_run
             tuned = tuner.cached(config, machine, vocab, cache_dir)
             if tuned is None and probe_run and plan(config, machine, vocab).fits:
                 tuned = tuner.tune(config, machine, vocab, cache_dir, progress)
-            rows.append({"preset": name, "plan": plan(config, machine, vocab, tuned=tuned).to_dict()})
+            p = plan(config, machine, vocab, tuned=tuned)
+            rows.append({"preset": name, "plan": p.to_dict(), "devices_needed": devices_needed(config, p),
+                         "devices_here": devices_here(machine, p)})
         except LocaltrainError as exc:
             rows.append({"preset": name, "error": str(exc)})
     return rows
@@ -162,19 +183,19 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
     for c in checks:
         table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
     console.print(table)
-    cap = Table("preset", "fits", "backend", "dtype", "micro x accum", "peak / budget", "tokens/s",
+    cap = Table("preset", "fits", "devices", "backend", "dtype", "micro x accum", "peak / budget", "tokens/s",
                 "time to budget", "disk", title="Capacity: a plan per preset (speed and peak measured by"
                 " --probe or an earlier run on this machine; otherwise the peak is predicted)", title_justify="left")
     for row in rows:
         if "error" in row:
-            cap.add_row(row["preset"], "[red]no[/]", "", "", "", "", "", "", "", end_section=False)
+            cap.add_row(row["preset"], "[red]no[/]", "", "", "", "", "", "", "", "", end_section=False)
             console.print(f"[red]{row['preset']}[/]: {row['error']}")
             continue
         p = row["plan"]
         disk = (p["disk_needed"]["data"] + p["disk_needed"]["checkpoints"]) / GB
         cap.add_row(
-            row["preset"], "[green]yes[/]" if p["fits"] else "[red]no[/]", f"{p['backend']}/{p['device']}",
-            p["dtype"] + (" compiled" if p["compile"] else ""), f"{p['micro_batch_size']} x {p['grad_accum_steps']}"
+            row["preset"], "[green]yes[/]" if p["fits"] else "[red]no[/]", describe_devices(row),
+            f"{p['backend']}/{p['device']}", p["dtype"] + (" compiled" if p["compile"] else ""), f"{p['micro_batch_size']} x {p['grad_accum_steps']}"
             + (" (ckpt)" if p["activation_checkpointing"] else ""),
             f"{p['predicted_peak_bytes'] / GB:.2f} / {p['budget_bytes'] / GB:.1f} GiB"
             + (" (measured)" if p["candidates"] else ""),
@@ -206,6 +227,16 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
         for note in p["notes"]:
             console.print(f"note: {note}")
     print_prepared(console, prepared or [])
+
+
+def describe_devices(row: dict[str, Any]) -> str:
+    """"1", or "FSDP x N" coloured by whether this machine has N devices, or "none" when no count fits."""
+    needed, here = row["devices_needed"], row["devices_here"]
+    if needed is None:
+        return "[red]none[/]"
+    if needed == 1:
+        return "1"
+    return f"[{'green' if needed <= here else 'red'}]FSDP x {needed}[/]" + ("" if needed <= here else f" (has {here})")
 
 
 def main(args: argparse.Namespace) -> int:

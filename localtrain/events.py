@@ -65,6 +65,8 @@ class Plan(Event):
     decided_by: str = ""
     """Where dtype, compile and micro-batch came from: measured, measured (cached), resumed, explicit, defaults."""
     why: str = ""
+    parallel: str = "none"
+    """How the processes share the model: none, ddp or fsdp."""
 
 
 @dataclass

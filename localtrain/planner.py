@@ -29,6 +29,7 @@ from localtrain.errors import LocaltrainError
 from localtrain.files import human, parse_size
 from localtrain.hardware import Machine
 from localtrain.metrics import flops_per_token, params_count
+from localtrain.sharding import choose_parallel, sharded_terms
 
 GB = 1024**3
 MB = 1024**2
@@ -202,6 +203,11 @@ class RunPlan:
     candidates: list[dict[str, Any]] = field(default_factory=list)
     """The candidates measured, with their figures and predicted wall time."""
     notes: list[str] = field(default_factory=list)
+    parallel: str = "none"
+    """How the processes share the model: none (one process), ddp or fsdp."""
+    accumulate_unsharded: bool = False
+    """Under FSDP with accumulation: gradients accumulate unsharded and are reduce-scattered once a
+    step (they fit the budget), rather than after every micro-batch."""
 
     @property
     def rank_batch(self) -> int:
@@ -234,8 +240,12 @@ def memory_estimate(
     checkpointing: bool = False,
     fused_attention: bool = True,
     compiled: bool = False,
+    parallel: str = "none",
+    world_size: int = 1,
+    accumulate_unsharded: bool = False,
 ) -> MemoryEstimate:
-    """The named terms of the predicted peak of one optimizer step."""
+    """The named terms of the predicted peak of one optimizer step (per process: under
+    parallel="fsdp" the model state is sharded over `world_size` processes)."""
     rows = model.vocab_rows(vocab_size)
     p = params_count(model, rows)
     mixed = dtype != "float32"
@@ -281,6 +291,8 @@ def memory_estimate(
     if chunk:
         per_logit = CHUNK_LOGIT_BYTES[f"{'compiled' if compiled else 'eager'}_{'mixed' if mixed else 'fp32'}"]
         terms["logits"] += per_logit * min(micro_batch_size * model.seq_len, chunk) * rows + 4 * rows * d
+    if parallel == "fsdp":
+        terms.update(sharded_terms(model, rows, dtype, device, world_size, accumulate_unsharded))
     return MemoryEstimate(terms=terms, per_sample=per_sample)
 
 
@@ -430,10 +442,13 @@ class Shape:
     device: str
     usable: int
     """The budget less the safety margin."""
+    parallel: str = "none"
+    world_size: int = 1
 
-    def peak(self, choice: Choice) -> MemoryEstimate:
+    def peak(self, choice: Choice, accumulate_unsharded: bool = False) -> MemoryEstimate:
         return memory_estimate(self.config.model, self.vocab_size, choice.micro_batch_size, choice.dtype,
-                               self.device, choice.activation_checkpointing, self.device != "mps", choice.compile)
+                               self.device, choice.activation_checkpointing, self.device != "mps", choice.compile,
+                               self.parallel, self.world_size, accumulate_unsharded)
 
     def fits(self, choice: Choice) -> bool:
         return self.peak(choice).total <= self.usable
@@ -557,12 +572,15 @@ def plan(
     tuned: Tuned | None = None,
     resumed: Mapping[str, Any] | None = None,
     threads: int = 0,
+    parallel: str | None = None,
 ) -> RunPlan:
     """The run's plan on this machine: every decision, and what it predicts.
 
     Under data parallelism the plan is per device: each of `world_size` processes trains on
-    batch_size / world_size sequences a step. `tuned`: the tuner's measurements of this shape;
-    `resumed`: the choices recorded in the checkpoint a run continues from.
+    batch_size / world_size sequences a step, with the model replicated (DDP) or sharded
+    (FSDP) over them. `tuned`: the tuner's measurements of this shape; `resumed`: the
+    choices recorded in the checkpoint a run continues from; `parallel`: a choice between
+    DDP and FSDP already made (run.parallel otherwise).
     """
     backend, device, notes = choose_backend(config, machine)
     vocab = vocab_size or estimate_vocab(config)
@@ -571,12 +589,26 @@ def plan(
     rank_batch = check_world(config, world_size)
     limit, source = budget(config, machine, device, local_world_size)
     shape = Shape(config, vocab, device, int(limit * (1 - SAFETY_MARGIN)))
+    smallest = Choice(config.train.dtype if config.train.dtype != "auto" else default_dtype(machine, device),
+                      False, 1, True)
+    sharded = dataclasses.replace(shape, parallel="fsdp", world_size=world_size)
+    par, par_notes = choose_parallel(parallel or config.run.parallel, world_size, device,
+                                     shape.peak(smallest).total, sharded.peak(smallest).total, shape.usable)
+    notes += par_notes
+    if par == "fsdp":
+        shape = sharded
+        if tuned is not None:
+            # The tuner times one unsharded process: neither its speed nor its peak is a sharded step's.
+            tuned = None
+            notes.append("FSDP: the tuner's measurements of one unsharded process are not used.")
     tokens = total_tokens(config, params)
     per_step = tokens_per_step(config)
     steps = tokens // per_step
     choice, decided_by, why, rows_measured, step_s = _decide(
         config, machine, shape, backend, rank_batch, steps, tuned, resumed)
-    est = shape.peak(choice)
+    hold = (par == "fsdp" and rank_batch // choice.micro_batch_size > 1
+            and shape.peak(choice, accumulate_unsharded=True).total <= shape.usable)
+    est = shape.peak(choice, accumulate_unsharded=hold)
     predicted = est.total
     chosen = next((r for r in rows_measured if r["chosen"]), None)
     if chosen is not None and chosen["peak_bytes"]:
@@ -600,6 +632,7 @@ def plan(
         predicted_tokens_per_s=tok_s, predicted_seconds=tokens / tok_s if tok_s else math.inf,
         disk_needed=disk, disk_free={k: v["free"] for k, v in machine.disk.items()},
         decided_by=decided_by, why=why, candidates=rows_measured, notes=notes,
+        parallel=par, accumulate_unsharded=hold,
     )
 
 

@@ -240,6 +240,12 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
     (lock, config, events, checkpoints) and the console.
     """
     dist = dist or Single()
+    if s.config.run.parallel == "fsdp" and isinstance(dist, Single):
+        raise LocaltrainError(
+            "run.parallel = fsdp shards the model over the processes of a torchrun job, and this run"
+            " has none: add --nproc N (N processes of this machine; --nproc 1 works too), or pass"
+            " --set run.parallel=auto to train in one process. Nothing was written."
+        )
     if not dist.is_main:
         return _train(s, lambda event: None, dist)
     rundir.claim(s.run_dir)
@@ -266,6 +272,17 @@ def _record_error(writer: ev.EventWriter, exc: LocaltrainError) -> None:
         writer(ev.Error(message=str(exc)))
     except LocaltrainError:
         pass
+
+
+def _agreed(planned: planner.RunPlan, dist: Dist) -> planner.RunPlan:
+    """Rank 0's choices on every rank: ranks that split or shard a step differently would
+    wait on each other's collectives forever (each probed its own free memory)."""
+    if dist.world_size == 1:
+        return planned
+    keys = ("parallel", "dtype", "compile", "micro_batch_size", "grad_accum_steps", "activation_checkpointing",
+            "accumulate_unsharded")
+    chosen = json.loads(dist.broadcast_text(json.dumps({k: getattr(planned, k) for k in keys})))
+    return dataclasses.replace(planned, **chosen)
 
 
 def _in_turn(dist: Dist, work: Callable[[], T]) -> T:
@@ -347,8 +364,10 @@ def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
     planned = final_plan(s, prepared.vocab_size, loaded, dist, emit)
     check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
     backend = make_backend(planned)
-    if dist.world_size > 1:
+    if dist.world_size > 1 or planned.parallel == "fsdp":
         backend.set_distributed(dist)
+    if planned.parallel == "fsdp":
+        backend.set_accumulation(unsharded=planned.accumulate_unsharded)
     backend.build(config.model, prepared.vocab_size, config.train.seed)
     backend.configure_optimizer(config.train)
     if planned.activation_checkpointing:
@@ -406,11 +425,13 @@ def final_plan(s: Setup, vocab_size: int, loaded: checkpoint.Loaded | None, dist
     sizes = {"world_size": dist.world_size, "local_world_size": dist.local_world_size}
     resumed = loaded.state.get("plan") if loaded is not None else None
     tuned = None
-    if tuner.wanted(config, loaded is not None):
+    # The tuner times one unsharded process, which says nothing of a sharded step.
+    if tuner.wanted(config, loaded is not None) and s.plan is not None and s.plan.parallel != "fsdp":
         cache = cache_root(config.data)
         tuned = _in_turn(dist, lambda: tuner.tune(config, machine, vocab_size, cache, emit, **sizes))
     planned = planner.plan(config, machine, vocab_size, tuned=tuned, resumed=resumed,
                            threads=config.run.threads, **sizes)
+    planned = _agreed(planned, dist)
     planner.check_plan(rundir.with_disk_still_needed(planned, s.run_dir, config), machine)
     return planned
 
@@ -433,7 +454,7 @@ def plan_event(planned: planner.RunPlan, backend, trainer, prepared, loaded) -> 
         activation_checkpointing=planned.activation_checkpointing,
         predicted_peak_bytes=planned.predicted_peak_bytes, budget_bytes=planned.budget_bytes,
         predicted_tokens_per_s=planned.predicted_tokens_per_s, notes=planned.notes,
-        world_size=planned.world_size,
+        world_size=planned.world_size, parallel=planned.parallel,
     )
 
 

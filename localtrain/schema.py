@@ -20,6 +20,7 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 BACKENDS = ("auto", "torch", "mlx")
 SWITCHES = ("auto", "on", "off")
+PARALLELS = ("auto", "ddp", "fsdp")
 VOCAB_FITS = ("shrink", "exact")
 
 
@@ -194,6 +195,8 @@ class RunConfig:
     """auto: time a few real steps of each dtype, compile and micro-batch candidate on this machine and pick
     the fastest whole run (measured once per machine and shape, then cached); off: float32 on a CPU (mixed
     precision on a GPU), compile on CUDA only, the largest micro-batch that fits. Explicit settings always win."""
+    parallel: str = "auto"
+    """How the processes of `--nproc N` share the model: ddp (each holds all weights, gradients and AdamW moments), fsdp (each holds 1/N of them, gathering one block at a time), or auto (fsdp only when the model does not fit one device under ddp but does sharded)."""
     overrides: list[str] = field(default_factory=list)
     """The command-line overrides this run was started with, as key=value."""
 

@@ -108,7 +108,11 @@ class Trainer:
         self.control = control
         self.dist: Dist = dist or Single()
         self.checkpoint_requested = False
+        self.sample_requested = False
         self.early_stop = False
+        # A sharded backend needs every rank in each forward and state gather: all ranks
+        # then evaluate, sample and gather for checkpoints, and rank 0 alone writes.
+        self.every_rank = bool(getattr(backend, "sharded", False)) and self.dist.world_size > 1
         t = config.train
         self.plan = plan
         # Each rank trains on its share of every batch: batch_size / world_size sequences.
@@ -194,9 +198,11 @@ class Trainer:
         rngs = self.dist.gather_text(json.dumps(self.backend.rng_state()))
         self.state.last_checkpoint_step = self.state.step
         path = self.run_dir / "checkpoints" / checkpoint.step_dir_name(self.state.step)
-        if not self.dist.is_main:
+        if not (self.dist.is_main or self.every_rank):
             return path
         weights, moments = self.backend.state_arrays()
+        if not self.dist.is_main:
+            return path
         state = self.checkpoint_state()
         if self.dist.world_size > 1:
             state["rng_ranks"] = [json.loads(r) for r in rngs]
@@ -227,6 +233,9 @@ class Trainer:
             nats += float(losses.astype(np.float64).sum())
             count += losses.size
             nbytes += int(self.data.token_bytes[y.astype(np.int64)].sum())
+        if self.every_rank:
+            # Every rank takes the same best-checkpoint decision (a collective gather).
+            nats = self.dist.all_max([nats])[0]
         loss = nats / count
         words = self.val_words()
         st, t = self.state, self.config.train
@@ -251,8 +260,9 @@ class Trainer:
         self.emit(event)
         if is_best:
             weights, _ = self.backend.state_arrays()
-            checkpoint.save_best(self.run_dir, weights, {**self.checkpoint_state(), "val_loss": loss,
-                                                         t.best_metric: value})
+            if self.dist.is_main:
+                checkpoint.save_best(self.run_dir, weights, {**self.checkpoint_state(), "val_loss": loss,
+                                                             t.best_metric: value})
         return event
 
     def sample(self) -> None:
@@ -318,7 +328,10 @@ class Trainer:
         while True:
             for command in self.control():
                 if command == "sample":
-                    self.sample()
+                    if self.every_rank:
+                        self.sample_requested = True  # taken at the next agreement
+                    else:
+                        self.sample()
                 elif command == "checkpoint":
                     if self.dist.world_size == 1:
                         if self.state.last_checkpoint_step != self.state.step:
@@ -348,8 +361,8 @@ class Trainer:
         deadline = started + t.max_time * 60 if t.max_time else None
         tokens_per_step = self.plan.tokens_per_step
         self.emit(ev.Status(state="running", message=f"Training from step {st.step} to {self.total_steps}."))
-        main = self.dist.is_main
-        if st.step == 0 and t.eval_every and main:
+        evaluates = self.dist.is_main or self.every_rank
+        if st.step == 0 and t.eval_every and evaluates:
             self.evaluate()
         reason = "complete"
         tok_s_avg: float | None = None
@@ -365,10 +378,14 @@ class Trainer:
             # Every rank takes the same decisions at the same step: any rank's signal, the
             # clock, rank 0's early stop, its controller's checkpoint request, and any
             # rank's wait for data not prepared yet.
-            stop, over_time, early, wanted, waiting = self.dist.all_max([
+            stop, over_time, early, wanted, waiting, sample = self.dist.all_max([
                 float(self.stop.requested), float(deadline is not None and time.perf_counter() >= deadline),
                 float(self.early_stop), float(self.checkpoint_requested), float(missing is not None),
+                float(self.sample_requested),
             ])
+            if sample:
+                self.sample_requested = False
+                self.sample()
             if wanted:
                 self.checkpoint_requested = False
                 if st.last_checkpoint_step != st.step:
@@ -433,9 +450,9 @@ class Trainer:
                 eta_s=per_step * (self.total_steps - st.step), memory_bytes=self.backend.memory_bytes(),
             ))
             last = st.step == self.total_steps
-            if t.eval_every and (st.step % t.eval_every == 0 or last) and main:
+            if t.eval_every and (st.step % t.eval_every == 0 or last) and evaluates:
                 self.evaluate()
-            if t.sample_every and st.step % t.sample_every == 0 and main:
+            if t.sample_every and st.step % t.sample_every == 0 and evaluates:
                 self.sample()
             if t.checkpoint_every and st.step % t.checkpoint_every == 0:
                 self.save_checkpoint("periodic")

@@ -14,7 +14,7 @@ import math
 from typing import Any, Callable
 
 from localtrain.files import parse_size
-from localtrain.schema import BACKENDS, DEVICES, DTYPES, SECTIONS, SWITCHES, TOKENIZER_TYPES, VOCAB_FITS, Config, DataConfig, ModelConfig, RunConfig, TrainConfig, did_you_mean
+from localtrain.schema import BACKENDS, DEVICES, DTYPES, PARALLELS, SECTIONS, SWITCHES, TOKENIZER_TYPES, VOCAB_FITS, Config, DataConfig, ModelConfig, RunConfig, TrainConfig, did_you_mean
 
 
 EVAL_METRICS = ("val_loss", "val_ppl", "val_bpb", "val_word_ppl")
@@ -205,3 +205,8 @@ def _run(r: RunConfig, need: Need) -> None:
          "Use --set run.compile=auto.")
     need(r.autotune in ("auto", "off"), "run.autotune", r.autotune, "must be auto or off",
          "Use --set run.autotune=auto.")
+    need(r.parallel in PARALLELS, "run.parallel", r.parallel, f"must be one of {', '.join(PARALLELS)}",
+         (did_you_mean(r.parallel, list(PARALLELS)) + " Use --set run.parallel=auto.").strip())
+    need(not (r.parallel == "fsdp" and r.backend == "mlx"), "run.parallel", r.parallel,
+         "shards the model with PyTorch's FSDP, which the mlx backend does not have",
+         "Use --backend torch, or --set run.parallel=auto.")

@@ -1,0 +1,183 @@
+"""The torch backend with the model sharded over a torchrun job by FSDP2 (`fully_shard`).
+
+Every transformer block is one FSDP unit and the root holds the rest (the tied embedding
+and the final norm). Each rank keeps 1/N of the fp32 weights, gradients and AdamW
+moments; a block's full parameters exist only while it computes (and while the next one
+is prefetched). On a GPU the blocks are gathered in the compute dtype and gradients are
+reduced in fp32 (a `MixedPrecisionPolicy`); on a CPU (gloo) the parameters stay fp32 and
+autocast casts, as in one process.
+
+State crosses the backend seam as full arrays under the shared names, as for every
+other backend, so a checkpoint written here resumes under DDP, in one process or on MLX:
+`state_arrays` gathers one parameter at a time onto rank 0, and `load_state_arrays` has
+each rank keep its own rows of each full array.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import torch
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.tensor import DTensor, distribute_tensor
+
+from localtrain.backends.base import MOMENT_SUFFIXES, check_weights
+from localtrain.backends.torch_backend import TORCH_DTYPES, TorchBackend, _to_numpy
+from localtrain.backends.torch_model import Layout
+from localtrain.errors import CheckpointError, LocaltrainError
+
+
+def _grouped(layout: Layout) -> list[tuple[torch.nn.Parameter, list[tuple[str, Any]]]]:
+    """The layout as (parameter, [(shared name, rows)]): q, k and v share one matrix."""
+    groups: dict[int, tuple[torch.nn.Parameter, list[tuple[str, Any]]]] = {}
+    for name, (p, rows) in layout.items():
+        groups.setdefault(id(p), (p, []))[1].append((name, rows))
+    return list(groups.values())
+
+
+def _rows_shape(shape: torch.Size, rows: Any) -> tuple[int, ...]:
+    """The shape of `full[rows]` for a full tensor of `shape`, without the tensor."""
+    count = len(range(shape[0])[rows]) if isinstance(rows, slice) else len(rows)
+    return (count, *shape[1:])
+
+
+class FSDPBackend(TorchBackend):
+    """`TorchBackend` whose model state is sharded over the processes of a torchrun job."""
+
+    sharded = True
+    """Evaluation, sampling and checkpoints need every rank: each holds part of the model."""
+
+    def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 0, compile: bool = False) -> None:
+        super().__init__(device, dtype, threads, compile)
+        self.accumulate_unsharded = False
+
+    def set_accumulation(self, unsharded: bool) -> None:
+        """Accumulate micro-batch gradients unsharded and reduce-scatter once a step (the
+        planner found they fit), or reduce-scatter after every micro-batch."""
+        self.accumulate_unsharded = unsharded
+
+    def _training_module(self) -> torch.nn.Module:
+        if self.dist is None:
+            raise LocaltrainError(
+                "run.parallel = fsdp shards the model over the processes of a torchrun job, and this"
+                " process is not one. Start it with --nproc N (N = 1 works too), or use"
+                " --set run.parallel=auto to train in one process."
+            )
+        model = self.model
+        assert model is not None
+        mesh = init_device_mesh(self.device, (self.dist.world_size,))
+        policy = MixedPrecisionPolicy()
+        if self.device == "cuda" and self.dtype != "float32":
+            # Blocks gathered and computed in 16 bits, gradients reduced (and the sharded
+            # masters kept) in fp32. The rope tables passed to each block stay fp32.
+            policy = MixedPrecisionPolicy(param_dtype=TORCH_DTYPES[self.dtype], reduce_dtype=torch.float32,
+                                          cast_forward_inputs=False)
+        # Parameters are initialised on the host (the same values as one process) and each
+        # block moves to the device as it is sharded: the whole model is never on one device.
+        for layer in model.model.layers:
+            fully_shard(layer, mesh=mesh, mp_policy=policy)
+        fully_shard(model, mesh=mesh, mp_policy=policy)
+        # Evaluation and generation enter the model through these methods, not forward:
+        # each must gather the root's parameters first.
+        for method in ("token_losses", "hidden", "logits"):
+            register_fsdp_forward_method(model, method)
+        # The compiler breaks its graphs at FSDP's hooks: each block compiles on its own.
+        return torch.compile(model) if self.compile else model
+
+    def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        root = self.model
+        assert isinstance(root, FSDPModule)
+        if self.accumulate_unsharded:
+            root.set_requires_gradient_sync(last)
+        # The root's parameters are gathered for the whole forward and backward anyway:
+        # keeping them between micro-batches saves a gather and costs no extra peak.
+        root.set_reshard_after_backward(last, recurse=False)
+        return contextlib.nullcontext()
+
+    def configure_optimizer(self, train) -> None:
+        super().configure_optimizer(train)
+        if self.scaler is not None:
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            # Every rank must skip the same overflowing step: the inf check is all-reduced.
+            self.scaler = ShardedGradScaler(self.device)
+
+    # Evaluation and generation run under no_grad rather than inference mode: buffers
+    # FSDP allocates in inference mode could not be written by a later training step.
+
+    def token_losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return TorchBackend.token_losses.__wrapped__(self, x, y)
+
+    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int,
+                 top_p: float = 1.0) -> list[int]:
+        with torch.no_grad():
+            return TorchBackend.generate.__wrapped__(self, prompt, max_new_tokens, temperature, top_k, seed, top_p)
+
+    # -- state --------------------------------------------------------------------------
+
+    def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Full float32 arrays on rank 0 (empty dicts elsewhere); every rank must call this.
+
+        One parameter (then each of its moments) is gathered at a time, copied out as
+        numpy and dropped: beyond the arrays rank 0 returns, a rank holds at most one full
+        parameter (the largest is the embedding or a block's gate/up matrix).
+        """
+        assert self.dist is not None
+        main = self.dist.is_main
+        weights: dict[str, np.ndarray] = {}
+        moments: dict[str, np.ndarray] = {}
+        state = self.optimizer.state if self.optimizer else {}
+        with torch.no_grad():
+            for p, entries in _grouped(self.layout):
+                tensors = {"": p}
+                if p in state and "exp_avg" in state[p]:
+                    tensors.update({f".{s}": state[p][s] for s in MOMENT_SUFFIXES})
+                for suffix, t in tensors.items():
+                    full = t.full_tensor() if isinstance(t, DTensor) else t
+                    if main:
+                        out = weights if not suffix else moments
+                        for name, rows in entries:
+                            out[name + suffix] = _to_numpy(full[rows])
+                    del full
+        return weights, moments
+
+    def load_state_arrays(
+        self, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray] | None, opt_step: int
+    ) -> None:
+        """Keep this rank's rows of each full array (every rank is handed the full arrays)."""
+        check_weights({name: _rows_shape(p.shape, rows) for name, (p, rows) in self.layout.items()}, weights)
+        opt = self.optimizer
+        restore = opt is not None and bool(moments)
+        if restore:
+            missing = [f"{n}.{s}" for n in self.layout for s in MOMENT_SUFFIXES if f"{n}.{s}" not in moments]
+            if missing:
+                raise CheckpointError(
+                    f"The checkpoint's optimizer state lacks `{missing[0]}`: it is incomplete."
+                    " Resume from an older checkpoint, or delete this one."
+                )
+            fused = bool(opt.defaults.get("fused"))
+            for group in opt.param_groups:
+                for p in group["params"]:
+                    opt.state[p] = {
+                        "step": torch.tensor(float(opt_step), dtype=torch.float32,
+                                             device=p.device if fused else "cpu"),
+                        "exp_avg": torch.zeros_like(p),
+                        "exp_avg_sq": torch.zeros_like(p),
+                    }
+        with torch.no_grad():
+            for p, entries in _grouped(self.layout):
+                targets = {"": (p, weights)}
+                if restore:
+                    targets.update({f".{s}": (opt.state[p][s], moments) for s in MOMENT_SUFFIXES})
+                for suffix, (t, arrays) in targets.items():
+                    full = torch.empty(p.shape, dtype=torch.float32)
+                    for name, rows in entries:
+                        full[rows] = torch.from_numpy(np.asarray(arrays[name + suffix], dtype=np.float32))
+                    # Each rank slices its own rows out of the full array: no communication.
+                    mine = distribute_tensor(full, t.device_mesh, t.placements, src_data_rank=None)
+                    t.to_local().copy_(mine.to_local())
+                    del full, mine

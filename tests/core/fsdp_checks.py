@@ -1,0 +1,123 @@
+"""A torchrun worker that trains the FSDP backend beside an unsharded one and reports how far apart they are.
+
+Every rank builds the same plain `TorchBackend` as a reference and trains it on the whole
+batch in one micro-batch; the FSDP backend trains on this rank's half in two
+micro-batches, in each accumulation mode and with activation checkpointing. Rank 0
+prints one JSON object: the largest differences (loss, clipped gradient norm, weights,
+moments, evaluation, generation) and what each mode left between micro-batches.
+"""
+
+import json
+import sys
+
+import numpy as np
+import torch
+from torch.distributed.tensor import DTensor
+
+from localtrain.backends.torch_backend import TorchBackend
+from localtrain.backends.torch_dist import init
+from localtrain.backends.torch_fsdp import FSDPBackend
+from localtrain.config import ModelConfig, TrainConfig
+
+# Grouped-query attention: the q/k/v rows interleave inside one sharded matrix.
+MODEL = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=32, seq_len=16)
+# A small clip: every step is clipped, so the norm over the shards decides the update.
+TRAIN = TrainConfig(lr=3e-3, grad_clip=0.05, weight_decay=0.1)
+VOCAB, SEED, STEPS, BATCH = 61, 3, 3, 8
+
+dist = init("cpu")
+rank = dist.rank
+rng = np.random.default_rng(0)
+batches = []
+for _ in range(STEPS + 1):
+    tokens = rng.integers(0, VOCAB, (BATCH, MODEL.seq_len + 1)).astype(np.uint16)
+    batches.append((tokens[:, :-1], tokens[:, 1:]))
+lrs = [3e-3, 2e-3, 1e-3, 1e-3]
+
+
+def reference() -> tuple[TorchBackend, list]:
+    b = TorchBackend("cpu", "float32")
+    b.build(MODEL, VOCAB, SEED)
+    b.configure_optimizer(TRAIN)
+    return b, [b.train_step([batch], lr) for batch, lr in zip(batches[:STEPS], lrs)]
+
+
+def sharded(unsharded: bool = False, checkpointing: bool = False) -> FSDPBackend:
+    b = FSDPBackend("cpu", "float32")
+    b.set_distributed(dist)
+    b.build(MODEL, VOCAB, SEED)
+    b.configure_optimizer(TRAIN)
+    b.set_accumulation(unsharded)
+    b.set_activation_checkpointing(checkpointing)
+    return b
+
+
+def mine(batch) -> list:
+    """This rank's half of the batch, as two micro-batches."""
+    x, y = batch
+    half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+    x, y = x[half], y[half]
+    return [(x[:2], y[:2]), (x[2:], y[2:])]
+
+
+def between_micro_batches(b: FSDPBackend) -> dict:
+    """What FSDP holds when the second micro-batch starts: reduced (sharded) gradients, or
+    none yet; the root's parameters still gathered, or sharded again."""
+    seen = {}
+    original = b._gradient_sync
+
+    def spy(last: bool):
+        if last and not seen:
+            block = b.model.model.layers[0].mlp.down_proj.weight
+            seen["sharded_grads"] = block.grad is not None
+            seen["root_gathered"] = not isinstance(b.model.model.embed_tokens.weight, DTensor)
+        return original(last)
+
+    b._gradient_sync = spy
+    return seen
+
+
+def max_diff(a: dict, b: dict) -> float:
+    assert sorted(a) == sorted(b), (sorted(a)[:3], sorted(b)[:3])
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+ref, ref_results = reference()
+ref_weights, ref_moments = ref.state_arrays()
+report: dict = {}
+for label, kwargs in (("per_micro_batch", {}), ("unsharded", {"unsharded": True}),
+                      ("checkpointing", {"checkpointing": True})):
+    b = sharded(**kwargs)
+    seen = between_micro_batches(b)
+    results = [b.train_step(mine(batch), lr) for batch, lr in zip(batches[:STEPS], lrs)]
+    losses = [dist.all_mean([r.loss])[0] for r in results]
+    weights, moments = b.state_arrays()
+    if rank == 0:
+        report[label] = {
+            "loss": max(abs(a - r.loss) for a, r in zip(losses, ref_results)),
+            "grad_norm": max(abs(a.grad_norm - r.grad_norm) for a, r in zip(results, ref_results)),
+            "weights": max_diff(weights, ref_weights),
+            "moments": max_diff(moments, ref_moments),
+            **seen,
+        }
+    else:
+        report[label] = {"nothing_on_other_ranks": not weights and not moments}
+
+# Resume: a fresh sharded backend loads the reference's full arrays and carries on exactly.
+b = sharded()
+b.load_state_arrays(ref_weights, ref_moments, STEPS)
+weights, moments = b.state_arrays()
+x, y = batches[STEPS]
+loaded = {
+    "eval": float(np.abs(b.token_losses(x, y) - ref.token_losses(x, y)).max()),
+    "generate": b.generate([1, 2, 3], 12, 0.8, 10, 7) == ref.generate([1, 2, 3], 12, 0.8, 10, 7),
+    "roundtrip": max_diff(weights, ref_weights) if rank == 0 else 0.0,
+}
+after, ref_after = b.train_step(mine(batches[STEPS]), lrs[STEPS]), ref.train_step([batches[STEPS]], lrs[STEPS])
+loaded["next_loss"] = abs(dist.all_mean([after.loss])[0] - ref_after.loss)
+report["loaded"] = loaded
+if rank == 0:
+    print(json.dumps(report))
+dist.barrier()
+dist.close()
+sys.exit(0)
