@@ -182,7 +182,7 @@ class TorchBackend:
             {"params": decay, "weight_decay": train.weight_decay},
             {"params": no_decay, "weight_decay": 0.0},
         ]
-        fused = self.device in ("cpu", "cuda")
+        fused = self._fused_optimizer()
         self.optimizer = torch.optim.AdamW(
             groups,
             lr=train.lr,
@@ -194,6 +194,9 @@ class TorchBackend:
         self.grad_clip = train.grad_clip
         if self.dtype == "float16":
             self.scaler = torch.amp.GradScaler(self.device)
+
+    def _fused_optimizer(self) -> bool:
+        return self.device in ("cpu", "cuda")
 
     def set_activation_checkpointing(self, on: bool) -> None:
         """Recompute each block's activations in the backward pass instead of keeping them."""

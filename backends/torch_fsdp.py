@@ -16,6 +16,8 @@ each rank keep its own rows of each full array.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import sys
 from typing import Any
 
 import numpy as np
@@ -28,6 +30,22 @@ from localtrain.backends.base import MOMENT_SUFFIXES, check_weights
 from localtrain.backends.torch_backend import TORCH_DTYPES, TorchBackend, _to_numpy
 from localtrain.backends.torch_model import Layout
 from localtrain.errors import CheckpointError, LocaltrainError
+
+
+# glibc serves allocations from the heap below a threshold that it raises to the size of
+# each large block freed; the gathered blocks FSDP frees then stay in the heap, and the
+# peak RSS of a CPU rank grew past that of a DDP rank (scripts/bench_fsdp.py). A fixed
+# threshold returns every allocation of 4 MiB or more to the system when it is freed.
+MMAP_THRESHOLD = 4 << 20
+
+
+def _return_freed_blocks() -> None:
+    if sys.platform.startswith("linux"):
+        try:
+            M_MMAP_THRESHOLD = -3
+            ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
+        except (OSError, AttributeError):
+            pass  # not glibc: its allocator has its own policy
 
 
 def _grouped(layout: Layout) -> list[tuple[torch.nn.Parameter, list[tuple[str, Any]]]]:
@@ -53,6 +71,8 @@ class FSDPBackend(TorchBackend):
     def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 0, compile: bool = False) -> None:
         super().__init__(device, dtype, threads, compile)
         self.accumulate_unsharded = False
+        if self.device == "cpu":
+            _return_freed_blocks()
 
     def set_accumulation(self, unsharded: bool) -> None:
         """Accumulate micro-batch gradients unsharded and reduce-scatter once a step (the
@@ -102,8 +122,12 @@ class FSDPBackend(TorchBackend):
         if self.scaler is not None:
             from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
 
-            # Every rank must skip the same overflowing step: the inf check is all-reduced.
+            # Every rank must skip the same overflowing step: this scaler all-reduces its inf check.
             self.scaler = ShardedGradScaler(self.device)
+
+    def _fused_optimizer(self) -> bool:
+        # The sharded scaler's overflow flag does not fit the fused AdamW kernel.
+        return super()._fused_optimizer() and self.dtype != "float16"
 
     # Evaluation and generation run under no_grad rather than inference mode: buffers
     # FSDP allocates in inference mode could not be written by a later training step.

@@ -65,7 +65,7 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--plain", action="store_true", help="plain log lines even on a terminal")
     par = run.add_argument_group("data parallel (torchrun)")
     par.add_argument("--nproc", type=int, metavar="N", help="train on N processes of this machine under torchrun"
-                     " (one per GPU, or CPU processes sharing the cores)")
+                     " (one per GPU, or CPU processes sharing the cores); run.parallel picks DDP or FSDP")
     for flag, text in TORCHRUN_FLAGS.items():
         par.add_argument(flag, metavar="VALUE", help=f"passed to torchrun: {text}")
 

@@ -1,10 +1,13 @@
 """A torchrun worker that trains the FSDP backend beside an unsharded one and reports how far apart they are.
 
 Every rank builds the same plain `TorchBackend` as a reference and trains it on the whole
-batch in one micro-batch; the FSDP backend trains on this rank's half in two
+batch in one micro-batch; the FSDP backend trains on this rank's share in two
 micro-batches, in each accumulation mode and with activation checkpointing. Rank 0
 prints one JSON object: the largest differences (loss, clipped gradient norm, weights,
 moments, evaluation, generation) and what each mode left between micro-batches.
+
+`fsdp_checks.py cuda` runs the same on GPUs (NCCL) in fp32 without TF32, and adds a
+compiled bf16 run under FSDP's mixed-precision policy.
 """
 
 import json
@@ -25,8 +28,10 @@ MODEL = ModelConfig(n_layer=2, n_head=4, n_kv_head=2, n_embd=32, seq_len=16)
 TRAIN = TrainConfig(lr=3e-3, grad_clip=0.05, weight_decay=0.1)
 VOCAB, SEED, STEPS, BATCH = 61, 3, 3, 8
 
-dist = init("cpu")
+DEVICE = sys.argv[1] if len(sys.argv) > 1 else "cpu"
+dist = init(DEVICE)
 rank = dist.rank
+SHARE = BATCH // dist.world_size
 rng = np.random.default_rng(0)
 batches = []
 for _ in range(STEPS + 1):
@@ -35,15 +40,24 @@ for _ in range(STEPS + 1):
 lrs = [3e-3, 2e-3, 1e-3, 1e-3]
 
 
-def reference() -> tuple[TorchBackend, list]:
-    b = TorchBackend("cpu", "float32")
+def exact_float32() -> None:
+    # The backend allows TF32 on CUDA; matmuls of other shapes would then round differently.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+
+
+def reference(dtype: str = "float32") -> tuple[TorchBackend, list]:
+    b = TorchBackend(DEVICE, dtype)
+    exact_float32()
     b.build(MODEL, VOCAB, SEED)
     b.configure_optimizer(TRAIN)
     return b, [b.train_step([batch], lr) for batch, lr in zip(batches[:STEPS], lrs)]
 
 
-def sharded(unsharded: bool = False, checkpointing: bool = False) -> FSDPBackend:
-    b = FSDPBackend("cpu", "float32")
+def sharded(unsharded: bool = False, checkpointing: bool = False, dtype: str = "float32",
+            compile: str = "off") -> FSDPBackend:
+    b = FSDPBackend(DEVICE, dtype, 0, compile)
+    exact_float32()
     b.set_distributed(dist)
     b.build(MODEL, VOCAB, SEED)
     b.configure_optimizer(TRAIN)
@@ -53,11 +67,11 @@ def sharded(unsharded: bool = False, checkpointing: bool = False) -> FSDPBackend
 
 
 def mine(batch) -> list:
-    """This rank's half of the batch, as two micro-batches."""
+    """This rank's share of the batch, as two micro-batches."""
     x, y = batch
-    half = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
-    x, y = x[half], y[half]
-    return [(x[:2], y[:2]), (x[2:], y[2:])]
+    share = slice(rank * SHARE, (rank + 1) * SHARE)
+    x, y = x[share], y[share]
+    return [(x[: SHARE // 2], y[: SHARE // 2]), (x[SHARE // 2 :], y[SHARE // 2 :])]
 
 
 def between_micro_batches(b: FSDPBackend) -> dict:
@@ -115,7 +129,21 @@ loaded = {
 }
 after, ref_after = b.train_step(mine(batches[STEPS]), lrs[STEPS]), ref.train_step([batches[STEPS]], lrs[STEPS])
 loaded["next_loss"] = abs(dist.all_mean([after.loss])[0] - ref_after.loss)
+# The update after the load used the loaded moments and step count.
+weights, _ = b.state_arrays()
+loaded["next_weights"] = max_diff(weights, ref.state_arrays()[0]) if rank == 0 else 0.0
 report["loaded"] = loaded
+# float16 with a loss scale: the sharded scaler agrees on overflows across ranks.
+_, half_results = reference("float16")
+b = sharded(dtype="float16")
+results = [b.train_step(mine(batch), lr) for batch, lr in zip(batches[:STEPS], lrs)]
+report["float16"] = max(abs(dist.all_mean([a.loss])[0] - r.loss) for a, r in zip(results, half_results))
+if DEVICE == "cuda":
+    # Blocks gathered in bf16 (reductions in fp32), each compiled: close to the fp32 run.
+    b = sharded(dtype="bfloat16", compile="on")
+    results = [b.train_step(mine(batch), lr) for batch, lr in zip(batches[:STEPS], lrs)]
+    losses = [dist.all_mean([r.loss])[0] for r in results]
+    report["bf16_compiled"] = max(abs(a - r.loss) for a, r in zip(losses, ref_results))
 if rank == 0:
     print(json.dumps(report))
 dist.barrier()
