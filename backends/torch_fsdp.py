@@ -29,7 +29,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from localtrain.backends.base import MOMENT_SUFFIXES, check_weights
 from localtrain.backends.torch_backend import TORCH_DTYPES, TorchBackend, _to_numpy
 from localtrain.backends.torch_model import Layout
-from localtrain.errors import CheckpointError, LocaltrainError
+from localtrain.errors import CheckpointError
 
 
 # glibc serves allocations from the heap below a threshold that it raises to the size of
@@ -80,12 +80,8 @@ class FSDPBackend(TorchBackend):
         self.accumulate_unsharded = unsharded
 
     def _training_module(self) -> torch.nn.Module:
-        if self.dist is None:
-            raise LocaltrainError(
-                "run.parallel = fsdp shards the model over the processes of a torchrun job, and this"
-                " process is not one. Start it with --nproc N (N = 1 works too), or use"
-                " --set run.parallel=auto to train in one process."
-            )
+        # The runner refuses run.parallel = fsdp outside a torchrun job, with the reason.
+        assert self.dist is not None, "set_distributed() comes before build()"
         model = self.model
         assert model is not None
         mesh = init_device_mesh(self.device, (self.dist.world_size,))
