@@ -66,7 +66,7 @@ def worker(args) -> None:
 
     dist = init(args.device)
     cls = FSDPBackend if args.worker == "fsdp" else TorchBackend
-    backend = cls(args.device, args.dtype, 0, "off")
+    backend = cls(args.device, args.dtype, 0, False)
     backend.set_distributed(dist)
     model = model_config(args)
     backend.build(model, args.vocab, 0)

@@ -55,7 +55,7 @@ def reference(dtype: str = "float32") -> tuple[TorchBackend, list]:
 
 
 def sharded(unsharded: bool = False, checkpointing: bool = False, dtype: str = "float32",
-            compile: str = "off") -> FSDPBackend:
+            compile: bool = False) -> FSDPBackend:
     b = FSDPBackend(DEVICE, dtype, 0, compile)
     exact_float32()
     b.set_distributed(dist)
@@ -140,7 +140,7 @@ results = [b.train_step(mine(batch), lr) for batch, lr in zip(batches[:STEPS], l
 report["float16"] = max(abs(dist.all_mean([a.loss])[0] - r.loss) for a, r in zip(results, half_results))
 if DEVICE == "cuda":
     # Blocks gathered in bf16 (reductions in fp32), each compiled: close to the fp32 run.
-    b = sharded(dtype="bfloat16", compile="on")
+    b = sharded(dtype="bfloat16", compile=True)
     results = [b.train_step(mine(batch), lr) for batch, lr in zip(batches[:STEPS], lrs)]
     losses = [dist.all_mean([r.loss])[0] for r in results]
     report["bf16_compiled"] = max(abs(a - r.loss) for a, r in zip(losses, ref_results))
