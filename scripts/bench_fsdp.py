@@ -21,7 +21,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 MB = 1024**2
 
@@ -30,29 +29,6 @@ def model_config(args):
     from localtrain.config import ModelConfig
 
     return ModelConfig(n_layer=args.n_layer, n_head=args.n_head, n_embd=args.n_embd, seq_len=args.seq_len)
-
-
-def reset_peak(device: str) -> None:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    else:
-        # Linux: writing 5 resets this process's peak RSS (VmHWM) to its current RSS.
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak(device: str) -> int:
-    if device == "cuda":
-        import torch
-
-        torch.cuda.synchronize()
-        return int(torch.cuda.max_memory_allocated())
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def worker(args) -> None:
@@ -75,12 +51,12 @@ def worker(args) -> None:
     tokens = rng.integers(0, args.vocab, (args.micro, model.seq_len + 1)).astype(np.uint16)
     batch = [(tokens[:, :-1], tokens[:, 1:])]
     dist.barrier()
-    reset_peak(args.device)
+    backend.reset_peak_memory()
     start = time.perf_counter()
     for _ in range(args.steps):
         backend.train_step(batch, 1e-4)
     seconds = (time.perf_counter() - start) / args.steps
-    mine = json.dumps({"rank": dist.rank, "peak": peak(args.device), "step_s": seconds})
+    mine = json.dumps({"rank": dist.rank, "peak": backend.peak_memory_bytes(), "step_s": seconds})
     found = dist.gather_text(mine)
     if dist.is_main:
         print("RESULT " + json.dumps([json.loads(x) for x in found]), flush=True)
@@ -118,10 +94,10 @@ def main() -> None:
         return
 
     from localtrain.metrics import params_count
-    from localtrain.planner import memory_estimate, vocab_rows
+    from localtrain.planner import memory_estimate
 
     model = model_config(args)
-    params = params_count(model, vocab_rows(model, args.vocab))
+    params = params_count(model, model.vocab_rows(args.vocab))
     print(f"model: {model.n_layer} x {model.n_embd}, seq {model.seq_len}, vocab {args.vocab}: {params / 1e6:.1f}M"
           f" parameters, {16 * params / MB:,.0f} MB of fp32 weights, gradients and AdamW moments;"
           f" {args.nproc} processes on {args.device} ({args.dtype}), micro-batch {args.micro} per rank")
