@@ -21,7 +21,7 @@ from localtrain.checkpoint import complete_checkpoints, load
 from localtrain.doctor import devices_needed
 from localtrain.hardware import GPU
 from localtrain.metrics import params_count
-from localtrain.planner import GB, check_plan, memory_estimate, plan
+from localtrain.planner import GB, Choice, Measured, Tuned, check_plan, memory_estimate, plan
 from test_planner import machine
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo workers need a POSIX host")
@@ -260,3 +260,15 @@ def test_unsharded_accumulation_only_where_the_full_gradient_fits() -> None:
     # Without accumulation there is nothing to hold.
     assert not plan(cfg.resolve("gpt2-124m", ["run.parallel=fsdp", "train.batch_size=16"]), card,
                     vocab_size=50257, world_size=2).accumulate_unsharded
+
+
+def test_the_tuners_unsharded_measurements_do_not_decide_a_sharded_run() -> None:
+    card = machine(gpus=[GPU(0, "RTX 4090", 24 * GB, 24 * GB, "8.9", True)])
+    # One unsharded process measured float32 fastest, with a peak that the sharded run never reaches.
+    timed = Tuned((Measured(Choice("float32", False, 16), "ok", step_s=0.1, peak_bytes=20 * GB),))
+    replicated = plan(cfg.resolve("gpt2-124m", ["train.batch_size=32"]), card, 50257, world_size=2, tuned=timed)
+    assert replicated.decided_by == "measured" and replicated.dtype == "float32"
+    sharded = plan(cfg.resolve("gpt2-124m", ["train.batch_size=32", "run.parallel=fsdp"]), card, 50257,
+                   world_size=2, tuned=timed)
+    assert sharded.decided_by == "defaults" and sharded.dtype == "bfloat16" and not sharded.candidates
+    assert sharded.predicted_peak_bytes == sum(sharded.memory.values()) < 20 * GB
