@@ -592,8 +592,9 @@ def plan(
     smallest = Choice(config.train.dtype if config.train.dtype != "auto" else default_dtype(machine, device),
                       False, 1, True)
     sharded = dataclasses.replace(shape, parallel="fsdp", world_size=world_size)
+    was = resumed.get("parallel") if resumed and resumed.get("world_size") == world_size else None
     par, par_notes = choose_parallel(parallel or config.run.parallel, world_size, device,
-                                     shape.peak(smallest).total, sharded.peak(smallest).total, shape.usable)
+                                     shape.peak(smallest).total, sharded.peak(smallest).total, shape.usable, was)
     notes += par_notes
     if par == "fsdp":
         shape = sharded

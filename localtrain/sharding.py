@@ -71,6 +71,7 @@ def sharded_terms(
 
 def choose_parallel(
     requested: str, world_size: int, device: str, replicated_min: int, sharded_min: int, usable: int,
+    resumed: str | None = None,
 ) -> tuple[str, list[str]]:
     """("none" | "ddp" | "fsdp", notes) for a job of `world_size` processes.
 
@@ -78,6 +79,9 @@ def choose_parallel(
     per micro-batch with activation checkpointing, under DDP and under FSDP; `usable`
     is one device's budget. `auto` shards only when the replicated run cannot fit at
     all and the sharded one can: DDP communicates less, so it wins whenever it fits.
+    `resumed`: the mode of the checkpoint a run continues from on the same number of
+    processes; under `auto` a sharded run stays sharded while that fits, as a resumed
+    run keeps its other choices.
     """
     if requested == "fsdp":
         if device not in ("cpu", "cuda"):
@@ -89,6 +93,8 @@ def choose_parallel(
                         f" process{'es' if world_size > 1 else ''}."]
     if world_size == 1:
         return "none", []
+    if requested == "auto" and resumed == "fsdp" and sharded_min <= usable:
+        return "fsdp", [f"FSDP over {world_size} processes, as the run was started (from its checkpoint)."]
     if requested == "auto" and replicated_min > usable >= sharded_min:
         return "fsdp", [
             f"FSDP: under DDP each process would need {replicated_min / GB:.2f} GiB even at micro-batch 1 with"

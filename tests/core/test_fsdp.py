@@ -77,6 +77,8 @@ def test_sigkill_then_exact_resume_and_resume_on_one_process_ddp_and_mlx(runs, c
     resumed = localtrain(["run", "--resume", "--run-dir", "killed", "--nproc", "2", "--plain"], runs, cache_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert plan_events(run_dir)[-1]["resumed_from"] == 20 and plan_events(run_dir)[-1]["parallel"] == "fsdp"
+    recorded = load(run_dir / "checkpoints" / "step-00000020").state["plan"]
+    assert (recorded["parallel"], recorded["world_size"]) == ("fsdp", 2)
     assert step_losses(run_dir) == step_losses(runs / "fsdp")
     for name in ("model.safetensors", "optimizer.safetensors"):
         assert (run_dir / FINAL / name).read_bytes() == (runs / "fsdp" / FINAL / name).read_bytes()
@@ -92,6 +94,7 @@ def test_sigkill_then_exact_resume_and_resume_on_one_process_ddp_and_mlx(runs, c
     p1, p2 = plan_events(run_dir)[-1], plan_events(runs / "as-ddp")[-1]
     assert (p1["resumed_from"], p1["world_size"], p1["parallel"]) == (30, 1, "none")
     assert (p2["resumed_from"], p2["world_size"], p2["parallel"]) == (30, 2, "ddp")
+    assert load(run_dir / "checkpoints" / "step-00000035").state["plan"]["parallel"] == "none"
     a, b = step_losses(run_dir), step_losses(runs / "as-ddp")
     assert max(abs(a[k] - b[k]) for k in range(31, 36)) < 1e-5
 
@@ -242,6 +245,25 @@ def test_auto_shards_only_what_does_not_fit_one_device() -> None:
     sharded = cfg.resolve("gpt2-124m", [*BIG, "run.parallel=fsdp"])
     fewer = plan(sharded, two_cards, vocab_size=50257, world_size=n - 1)
     assert fewer.min_peak_bytes > fewer.budget_bytes * 0.9
+
+
+def test_a_resumed_sharded_run_stays_sharded_on_the_same_processes() -> None:
+    two_cards = machine(gpus=[GPU(i, "RTX 4090", 24 * GB, 24 * GB, "8.9", True) for i in range(2)])
+    small = cfg.resolve("gpt2-124m")
+    assert plan(small, two_cards, 50257, world_size=2).parallel == "ddp"
+    was = {"backend": "torch", "dtype": "bfloat16", "compile": True, "micro_batch_size": 4,
+           "activation_checkpointing": False, "parallel": "fsdp", "world_size": 2}
+    kept = plan(small, two_cards, 50257, world_size=2, resumed=was)
+    assert (kept.parallel, kept.decided_by) == ("fsdp", "resumed") and kept.fits
+    # Another number of processes, or a checkpoint that recorded no mode: chosen afresh.
+    assert plan(small, two_cards, 50257, world_size=4, resumed=was).parallel == "ddp"
+    assert plan(small, two_cards, 50257, world_size=2, resumed={**was, "parallel": None}).parallel == "ddp"
+    # The user's setting wins over the checkpoint's.
+    ddp = cfg.resolve("gpt2-124m", ["run.parallel=ddp"])
+    assert plan(ddp, two_cards, 50257, world_size=2, resumed=was).parallel == "ddp"
+    # A replicated run that no longer fits one card is sharded, resumed or not.
+    big = cfg.resolve("gpt2-124m", BIG)
+    assert plan(big, two_cards, 50257, world_size=2, resumed={**was, "parallel": "ddp"}).parallel == "fsdp"
 
 
 def test_unsharded_accumulation_only_where_the_full_gradient_fits() -> None:
