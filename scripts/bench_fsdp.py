@@ -62,11 +62,19 @@ def worker(args) -> None:
         print("RESULT " + json.dumps([json.loads(x) for x in found]), flush=True)
     dist.barrier()
     dist.close()
+    # The DDP module still holds the gloo group: destroying it at interpreter exit can wait
+    # forever on gloo's own thread (seen on torch 2.13). Nothing is left to tear down.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def launch(args, mode: str) -> list[dict]:
+    # The worker's flags spelled out: torchrun would take `--nproc` for an abbreviation of its own.
+    shape = {"--n-layer": args.n_layer, "--n-head": args.n_head, "--n-embd": args.n_embd, "--seq-len": args.seq_len,
+             "--vocab": args.vocab, "--micro": args.micro, "--steps": args.steps, "--device": args.device,
+             "--dtype": args.dtype}
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.nproc}", "--standalone",
-           "--max-restarts=0", __file__, "--worker", mode, *sys.argv[1:]]
+           "--max-restarts=0", __file__, "--worker", mode, *(f"{k}={v}" for k, v in shape.items())]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
