@@ -168,6 +168,10 @@ class TorchBackend:
         """Around one micro-batch's backward: under DDP gradients are averaged once, after the last."""
         return contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
 
+    def _clip_gradients(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        """Clip the global gradient norm to `max_norm`; the norm before clipping."""
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
+
     def num_params(self) -> int:
         assert self.model is not None
         return sum(p.numel() for p in self.model.parameters())
@@ -286,7 +290,7 @@ class TorchBackend:
             self.scaler.unscale_(opt)
         params = [p for g in opt.param_groups for p in g["params"]]
         max_norm = self.grad_clip if self.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        norm = self._clip_gradients(params, max_norm)
         for group in opt.param_groups:
             group["lr"] = lr
         skipped = False

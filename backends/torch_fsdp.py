@@ -27,7 +27,7 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from localtrain.backends.base import MOMENT_SUFFIXES, check_weights
-from localtrain.backends.torch_backend import TORCH_DTYPES, TorchBackend, _to_numpy
+from localtrain.backends.torch_backend import TORCH_DTYPES, TorchBackend, TorchDecoder, _to_numpy
 from localtrain.backends.torch_model import Layout
 from localtrain.errors import CheckpointError
 
@@ -68,8 +68,9 @@ class FSDPBackend(TorchBackend):
     sharded = True
     """Evaluation, sampling and checkpoints need every rank: each holds part of the model."""
 
-    def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 0, compile: bool = False) -> None:
-        super().__init__(device, dtype, threads, compile)
+    def __init__(self, device: str = "cpu", dtype: str = "float32", threads: int = 0, compile: bool = False,
+                 *, compile_mode: str | None = None) -> None:
+        super().__init__(device, dtype, threads, compile, compile_mode=compile_mode)
         self.accumulate_unsharded = False
         if self.device == "cpu":
             _return_freed_blocks()
@@ -101,7 +102,7 @@ class FSDPBackend(TorchBackend):
         for method in ("token_losses", "hidden", "logits"):
             register_fsdp_forward_method(model, method)
         # The compiler breaks its graphs at FSDP's hooks: each block compiles on its own.
-        return torch.compile(model) if self.compile else model
+        return torch.compile(model, dynamic=False, mode=self.compile_mode) if self.compile else model
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         root = self.model
@@ -112,6 +113,11 @@ class FSDPBackend(TorchBackend):
         # keeping them between micro-batches saves a gather and costs no extra peak.
         root.set_reshard_after_backward(last, recurse=False)
         return contextlib.nullcontext()
+
+    def _clip_gradients(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+        norm = super()._clip_gradients(params, max_norm)
+        # The norm over sharded gradients is a DTensor (partial sums per rank): the full value.
+        return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
     def configure_optimizer(self, train) -> None:
         super().configure_optimizer(train)
@@ -132,10 +138,9 @@ class FSDPBackend(TorchBackend):
         with torch.no_grad():
             return TorchBackend.token_losses.__wrapped__(self, x, y)
 
-    def generate(self, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int, seed: int,
-                 top_p: float = 1.0) -> list[int]:
-        with torch.no_grad():
-            return TorchBackend.generate.__wrapped__(self, prompt, max_new_tokens, temperature, top_k, seed, top_p)
+    def decoder(self) -> TorchDecoder:
+        assert self.model is not None
+        return _ShardedDecoder(self)
 
     # -- state --------------------------------------------------------------------------
 
@@ -201,3 +206,16 @@ class FSDPBackend(TorchBackend):
                     mine = distribute_tensor(full, t.device_mesh, t.placements, src_data_rank=None)
                     t.to_local().copy_(mine.to_local())
                     del full, mine
+
+
+class _ShardedDecoder(TorchDecoder):
+    """The torch decoder under no_grad rather than inference mode (see FSDPBackend). Every
+    rank decodes the same tokens: each forward gathers the blocks from all of them."""
+
+    def start(self, context: list[int]) -> np.ndarray:
+        with torch.no_grad():
+            return TorchDecoder.start.__wrapped__(self, context)
+
+    def extend(self, token: int) -> np.ndarray:
+        with torch.no_grad():
+            return TorchDecoder.extend.__wrapped__(self, token)

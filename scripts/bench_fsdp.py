@@ -111,7 +111,7 @@ def main() -> None:
           f" {args.nproc} processes on {args.device} ({args.dtype}), micro-batch {args.micro} per rank")
     print(f"{'mode':5} {'rank':>4} {'predicted':>10} {'measured':>10} {'error':>7} {'s/step':>7}")
     if args.device == "cuda":
-        print("(CUDA: max_memory_allocated against the prediction less its CUDA-context overhead term)")
+        print("(CUDA: max_memory_allocated against the prediction's tensors: less its CUDA-context overhead term)")
     measured: dict[str, int] = {}
     predicted: dict[str, int] = {}
     for mode in args.modes.split(","):
@@ -119,7 +119,7 @@ def main() -> None:
         parallel = mode if (mode == "fsdp" or args.nproc > 1) else "none"
         est = memory_estimate(model, args.vocab, args.micro, args.dtype, args.device, parallel=parallel,
                               world_size=args.nproc)
-        total = est.total - (est.terms["overhead"] if args.device == "cuda" else 0)
+        total = est.tensors if args.device == "cuda" else est.total
         predicted[mode] = total
         ranks = launch(args, mode)
         for r in ranks:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch.distributed.tensor import DTensor
 
+from localtrain import sampling
 from localtrain.backends.torch_backend import TorchBackend
 from localtrain.backends.torch_dist import init
 from localtrain.backends.torch_fsdp import FSDPBackend
@@ -124,7 +125,7 @@ weights, moments = b.state_arrays()
 x, y = batches[STEPS]
 loaded = {
     "eval": float(np.abs(b.token_losses(x, y) - ref.token_losses(x, y)).max()),
-    "generate": b.generate([1, 2, 3], 12, 0.8, 10, 7) == ref.generate([1, 2, 3], 12, 0.8, 10, 7),
+    "generate": sampling.generate(b, [1, 2, 3], 12, 0.8, 10, 7) == sampling.generate(ref, [1, 2, 3], 12, 0.8, 10, 7),
     "roundtrip": max_diff(weights, ref_weights) if rank == 0 else 0.0,
 }
 after, ref_after = b.train_step(mine(batches[STEPS]), lrs[STEPS]), ref.train_step([batches[STEPS]], lrs[STEPS])
