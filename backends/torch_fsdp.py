@@ -116,7 +116,7 @@ class FSDPBackend(TorchBackend):
 
     def _clip_gradients(self, params: list[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
         norm = super()._clip_gradients(params, max_norm)
-        # The norm over sharded gradients is a DTensor (partial sums per rank): the full value.
+        # The norm over sharded gradients comes back as a DTensor; the step reports its plain value.
         return norm.full_tensor() if isinstance(norm, DTensor) else norm
 
     def configure_optimizer(self, train) -> None:

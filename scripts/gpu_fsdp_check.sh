@@ -9,14 +9,17 @@
 # Run from anywhere: bash scripts/gpu_fsdp_check.sh   (PYTHON=... to choose the interpreter;
 # DEVICE=cpu and BENCH="..." try the same steps on a CPU with gloo). Exit status 1 if a check fails.
 # Where localtrain is not installed, it runs from this checkout; the one package it needs beyond
-# torch, numpy, safetensors, sentencepiece, rich and psutil is tomli_w, taken from a wheel in
-# .whl/ when it is missing (python3 -m pip download --no-deps -d .whl tomli_w==1.2.0).
+# torch, numpy, safetensors, sentencepiece, rich and psutil is tomli_w, taken from the wheels in
+# .whl/ when it is missing (as scripts/gpu_check.sh does; python3 -m pip download --no-deps -d .whl
+# tomli_w==1.2.0 fetches it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD PY=${PYTHON:-python3} DEVICE=${DEVICE:-cuda}
 BENCH=${BENCH:---n-layer 12 --n-head 12 --n-embd 768 --seq-len 1024 --vocab 32768 --micro 4 --dtype bfloat16}
 WORK=$(mktemp -d) && export LOCALTRAIN_CACHE=$WORK/cache PYTHONUNBUFFERED=1
 FAILED=0
+# On the device machine, everything printed also comes back in $OUT.
+[ -n "${OUT:-}" ] && [ -d "$OUT" ] && exec > >(tee -a "$OUT/gpu_fsdp_check.log") 2>&1
 
 if ! $PY -c "import localtrain.backends.torch_fsdp" 2>/dev/null; then
   # A bare machine: this checkout's folders laid out as the installed package, without pip.
@@ -24,10 +27,10 @@ if ! $PY -c "import localtrain.backends.torch_fsdp" 2>/dev/null; then
   for d in backends tui configs; do ln -s "$REPO/$d" "$WORK/src/localtrain/$d"; done
   export PYTHONPATH=$WORK/src${PYTHONPATH:+:$PYTHONPATH}
 fi
-if ! $PY -c "import tomli_w" 2>/dev/null; then
-  # The run writes its config.toml with tomli_w: a wheel carried in .whl, installed offline.
-  ls .whl/tomli_w-*.whl >/dev/null 2>&1 && $PY -m pip install -q --no-index --no-deps --target "$WORK/site" .whl/tomli_w-*.whl
-  export PYTHONPATH=$WORK/site:$PYTHONPATH
+if ! $PY -c "import tomli_w" 2>/dev/null && ls .whl/*.whl >/dev/null 2>&1; then
+  # The run writes its config.toml with tomli_w: the wheels carried in .whl/ (MLX's aside), offline.
+  $PY -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" $(ls .whl/*.whl | grep -v /mlx)
+  export PYTHONPATH=$WORK/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 $PY -c "import localtrain.backends.torch_fsdp, tomli_w" || { echo "localtrain or tomli_w cannot be imported"; exit 1; }
 $PY -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"

@@ -124,8 +124,9 @@ b.load_state_arrays(ref_weights, ref_moments, STEPS)
 weights, moments = b.state_arrays()
 x, y = batches[STEPS]
 loaded = {
-    "eval": float(np.abs(b.token_losses(x, y) - ref.token_losses(x, y)).max()),
+    # Generation first: the sharded model's first forward, which later training steps follow.
     "generate": sampling.generate(b, [1, 2, 3], 12, 0.8, 10, 7) == sampling.generate(ref, [1, 2, 3], 12, 0.8, 10, 7),
+    "eval": float(np.abs(b.token_losses(x, y) - ref.token_losses(x, y)).max()),
     "roundtrip": max_diff(weights, ref_weights) if rank == 0 else 0.0,
 }
 after, ref_after = b.train_step(mine(batches[STEPS]), lrs[STEPS]), ref.train_step([batches[STEPS]], lrs[STEPS])
