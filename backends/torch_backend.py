@@ -14,7 +14,7 @@ from localtrain.backends.base import (
     MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory, loss_chunk_tokens, matmul_peak,
 )
 from localtrain.backends import torch_attention
-from localtrain.backends.torch_model import LlamaLM, shared_layout
+from localtrain.backends.torch_model import LayerCaches, LlamaLM, shared_layout
 from localtrain.config import ModelConfig, TrainConfig
 from localtrain.errors import CheckpointError, LocaltrainError
 
@@ -457,11 +457,11 @@ class TorchDecoder:
         self.backend, self.model = backend, backend.model
         self.model.eval()
         self.window, self.length = self.model.cfg.seq_len, 0
-        self.caches: list = []
+        self.caches = LayerCaches(0)
 
     @torch.inference_mode()
     def start(self, context: list[int]) -> np.ndarray:
-        self.caches = [[] for _ in self.model.model.layers]
+        self.caches = LayerCaches(len(self.model.model.layers))
         self.length = len(context)
         return self._scores(torch.tensor([context], device=self.backend.device), 0)
 

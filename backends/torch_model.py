@@ -52,6 +52,17 @@ def interleave_rows(n_heads: int, head_dim: int) -> torch.Tensor:
     return torch.cat([h * head_dim + within for h in range(n_heads)])
 
 
+class LayerCaches:
+    """Each layer's key/value cache. Not a list: FSDP rebuilds the lists among a forward's
+    arguments when it moves them to a GPU, and the layers must append to these very ones."""
+
+    def __init__(self, layers: int) -> None:
+        self.layers: list[list] = [[] for _ in range(layers)]
+
+    def __getitem__(self, i: int) -> list:
+        return self.layers[i]
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -161,7 +172,7 @@ class LlamaLM(nn.Module):
                 else:
                     p.normal_(0.0, std, generator=generator)
 
-    def hidden(self, idx: torch.Tensor, start: int = 0, caches: list | None = None) -> torch.Tensor:
+    def hidden(self, idx: torch.Tensor, start: int = 0, caches: LayerCaches | None = None) -> torch.Tensor:
         T = idx.shape[1]
         rope = (
             self.rope_cos[start : start + T],  # (T, hs/2)

@@ -44,14 +44,14 @@ MB = 1024**2
 # Per token and layer, the block saves about 11 d + 4 f values for its backward (norm
 # inputs and outputs, q/k/v before and after rope, attention output, the MLP's gate,
 # up, SiLU and product); measured eager peaks carry 1.4x that (allocator slack, transients).
-# CUDA's caching allocator counts the tensors themselves (max_memory_allocated): there the
-# tensor bytes live at the peak of an eager step are 1.0x, measured on this CPU through the
-# profiler's allocation events (scripts/bench_planner.py --chunked; bench_train.py --device
-# cuda checks it on a GPU).
-LAYER_FACTOR = {"cpu": 1.4, "cuda": 1.0}
+# CUDA's caching allocator counts the tensors themselves (max_memory_allocated): there an
+# eager step holds 0.79x, fitted to max_memory_allocated on an NVIDIA H200 (torch 2.11,
+# bf16, 4 x 768 layers, context 1024, micro-batches 16/32/48; tests/backends/test_cuda.py).
+LAYER_FACTOR = {"cpu": 1.4, "cuda": 0.79}
 # A compiled step fuses the norms, rope and SwiGLU and saves fewer intermediates: half of
-# the eager activations, on a CPU as on CUDA (gpt2-124m).
-COMPILED_LAYER_SHARE = {"cpu": 0.5, "cuda": 0.5}
+# the eager activations on a CPU (gpt2-124m); on CUDA inductor keeps more of them for its
+# fused backward, 0.8 of eager's (the same H200 fit).
+COMPILED_LAYER_SHARE = {"cpu": 0.5, "cuda": 0.8}
 # The logits, their log-softmax and their gradient: 2.8 fp32 copies of a vocab row per token.
 LOGITS_COPIES_FP32 = 2.8
 # Under autocast the logits are also held in 16 bits beside the fp32 loss: 14 bytes a logit.
@@ -68,7 +68,15 @@ EMBED_VALUES = 12
 # float32). Compiled, the gradient takes over the logits' own buffer: the compute dtype's
 # bytes. Measured as the tensor bytes live over the loss on this CPU, the compiled ones
 # with the CPU's code generator (tests/backends/test_torch_kernels.py holds them).
+# (The compiled entries are what the chunked loss compiled on its own holds; inside a whole
+# compiled step on CUDA the compiler keeps more: COMPILED_CHUNKED_LOGIT_BYTES.)
 CHUNK_LOGIT_BYTES = {"eager_mixed": 6, "eager_fp32": 4, "compiled_mixed": 2, "compiled_fp32": 4}
+# Compiled on CUDA, the compiler traces the chunked loss as one graph and keeps the logits
+# of every token, not one chunk's: 3.4 bytes a logit, fitted with COMPILED_LAYER_SHARE to
+# max_memory_allocated on an NVIDIA H200 in bf16 (4 x 768 layers, vocab 8192, micro-batches
+# 16/32/48, and gpt2-124m at 32 and 240: every point within 1.5%). float32 is not measured
+# there: twice the bytes is assumed.
+COMPILED_CHUNKED_LOGIT_BYTES = {"mixed": 3.4, "fp32": 6.8}
 # Memory a backend holds before the model: the interpreter and libraries (CPU RSS), a
 # CUDA context outside the caching allocator, Metal/MLX runtime buffers.
 OVERHEAD = {"cpu": 300 * MB, "cuda": 600 * MB, "mps": 500 * MB, "mlx": 200 * MB}
@@ -270,7 +278,7 @@ def memory_estimate(
     if chunk:
         # Per token only the hidden state's float32 gradient, made in the forward pass; one
         # chunk's logits and the head's float32 weight gradient are added below.
-        logits = 4 * d
+        logits = 4 * d + (rows * COMPILED_CHUNKED_LOGIT_BYTES["mixed" if mixed else "fp32"] if compiled else 0)
     elif compiled:
         logits = rows * (LOGITS_BYTES_COMPILED_MIXED if mixed else LOGITS_COPIES_COMPILED_FP32 * 4)
     else:
@@ -289,7 +297,9 @@ def memory_estimate(
         "overhead": OVERHEAD.get(kind, OVERHEAD["cpu"]),
     }
     if chunk:
-        per_logit = CHUNK_LOGIT_BYTES[f"{'compiled' if compiled else 'eager'}_{'mixed' if mixed else 'fp32'}"]
+        # One chunk's logits when eager (compiled, every token's are counted above), and the
+        # head's float32 weight gradient.
+        per_logit = 0 if compiled else CHUNK_LOGIT_BYTES[f"eager_{'mixed' if mixed else 'fp32'}"]
         terms["logits"] += per_logit * min(micro_batch_size * model.seq_len, chunk) * rows + 4 * rows * d
     if parallel == "fsdp":
         terms.update(sharded_terms(model, rows, dtype, device, world_size, accumulate_unsharded))

@@ -129,6 +129,11 @@ loaded = {
     "eval": float(np.abs(b.token_losses(x, y) - ref.token_losses(x, y)).max()),
     "roundtrip": max_diff(weights, ref_weights) if rank == 0 else 0.0,
 }
+# How far the sharded decoder's scores are from the unsharded one's, from the cache and without.
+mine_dec, ref_dec = b.decoder(), ref.decoder()
+gaps = [float(np.abs(mine_dec.start([1, 2, 3]) - ref_dec.start([1, 2, 3])).max())]
+gaps += [float(np.abs(mine_dec.extend(t) - ref_dec.extend(t)).max()) for t in (4, 5, 6)]
+loaded["decode_gap"] = max(gaps)
 after, ref_after = b.train_step(mine(batches[STEPS]), lrs[STEPS]), ref.train_step([batches[STEPS]], lrs[STEPS])
 loaded["next_loss"] = abs(dist.all_mean([after.loss])[0] - ref_after.loss)
 # The update after the load used the loaded moments and step count.
