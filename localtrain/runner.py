@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import difflib
 import fcntl
 import json
 import os
@@ -55,6 +56,8 @@ class Setup:
     """The plan made before the data exists (the vocabulary estimated): memory and disk checked."""
     resume_step: int | None = None
     """The step of `--resume RUN/checkpoints/step-N`; None resumes from the newest checkpoint."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What the user should know before it starts (which preset was picked for the data, and why)."""
 
 
 def preflight(s: Setup, world_size: int = 1, local_world_size: int = 1) -> Setup:
@@ -90,6 +93,8 @@ def _locate_resume(request: RunRequest) -> Path | None:
         path = Path(request.resume).expanduser()
         if path.name.startswith(checkpoint.PREFIX) and path.parent.name == "checkpoints":
             path = path.parent.parent
+        if not path.exists():
+            raise CheckpointError(f"--resume {request.resume}: {no_such_run(path)}")
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(
                 f"--resume {request.resume}: {path} is not a run directory (it has no {CONFIG_FILE})."
@@ -117,9 +122,10 @@ def setup(request: RunRequest) -> Setup:
             rundir.check(run_dir, "--resume")
             s = _setup_resume(request, run_dir)
             return dataclasses.replace(s, resume_step=rundir.resume_step(request.resume))
-    config = cfg.resolve(request.preset or "python-stdlib", request.overrides)
+    preset, why = choose_preset(request.preset, request.overrides)
+    config = cfg.resolve(preset, request.overrides)
     check_source(config)
-    run_dir = Path(request.run_dir or config.run.run_dir or new_run_dir(config.run.preset))
+    run_dir = Path(request.run_dir or config.run.run_dir or new_run_dir(run_name(config)))
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=str(run_dir)))
     rundir.check(run_dir)
     conf = run_dir / CONFIG_FILE
@@ -137,17 +143,60 @@ def setup(request: RunRequest) -> Setup:
                 f"The run directory {run_dir} already has checkpoints. Nothing was changed. Pass"
                 " --resume to continue it, or choose a new directory with --run-dir."
             )
-    return preflight(Setup(config, run_dir, False, []), request.world_size, request.local_world_size)
+    s = Setup(config, run_dir, False, [], notes=[why] if why else [])
+    return preflight(s, request.world_size, request.local_world_size)
 
 
-def new_run_dir(preset: str) -> Path:
-    """runs/<preset>-<date-time>, with a suffix if two runs start in the same second."""
+def choose_preset(preset: str | None, overrides: list[str]) -> tuple[str, str | None]:
+    """The preset a new run starts from, and why when it was picked rather than named.
+
+    A named preset wins. Without one, `data.source` (what --data sets) picks it from the
+    data (`sources.preset_for`); with neither, the default python-stdlib.
+    """
+    if preset:
+        return preset, None
+    sources = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.source" and "=" in o]
+    if not sources or not sources[-1].strip():
+        return "python-stdlib", None
+    from localtrain.data.sources import preset_for
+
+    return preset_for(sources[-1].strip())
+
+
+def run_name(config: cfg.Config) -> str:
+    """The name of a new run's directory before its date and time: the data's name when the
+    command line chose the data (`notes` for --data ~/notes), else the preset's."""
+    if "data.source" in config.explicit_keys():
+        from localtrain.data.sources import source_name
+
+        name = source_name(config.data.source)
+        if name:
+            return name
+    return config.run.preset
+
+
+def new_run_dir(name: str) -> Path:
+    """runs/<name>-<date-time>, with a suffix if two runs start in the same second."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = RUNS_ROOT / f"{preset}-{stamp}", 1
+    path, n = RUNS_ROOT / f"{name}-{stamp}", 1
     while path.exists():
         n += 1
-        path = RUNS_ROOT / f"{preset}-{stamp}-{n}"
+        path = RUNS_ROOT / f"{name}-{stamp}-{n}"
     return path
+
+
+def no_such_run(path: Path) -> str:
+    """That `path` does not exist, with the nearest run directory's name when there is one."""
+    parent = path.parent if path.parent.is_dir() else RUNS_ROOT
+    runs = sorted(d.name for d in parent.iterdir() if (d / CONFIG_FILE).is_file()) if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, runs, n=1, cutoff=0.4)
+    if close:
+        hint = f" Did you mean {parent / close[0]}?"
+    elif runs:
+        hint = f" The runs in {parent}/ are: {', '.join(runs[-5:])}{' and more' if len(runs) > 5 else ''}."
+    else:
+        hint = " Give a run directory such as runs/python-stdlib-20260101-120000."
+    return f"{path} does not exist.{hint}"
 
 
 def describe_changes(changes: list[tuple[str, object, object]], limit: int = 8) -> str:
@@ -248,22 +297,56 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
         )
     if not dist.is_main:
         return _train(s, lambda event: None, dist)
+    created = [d for d in (s.run_dir, *s.run_dir.parents) if not d.exists()]
     rundir.claim(s.run_dir)
-    with run_lock(s.run_dir):
-        write_atomic(s.run_dir / CONFIG_FILE, cfg.to_toml(s.config))
-        writer = ev.EventWriter(s.run_dir / EVENTS_FILE)
-        emit = Fanout(writer, *([console] if console else []))
-        try:
-            return _train(s, emit, dist)
-        except LocaltrainError as exc:
-            _record_error(writer, exc)
-            raise
-        except OSError as exc:  # one that did not pass through localtrain.files
-            error = disk_error(exc, exc.filename, "open")
-            _record_error(writer, error)
-            raise error from exc
-        finally:
-            writer.close()
+    try:
+        with run_lock(s.run_dir):
+            write_atomic(s.run_dir / CONFIG_FILE, cfg.to_toml(s.config))
+            writer = ev.EventWriter(s.run_dir / EVENTS_FILE)
+            emit = Fanout(writer, *([console] if console else []))
+            try:
+                return _train(s, emit, dist)
+            except LocaltrainError as exc:
+                _record_error(writer, exc)
+                raise
+            except OSError as exc:  # one that did not pass through localtrain.files
+                error = disk_error(exc, exc.filename, "open")
+                _record_error(writer, error)
+                raise error from exc
+            finally:
+                writer.close()
+    except LocaltrainError:
+        if created:
+            remove_unstarted(s.run_dir, created)
+        raise
+
+
+STARTED_FILE = PLAN_FILE
+"""Written once the data is prepared and the model built: from then on a failed run keeps its directory."""
+UNSTARTED_FILES = (CONFIG_FILE, EVENTS_FILE, LOCK_FILE, "tokenizer.model")
+"""What a run writes before training starts."""
+
+
+def remove_unstarted(run_dir: Path, created: list[Path]) -> bool:
+    """Remove a run directory this process created when it failed before training started.
+
+    A data error (no documents, no validation split, an unreadable file) found before the
+    first step leaves nothing behind to be listed as a failed run: the error is printed and
+    the same command can be run again. Only the files the run wrote are removed, and only
+    from directories it created; anything else found there keeps the directory as it is.
+    """
+    if (run_dir / STARTED_FILE).exists() or run_dir not in created:
+        return False
+    try:
+        if any(p.name not in UNSTARTED_FILES for p in run_dir.iterdir()):
+            return False
+        for name in UNSTARTED_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+        for d in created:  # the run directory first, then parents it created (runs/), if empty
+            d.rmdir()
+    except OSError:
+        pass
+    return not run_dir.exists()
 
 
 def _record_error(writer: ev.EventWriter, exc: LocaltrainError) -> None:
