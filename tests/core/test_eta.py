@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FP32, TINY
+from loop_helpers import make_trainer
+
 from localtrain import config as cfg, events as ev
 from localtrain.backends.torch_backend import TorchBackend
-from localtrain.data.prepare import prepare
-from localtrain.train import Eta, TrainData, Trainer, occurrences
+from localtrain.train import Eta, Trainer, occurrences
 
 SLOW_STEPS, SLOW_S, STEP_S = 30, 10.0, 1.0
 EVAL_BATCH_S, SAMPLE_S, SAVE_S = 5.0, 0.5, 2.0
@@ -52,22 +52,10 @@ class TimedBackend(TorchBackend):
 
 
 def trainer_on(code_corpus: Path, run_dir: Path, clock: FakeClock, total: int, emit) -> Trainer:
-    config = cfg.resolve("python-stdlib", TINY + FP32 + [
-        f"data.source={code_corpus}", f"train.max_steps={total}", "train.eval_every=50", "train.sample_every=50",
-        "train.checkpoint_every=100", "train.sample_prompts=[\"def \", \"class \"]",
-    ])
-    prepared = prepare(config.data, lambda e: None, explicit=config.explicit_keys())
-    tok = prepared.tokenizer()
-    backend = TimedBackend(clock)
-    backend.build(config.model, prepared.vocab_size, config.train.seed)
-    backend.configure_optimizer(config.train)
-    data = TrainData(
-        train_tokens=prepared.load("train"), val_tokens=prepared.load("val"), token_bytes=tok.token_bytes(),
-        encode=tok.encode, decode=tok.decode, eos_id=tok.eos_id, tokenizer_sha256=tok.sha256,
-        vocab_size=prepared.vocab_size,
-    )
-    run_dir.mkdir()
-    return Trainer(config, backend, data, run_dir, emit, 1e9, clock=clock)
+    return make_trainer(code_corpus, run_dir, emit, TimedBackend(clock), [
+        f"train.max_steps={total}", "train.eval_every=50", "train.sample_every=50", "train.checkpoint_every=100",
+        "train.sample_prompts=[\"def \", \"class \"]",
+    ], clock=clock)
 
 
 def test_the_eta_after_a_slow_start_is_within_a_fifth_of_the_time_left(tmp_path, code_corpus) -> None:
