@@ -2,8 +2,12 @@
 
 Starts the real CLI in a subprocess with an empty cache directory (so the corpus is
 read, the tokenizer trained, the tokens encoded and the matmul peak measured), and
-prints the seconds from launch to each milestone: data prepared, first step, first
-eval, first live sample, and the val loss at the evaluations seen.
+prints the seconds from the command to each milestone (data prepared, plan, first
+step, first live sample, each evaluation), the first sample against the 60-second
+target, what the run needed (peak memory of its largest process, disk of the prepared
+data and of the run directory), and the machine's load average before and after: a
+load above its core count means other work ran beside it, and the figures are not
+quiet-machine figures.
 """
 
 from __future__ import annotations
@@ -11,28 +15,42 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+TARGET_S = 60.0
+
+
+def disk_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200, help="stop the run after this many steps")
     args = ap.parse_args()
+    cores = os.cpu_count() or 1
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "LOCALTRAIN_CACHE": os.path.join(tmp, "cache")}
-        start = time.time()
+        cache = Path(tmp, "cache")
+        env = {**os.environ, "LOCALTRAIN_CACHE": str(cache)}
+        start = time.time()  # the events carry wall-clock times: compare like with like
         proc = subprocess.run(
             [sys.executable, "-m", "localtrain", "run", "--max-steps", str(args.steps), "--plain"],
             cwd=tmp, env=env, capture_output=True, text=True,
         )
+        wall = time.time() - start
         if proc.returncode:
             raise SystemExit(proc.stderr)
+        peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
         (run_dir,) = Path(tmp, "runs").iterdir()
         events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
+        data_bytes, run_bytes = disk_bytes(cache / "data"), disk_bytes(run_dir)
+    load_after = os.getloadavg()
 
     def first(kind: str, **match) -> dict:
         return next(e for e in events if e["type"] == kind and all(e.get(k) == v for k, v in match.items()))
@@ -43,14 +61,25 @@ def main() -> None:
         ("step 1", first("step")),
         ("first live sample", first("sample")),
     ]
-    print(f"localtrain run (python-stdlib preset), cold cache, {os.cpu_count()} CPUs")
+    plan = first("plan")
+    print(f"localtrain run (python-stdlib preset), cold cache, {cores} CPUs, {plan['backend']}/{plan['device']}"
+          f" {plan['dtype']}, {args.steps} steps")
     for name, e in rows:
         extra = f"  (step {e['step']})" if "step" in e else ""
         print(f"{name:36} {e['time'] - start:7.1f} s{extra}")
     for e in (e for e in events if e["type"] == "eval"):
         print(f"eval at step {e['step']:<5}{'':22} {e['time'] - start:7.1f} s  val loss {e['val_loss']:.3f}")
+    print(f"{'the whole command':36} {wall:7.1f} s")
     steps = [e for e in events if e["type"] == "step"]
     print(f"mean training throughput: {sum(s['tokens_per_s'] for s in steps) / len(steps):,.0f} tok/s")
+    sample_s = first("sample")["time"] - start
+    print(f"first sample {sample_s:.1f} s after the command: {'within' if sample_s <= TARGET_S else 'OVER'}"
+          f" the {TARGET_S:.0f} s target")
+    print(f"peak memory of the largest process: {peak_rss / 2**30:.2f} GiB")
+    print(f"disk: prepared data {data_bytes / 2**20:.1f} MiB, run directory {run_bytes / 2**20:.1f} MiB")
+    busy = max(load_before[0], load_after[0]) > cores
+    print(f"load average (1 min) before {load_before[0]:.1f}, after {load_after[0]:.1f} on {cores} cores:"
+          f" {'MEASURED UNDER LOAD (other work ran beside it)' if busy else 'quiet'}")
 
 
 if __name__ == "__main__":

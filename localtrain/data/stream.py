@@ -259,8 +259,9 @@ class FileSource(Source):
         if not others:
             return [f"The folder `{self.root}` holds no files."]
         shown = ", ".join(f.relpath for f in others[:5]) + (", ..." if len(others) > 5 else "")
+        patterns = ", ".join(self.include[:8]) + (f" and {len(self.include) - 8} more" if len(self.include) > 8 else "")
         return [f"Its {len(others):,} file(s) ({shown}) were all skipped: none matches data.include"
-                f" ({', '.join(self.include) or 'nothing'}) outside data.exclude. {include_hint(others)}"]
+                f" ({patterns or 'nothing'}) outside data.exclude. {include_hint(others)}"]
 
 
 class DumpSource(Source):
