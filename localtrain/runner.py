@@ -327,7 +327,7 @@ UNSTARTED_FILES = (CONFIG_FILE, EVENTS_FILE, LOCK_FILE, "tokenizer.model")
 """What a run writes before training starts."""
 
 
-def remove_unstarted(run_dir: Path, created: list[Path]) -> bool:
+def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
     """Remove a run directory this process created when it failed before training started.
 
     A data error (no documents, no validation split, an unreadable file) found before the
@@ -336,17 +336,16 @@ def remove_unstarted(run_dir: Path, created: list[Path]) -> bool:
     from directories it created; anything else found there keeps the directory as it is.
     """
     if (run_dir / STARTED_FILE).exists() or run_dir not in created:
-        return False
+        return
     try:
         if any(p.name not in UNSTARTED_FILES for p in run_dir.iterdir()):
-            return False
+            return
         for name in UNSTARTED_FILES:
             (run_dir / name).unlink(missing_ok=True)
         for d in created:  # the run directory first, then parents it created (runs/), if empty
             d.rmdir()
     except OSError:
-        pass
-    return not run_dir.exists()
+        pass  # something else appeared in it meanwhile: it stays
 
 
 def _record_error(writer: ev.EventWriter, exc: LocaltrainError) -> None:
