@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 from conftest import FP32, TINY
-from localtrain import config as cfg
+from localtrain import config as cfg, hardware, planner
 from localtrain.data.prepare import prepare
 from localtrain.train import TrainData, Trainer
 
@@ -25,4 +25,5 @@ def make_trainer(code_corpus: Path, run_dir: Path, emit, backend, overrides: lis
         vocab_size=prepared.vocab_size,
     )
     run_dir.mkdir()
-    return Trainer(config, backend, data, run_dir, emit, 1e9, clock=clock)
+    plan = planner.plan(config, hardware.probe(), vocab_size=prepared.vocab_size)
+    return Trainer(config, backend, data, run_dir, emit, plan, 1e9, clock=clock)

@@ -30,7 +30,7 @@ class TimedBackend(TorchBackend):
     machine: the first steps slow (a cold start), evaluations and saves expensive."""
 
     def __init__(self, clock: FakeClock) -> None:
-        super().__init__("cpu", "float32", 0, "off")
+        super().__init__("cpu", "float32")
         self.clock, self.steps = clock, 0
 
     def train_step(self, micro_batches, lr):
