@@ -38,6 +38,7 @@ from localtrain import checkpoint, config as cfg, ownership
 from localtrain.config import ModelConfig
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
+from localtrain.rundir import no_such_run
 from localtrain.runfiles import CONFIG_FILE
 
 EMBED = "model.embed_tokens.weight"
@@ -127,8 +128,6 @@ def load_source(path: Path | str, which: str | None = None, warn: Callable[[str]
     """
     path = Path(path).expanduser()
     if not path.exists():
-        from localtrain.runner import no_such_run
-
         raise LocaltrainError(no_such_run(path))
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return _load_export(path)

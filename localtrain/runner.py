@@ -8,8 +8,6 @@ SIGINT/SIGTERM into a clean stop with a checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import difflib
 import fcntl
 import json
 import os
@@ -26,9 +24,9 @@ from localtrain.data.paths import cache_root
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import checked, disk_error, write_atomic
 from localtrain.parallel import Dist, Single
+from localtrain.rundir import RUNS_ROOT, new_run_dir, no_such_run, remove_unstarted, run_name
 from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE
 T = TypeVar("T")
-RUNS_ROOT = Path("runs")
 
 
 @dataclass
@@ -163,42 +161,6 @@ def choose_preset(preset: str | None, overrides: list[str]) -> tuple[str, str | 
     return preset_for(sources[-1].strip())
 
 
-def run_name(config: cfg.Config) -> str:
-    """The name of a new run's directory before its date and time: the data's name when the
-    command line chose the data (`notes` for --data ~/notes), else the preset's."""
-    if "data.source" in config.explicit_keys():
-        from localtrain.data.sources import source_name
-
-        name = source_name(config.data.source)
-        if name:
-            return name
-    return config.run.preset
-
-
-def new_run_dir(name: str) -> Path:
-    """runs/<name>-<date-time>, with a suffix if two runs start in the same second."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = RUNS_ROOT / f"{name}-{stamp}", 1
-    while path.exists():
-        n += 1
-        path = RUNS_ROOT / f"{name}-{stamp}-{n}"
-    return path
-
-
-def no_such_run(path: Path) -> str:
-    """That `path` does not exist, with the nearest run directory's name when there is one."""
-    parent = path.parent if path.parent.is_dir() else RUNS_ROOT
-    runs = sorted(d.name for d in parent.iterdir() if (d / CONFIG_FILE).is_file()) if parent.is_dir() else []
-    close = difflib.get_close_matches(path.name, runs, n=1, cutoff=0.4)
-    if close:
-        hint = f" Did you mean {parent / close[0]}?"
-    elif runs:
-        hint = f" The runs in {parent}/ are: {', '.join(runs[-5:])}{' and more' if len(runs) > 5 else ''}."
-    else:
-        hint = " Give a run directory such as runs/python-stdlib-20260101-120000."
-    return f"{path} does not exist.{hint}"
-
-
 def describe_changes(changes: list[tuple[str, object, object]], limit: int = 8) -> str:
     shown = ", ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in changes[:limit])
     return shown + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
@@ -319,33 +281,6 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
         if created:
             remove_unstarted(s.run_dir, created)
         raise
-
-
-STARTED_FILE = PLAN_FILE
-"""Written once the data is prepared and the model built: from then on a failed run keeps its directory."""
-UNSTARTED_FILES = (CONFIG_FILE, EVENTS_FILE, LOCK_FILE, "tokenizer.model")
-"""What a run writes before training starts."""
-
-
-def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
-    """Remove a run directory this process created when it failed before training started.
-
-    A data error (no documents, no validation split, an unreadable file) found before the
-    first step leaves nothing behind to be listed as a failed run: the error is printed and
-    the same command can be run again. Only the files the run wrote are removed, and only
-    from directories it created; anything else found there keeps the directory as it is.
-    """
-    if (run_dir / STARTED_FILE).exists() or run_dir not in created:
-        return
-    try:
-        if any(p.name not in UNSTARTED_FILES for p in run_dir.iterdir()):
-            return
-        for name in UNSTARTED_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for d in created:  # the run directory first, then parents it created (runs/), if empty
-            d.rmdir()
-    except OSError:
-        pass  # something else appeared in it meanwhile: it stays
 
 
 def _record_error(writer: ev.EventWriter, exc: LocaltrainError) -> None:

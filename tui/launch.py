@@ -85,7 +85,7 @@ def check_form(form: RunForm) -> Checked:
 def run_dir_for(runs_dir: Path, form: RunForm, config: cfg.Config, stamp: str) -> Path:
     """The run directory a new run gets: the typed name, or <data or preset>-<date-time> as
     `localtrain run` names it."""
-    from localtrain.runner import run_name
+    from localtrain.rundir import run_name
 
     name = form.name.strip() or f"{run_name(config)}-{stamp}"
     path, n = runs_dir / name, 1

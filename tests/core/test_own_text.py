@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from conftest import FORCED, read_jsonl, sets
 from localtrain import config as cfg
 from localtrain.cli import main
@@ -19,12 +17,6 @@ from localtrain.data.text import MIN_DOCUMENTS, html_to_text, split_fairly
 REPO = Path(__file__).resolve().parents[2]
 # Real Markdown that every checkout has: this project's own documentation.
 MARKDOWN = [REPO / "README.md", REPO / "BENCHMARKS.md", REPO / "docs" / "metrics.md"]
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def markdown_dir(root: Path) -> Path:
@@ -90,7 +82,7 @@ def test_split_fairly_spreads_validation_through_a_small_corpus(tmp_path) -> Non
     (tmp_path / "notes.md").write_text(text)
     source = FileSource(tmp_path / "notes.md", [], [], 1 << 20, 0.1)
     assert (source.document_bytes, source.val_pieces) == (size, val)
-    result = read_file_task(str(tmp_path / "notes.md"), "notes.md", size, False, val["notes.md"])
+    result = read_file_task(str(tmp_path / "notes.md"), "notes.md", size, False, val_pieces=val["notes.md"])
     held = [d for d in result.docs if d.split == "val"]
     share = sum(len(d.text) for d in held) / sum(len(d.text) for d in result.docs)
     assert 0.07 <= share <= 0.13 and len(held) >= 3
@@ -122,13 +114,13 @@ def test_a_data_error_leaves_no_run_directory(in_tmp, capsys) -> None:
     _, err = capsys.readouterr()
     assert code == 2 and "--set data.val_fraction=0.2" in err and "--set model.seq_len=" in err
     assert [p.name for p in (in_tmp / "runs").iterdir()] == ["keep-me"]
-    # A directory the user made is theirs: the run's files go, the directory and what else it holds stay.
+    # A directory the user made is theirs: it is neither written to nor removed.
     mine = in_tmp / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("my own file\n")
     code = main(["run", "--data", str(binary), "--run-dir", str(mine), "--plain"])
     assert code == 2
-    assert (mine / "notes.txt").read_text() == "my own file\n"
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "my own file\n"
 
 
 def test_a_folder_the_default_preset_cannot_read_says_the_exact_setting(in_tmp, capsys) -> None:

@@ -84,7 +84,7 @@ def test_sample_export_and_eval_take_the_same_default_checkpoint(trained_run, tm
                                  (nobest, nobest / "checkpoints" / "step-00000020", True)):
         used = {}
         done = localtrain(["sample", str(run), "--max-tokens", "4", "--backend", "torch"], tmp_path, cache_dir)
-        used["sample"] = (done, done.stdout.split(" from ")[1].split("\n")[0])
+        used["sample"] = (done, done.stdout.split(" from ")[1].split("\n")[0].split(" (")[0])
         done = localtrain(["eval", str(run), "--data", "probe.py", "--backend", "torch", "--json"], tmp_path, cache_dir)
         used["eval"] = (done, json.loads(done.stdout)["checkpoint"] if done.returncode == 0 else "")
         out = tmp_path / f"export-{run.name}"
@@ -94,6 +94,26 @@ def test_sample_export_and_eval_take_the_same_default_checkpoint(trained_run, tm
             assert done.returncode == 0, (command, done.stderr)
             assert Path(origin) == expected, (command, origin)
             assert ("has no best/ checkpoint yet" in done.stderr) == noted, (command, done.stderr)
+
+
+def test_the_default_checkpoint_refuses_a_best_whose_write_did_not_finish(tmp_path) -> None:
+    # Bug caught: an interrupted best/ passed over for latest (or loaded) by sample and eval as
+    # export refuses it: the three commands share one rule.
+    from localtrain import checkpoint
+    from localtrain.errors import CheckpointError
+    from localtrain.export import default_checkpoint
+
+    notes: list[str] = []
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / checkpoint.MARKER).write_text("{}")
+    assert default_checkpoint(tmp_path, "sampled", notes.append) == "best" and not notes
+    (tmp_path / "best" / checkpoint.MARKER).unlink()
+    with pytest.raises(CheckpointError, match="best is incomplete.*not evaluated.*--checkpoint latest"):
+        default_checkpoint(tmp_path, "evaluated", notes.append)
+    (tmp_path / "best").rmdir()
+    assert default_checkpoint(tmp_path, "sampled", notes.append) == "latest"
+    (note,) = notes
+    assert "has no best/ checkpoint yet" in note and "the latest checkpoint is sampled" in note
 
 
 def test_a_missing_run_says_it_does_not_exist_and_names_the_nearest(trained_run, tmp_path, cache_dir) -> None:
