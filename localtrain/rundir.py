@@ -34,7 +34,7 @@ ADVICE = ("Choose a new or empty directory with --run-dir (e.g. a folder inside 
 def run_name(config: cfg.Config) -> str:
     """The name of a new run's directory before its date and time: the data's name when the
     command line chose the data (`notes` for --data ~/notes), else the preset's."""
-    if "data.source" in config.explicit_keys():
+    if any(o.split("=", 1)[0].strip() == "data.source" for o in config.run.overrides):
         from localtrain.data.sources import source_name
 
         name = source_name(config.data.source)

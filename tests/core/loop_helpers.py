@@ -15,7 +15,7 @@ def make_trainer(code_corpus: Path, run_dir: Path, emit, backend, overrides: lis
                  clock=time.perf_counter) -> Trainer:
     """A Trainer over the prepared corpus with `backend` built for the TINY float32 model."""
     config = cfg.resolve("python-stdlib", TINY + FP32 + [f"data.source={code_corpus}", *overrides])
-    prepared = prepare(config.data, lambda e: None, explicit=config.explicit_keys())
+    prepared = prepare(config.data, lambda e: None)
     tok = prepared.tokenizer()
     backend.build(config.model, prepared.vocab_size, config.train.seed)
     backend.configure_optimizer(config.train)

@@ -42,9 +42,9 @@ class TimedBackend(TorchBackend):
         self.clock.now += EVAL_BATCH_S
         return super().token_losses(x, y)
 
-    def generate(self, *args, **kwargs):
-        self.clock.now += SAMPLE_S
-        return super().generate(*args, **kwargs)
+    def decoder(self):
+        self.clock.now += SAMPLE_S  # one live sample
+        return super().decoder()
 
     def state_arrays(self):
         self.clock.now += SAVE_S  # every checkpoint and every new best/

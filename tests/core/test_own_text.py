@@ -63,7 +63,7 @@ def test_a_single_markdown_file_is_cut_so_that_validation_gets_its_share(in_tmp,
     (run_dir,) = (in_tmp / "runs").iterdir()
     assert run_dir.name.startswith("notes-")
     config = cfg.resolve(base=cfg.read_toml(run_dir / "config.toml"))
-    manifest = json.loads((prepared_dir(config.data, config.explicit_keys()) / "manifest.json").read_text())
+    manifest = json.loads((prepared_dir(config.data) / "manifest.json").read_text())
     splits = manifest["splits"]
     documents = splits["train"]["documents"] + splits["val"]["documents"]
     share = splits["val"]["bytes"] / (splits["train"]["bytes"] + splits["val"]["bytes"])
