@@ -74,7 +74,7 @@ UNSTARTED_FILES = (CONFIG_FILE, EVENTS_FILE, LOCK_FILE, "tokenizer.model", owner
 
 
 def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
-    """Remove a run directory this process created when it failed before training started.
+    """Remove a run directory this process created when its data failed before training started.
 
     A data error (no documents, no validation split, an unreadable file) found before the
     first step leaves nothing behind to be listed as a failed run: the error is printed and

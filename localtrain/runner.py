@@ -21,7 +21,7 @@ from typing import Callable, Iterator, TypeVar
 from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, planner, rundir, tuner
 from localtrain.backends import backend_class, make_backend
 from localtrain.data.paths import cache_root
-from localtrain.errors import CheckpointError, LocaltrainError
+from localtrain.errors import CheckpointError, DataError, LocaltrainError
 from localtrain.files import checked, disk_error, write_atomic
 from localtrain.parallel import Dist, Single
 from localtrain.rundir import RUNS_ROOT, new_run_dir, no_such_run, remove_unstarted, run_name
@@ -277,7 +277,9 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
                 raise error from exc
             finally:
                 writer.close()
-    except LocaltrainError:
+    except DataError:
+        # The input was wrong (no text, a split too small): fixing it and running the same command
+        # again is all there is to do. Any other failure keeps the directory and its recorded error.
         if created:
             remove_unstarted(s.run_dir, created)
         raise

@@ -117,20 +117,32 @@ def split_fairly(texts: list[tuple[str, str]], document_bytes: int,
 
     The hash of a key decides the split of a large corpus; a corpus of a few dozen pieces
     leaves that to chance (a tenth of the pieces on average, none at worst). When the hash
-    would hold out less than half or more than twice `val_fraction` of the text, the corpus
-    is cut into about MIN_DOCUMENTS pieces and the validation pieces are spread evenly
-    through it: a piece goes to validation when that keeps the validation bytes nearest
-    `val_fraction` of the bytes so far.
+    would hold out less than half or more than twice `val_fraction` of the text, validation
+    pieces are spread evenly through the corpus instead (`_spread`), at its own cut when that
+    comes within the same bounds, else cut into about MIN_DOCUMENTS pieces (one file of notes).
     """
-    from localtrain.data.sources import cut_text
-
     share = hash_share(texts, document_bytes, val_fraction)
     if val_fraction / 2 <= share <= 2 * val_fraction:
         return document_bytes, None
+    val, share = _spread(texts, document_bytes, val_fraction)
+    if val_fraction / 2 <= share <= 2 * val_fraction:
+        return document_bytes, val
     total = sum(len(text.encode("utf-8")) for _, text in texts)
     size = max(MIN_DOCUMENT_BYTES, min(document_bytes, total // MIN_DOCUMENTS))
+    return size, _spread(texts, size, val_fraction)[0]
+
+
+def _spread(texts: list[tuple[str, str]], size: int,
+            val_fraction: float) -> tuple[dict[str, tuple[int, ...]], float]:
+    """Validation pieces spread through the corpus cut at `size`, and the share of the text they hold.
+
+    A piece goes to validation when that keeps the validation bytes nearest `val_fraction` of the
+    bytes so far; at least one piece does when there are two or more.
+    """
+    from localtrain.data.sources import cut_text
+
     val: dict[str, list[int]] = {}
-    seen: list[tuple[str, int]] = []
+    seen: list[tuple[str, int, int]] = []
     so_far = held = 0
     for rel, text in texts:
         for i, piece in enumerate(cut_text(text, size)):
@@ -141,8 +153,9 @@ def split_fairly(texts: list[tuple[str, str]], document_bytes: int,
             if held + n / 2 <= val_fraction * so_far:
                 val.setdefault(rel, []).append(i)
                 held += n
-            seen.append((rel, i))
+            seen.append((rel, i, n))
     if not val and len(seen) >= 2:
-        rel, i = seen[len(seen) // 2]
+        rel, i, n = seen[len(seen) // 2]
         val[rel] = [i]
-    return size, {rel: tuple(ids) for rel, ids in val.items()}
+        held = n
+    return {rel: tuple(ids) for rel, ids in val.items()}, held / max(so_far, 1)

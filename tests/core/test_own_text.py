@@ -89,6 +89,12 @@ def test_split_fairly_spreads_validation_through_a_small_corpus(tmp_path) -> Non
     # Validation pieces are spread through the text, not bunched at one end.
     positions = [result.docs.index(d) / len(result.docs) for d in held]
     assert min(positions) < 0.35 and max(positions) > 0.65
+    # Twelve files, none of whose keys hashes into validation, are enough to hold out a fair
+    # share at their own cut: each stays one document, and the fifth (where half of it first fits
+    # within a tenth of the text so far) goes to validation.
+    twelve = [(f"m{i}.md", text) for i in range(12)]
+    assert not any(is_val(f"{rel}#0", 0.1) for rel, _ in twelve)
+    assert split_fairly(twelve, 1 << 20, 0.1) == (1 << 20, {"m4.md": (0,)})
     # Where the hash already holds out a fair share (6 of these 60 keys hash below 0.1), the
     # corpus keeps its cut and the split by hash.
     fair = [(f"f{i}.md", text) for i in range(60)]
