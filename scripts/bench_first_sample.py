@@ -35,6 +35,8 @@ def disk_bytes(root: Path) -> int:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200, help="stop the run after this many steps")
+    ap.add_argument("--probe-first", action="store_true",
+                    help="run `localtrain doctor --probe` (untimed) first: the run finds the tuner's measurements cached")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a setting passed on to the run (e.g. run.autotune=off), repeatable")
     args = ap.parse_args()
@@ -44,6 +46,10 @@ def main() -> None:
         cache = Path(tmp, "cache")
         env = {**os.environ, "LOCALTRAIN_CACHE": str(cache), "HOME": tmp,
                "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp, "inductor")), "TRITON_CACHE_DIR": str(Path(tmp, "triton"))}
+        if args.probe_first:
+            subprocess.run([sys.executable, "-m", "localtrain", "doctor", "--probe", "--preset", "python-stdlib",
+                            *(x for kv in args.set for x in ("--set", kv))],
+                           cwd=tmp, env=env, capture_output=True, text=True, check=True)
         start = time.time()  # the events carry wall-clock times: compare like with like
         proc = subprocess.run(
             [sys.executable, "-m", "localtrain", "run", "--max-steps", str(args.steps), "--plain",
@@ -76,12 +82,16 @@ def main() -> None:
         ("first live sample", first("sample")),
     ]
     plan = first("plan")
-    print(f"localtrain run (python-stdlib preset{''.join(' --set ' + kv for kv in args.set)}), cold cache,"
+    cold = "tuner's measurements cached by doctor --probe" if args.probe_first else "cold cache"
+    print(f"localtrain run (python-stdlib preset{''.join(' --set ' + kv for kv in args.set)}), {cold},"
           f" {cores} CPUs, {plan['backend']}/{plan['device']} {plan['dtype']}"
           f"{' compiled' if plan.get('compiled') else ''}, micro-batch {plan.get('micro_batch_size')}, {args.steps} steps")
     for name, e in rows:
         extra = f"  (step {e['step']})" if "step" in e else ""
         print(f"{name:36} {e['time'] - start:7.1f} s{extra}")
+    for e in tuned:
+        print(f"  tuner: {e['candidate']:34} {e['status']:8} {e['step_s']:6.3f} s a step, first step"
+              f" {e['warmup_s']:5.1f} s, done at {e['time'] - start:6.1f} s")
     for e in (e for e in events if e["type"] == "eval"):
         print(f"eval at step {e['step']:<5}{'':22} {e['time'] - start:7.1f} s  val loss {e['val_loss']:.3f}")
     print(f"{'the whole command':36} {wall:7.1f} s")
