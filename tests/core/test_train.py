@@ -143,9 +143,27 @@ def test_a_sample_asked_for_at_a_scheduled_step_draws_new_text_and_says_its_seed
     assert [(s.seed, s.text) for s in found] == [(s.seed, s.text) for s in scheduled]  # reproducible
     assert not any(s.manual for s in scheduled)
     found.clear()
-    trainer.sample(manual=True)
-    assert all(s.manual and s.step == 10 for s in found)
+    trainer.control = lambda: ["sample"]  # what the dashboard's `s` sends
+    trainer.obey_controller()
+    assert len(found) == len(scheduled) and all(s.manual and s.step == 10 for s in found)
     assert {s.seed for s in found}.isdisjoint({s.seed for s in scheduled})
     assert [s.text for s in found] != [s.text for s in scheduled]
     # The console says it was asked for, and with which seed.
     assert f"sample step 10 (asked for, seed {found[0].seed})" in describe(found[0])
+
+
+def test_a_sample_asked_for_in_a_sharded_run_is_taken_at_the_next_agreement_with_its_seed(tmp_path,
+                                                                                      code_corpus) -> None:
+    # Bug caught: the seed of a sample asked for lost on its way through the ranks' agreement
+    # (every rank drawing the scheduled seeds, or a seed of its own).
+    found: list[ev.Sample] = []
+    commands = [[], ["sample"]]
+    trainer = make_trainer(code_corpus, tmp_path / "run", lambda e: found.append(e) if isinstance(e, ev.Sample)
+                           else None, TorchBackend("cpu", "float32"),
+                           ["train.max_steps=3", "train.sample_every=0", "train.eval_every=0", "train.sample_tokens=8"])
+    trainer.control = lambda: commands.pop() if commands else []
+    trainer.every_rank = True  # as a sharded backend over several ranks makes it
+    trainer.run()
+    asked = [s for s in found if s.manual]
+    assert asked and len(asked) == len(found) and trainer.sample_seed is None
+    assert [s.seed for s in asked] == [asked[0].seed + i for i in range(len(asked))]
