@@ -58,7 +58,7 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train headless (the default preset trains on this Python's stdlib)")
     add_config_flags(run)
-    run.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<preset>-<date-time>)")
+    run.add_argument("--run-dir", metavar="DIR", help="run directory (default runs/<data or preset>-<date-time>)")
     run.add_argument("--resume", nargs="?", const=True, default=False, metavar="auto|PATH",
                      help="continue the latest run (or --run-dir, or PATH) from its newest complete"
                      " checkpoint; `auto` starts fresh when there is none")
@@ -116,6 +116,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         world_size=world, local_world_size=local_world,
     )
     setup = runner.setup(request)
+    if not under_torchrun():  # the launcher says it once, not every worker
+        for note in setup.notes:
+            print(note)
     if args.nproc and not under_torchrun():
         from localtrain.backends.torch_dist import launch
 
@@ -187,7 +190,13 @@ def cmd_config(args: argparse.Namespace) -> int:
             for name, doc in cfg.field_docs(cls).items():
                 print(f"{section}.{name:24} {doc}")
         return 0
-    config = cfg.resolve(args.preset or "python-stdlib", overrides_from(args))
+    from localtrain.runner import choose_preset
+
+    overrides = overrides_from(args)
+    preset, why = choose_preset(args.preset, overrides)
+    config = cfg.resolve(preset, overrides)
+    if why:
+        print("# " + why)
     print(cfg.to_toml(config), end="")
     return 0
 

@@ -25,6 +25,14 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
+def size(n: float) -> str:
+    """Bytes in binary units, as everywhere in localtrain: 512 B, 3.2 KiB, 349.1 MiB, 23.5 GiB."""
+    for power, suffix in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
+        if abs(n) >= 1024**power:
+            return f"{n / 1024**power:.1f} {suffix}"
+    return f"{n:.0f} B"
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds < 0:
         return "?"
@@ -32,6 +40,15 @@ def duration(seconds: float | None) -> str:
     h, m = divmod(s, 3600)
     m, s = divmod(m, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+NOT_PROBLEMS = ("stopping",)
+"""Warning codes that report a stop someone asked for (Ctrl-C, `q`): news, not a problem."""
+
+
+def sample_origin(event: ev.Sample) -> str:
+    """What a sample a controller asked for says of itself (its fresh seed); empty on the schedule."""
+    return f" (asked for, seed {event.seed})" if event.manual else ""
 
 
 def describe(event: ev.Event) -> str | None:
@@ -46,8 +63,8 @@ def describe(event: ev.Event) -> str | None:
             f"{f' x {event.world_size} processes' if event.world_size > 1 else ''}"
             f"{' (FSDP: model sharded)' if event.parallel == 'fsdp' else ''} |"
             f" {event.total_steps} steps | data {human(event.train_tokens)} train / {human(event.val_tokens)}"
-            f" val tokens | matmul peak {human(event.peak_flops, 'FLOP/s')} | memory ~{human(event.predicted_peak_bytes, 'B')}"
-            f" of {human(event.budget_bytes, 'B')}{' (activation checkpointing)' if event.activation_checkpointing else ''}"
+            f" val tokens | matmul peak {human(event.peak_flops, 'FLOP/s')} | memory ~{size(event.predicted_peak_bytes)}"
+            f" of {size(event.budget_bytes)}{' (activation checkpointing)' if event.activation_checkpointing else ''}"
             f"{resumed}"
         )
     if isinstance(event, ev.Prepare):
@@ -73,20 +90,20 @@ def describe(event: ev.Event) -> str | None:
             f" {event.val_bpb:.3f} bits/byte{best}"
         )
     if isinstance(event, ev.Sample):
-        return f"sample step {event.step} | {event.prompt!r} ->\n{event.prompt}{event.text}"
+        return f"sample step {event.step}{sample_origin(event)} | {event.prompt!r} ->\n{event.prompt}{event.text}"
     if isinstance(event, ev.Checkpoint):
-        return f"checkpoint step {event.step} ({event.reason}): {event.path} ({human(event.bytes, 'B')}, {event.seconds:.2f} s)"
+        return f"checkpoint step {event.step} ({event.reason}): {event.path} ({size(event.bytes)}, {event.seconds:.2f} s)"
     if isinstance(event, ev.Status):
         return f"status: {event.state}" + (f" ({event.message})" if event.message else "")
     if isinstance(event, ev.Warning):
-        return f"warning: {event.message}"
+        return f"{'stopping' if event.code in NOT_PROBLEMS else 'warning'}: {event.message}"
     if isinstance(event, ev.Error):
         return f"error: {event.message}"
     if isinstance(event, ev.Done):
         best = f" | best val loss {event.best_val_loss:.4f}" if event.best_val_loss is not None else ""
         return f"done ({event.reason}) at step {event.step} | {human(event.tokens)} tokens | {duration(event.elapsed_s)}{best}"
     if isinstance(event, ev.Download):
-        return f"download: {event.url} {human(event.bytes, 'B')} at {human(event.bytes_per_s, 'B/s')}"
+        return f"download: {event.url} {size(event.bytes)} at {size(event.bytes_per_s)}/s"
     return None
 
 
@@ -148,7 +165,7 @@ class ConsoleView:
         if isinstance(event, ev.Sample):
             self.console.print(Panel(
                 Text(event.prompt, style="bold") + Text(event.text),
-                title=f"sample at step {event.step}", title_align="left", expand=False,
+                title=f"sample at step {event.step}{sample_origin(event)}", title_align="left", expand=False,
             ))
         elif isinstance(event, ev.Done):
             self.close()
@@ -157,7 +174,8 @@ class ConsoleView:
         else:
             line = describe(event)
             if line is not None:
-                style = "yellow" if isinstance(event, ev.Warning) else "red" if isinstance(event, ev.Error) else None
+                style = ("yellow" if isinstance(event, ev.Warning) and event.code not in NOT_PROBLEMS
+                         else "red" if isinstance(event, ev.Error) else None)
                 self.console.print(line, style=style)
         if self.live is not None:
             self.live.update(self._status())

@@ -42,6 +42,9 @@ NAMED_TEXTS: dict[str, tuple[str, ...]] = {
     "tinyshakespeare": ("tinyshakespeare/input.txt",),
 }
 SPLIT_PREFIX = "split:"
+PROSE_WORDS = "per word of prose under the WikiText convention (whitespace-separated words and line ends)"
+CODE_WORDS = ("per whitespace-separated word of code (and line end): not comparable with published word-level"
+              " perplexities, which are measured on prose")
 BATCH_TOKENS = 8192
 """Tokens scored per backend call: the logits of this many tokens are alive at once."""
 
@@ -147,6 +150,8 @@ class Figures:
     seconds: float = 0.0
     samples: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    word_ppl_note: str = PROSE_WORDS
+    """What word_ppl is per: words of prose (comparable with published word-level figures) or of code (not)."""
 
 
 def figures(name: str, nats: np.ndarray, nbytes: int, words: int, seq_len: int, stride: int) -> Figures:
@@ -293,8 +298,9 @@ def _samples(source: Any, count: int, backend: Any, seed: int) -> dict[str, Any]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="a run directory, one of its checkpoint directories, or an export")
-    p.add_argument("--checkpoint", default="latest", metavar="best|latest|step-N",
-                   help="which of the run's checkpoints (default latest)")
+    from localtrain.export import CHECKPOINT_HELP
+
+    p.add_argument("--checkpoint", default=None, metavar="best|latest|step-N", help=CHECKPOINT_HELP)
     p.add_argument("--data", metavar="PATH|NAME|split:val",
                    help="the text to score: a UTF-8 file, a named text (" + ", ".join(NAMED_TEXTS)
                    + "; found under $LOCALTRAIN_DATA), or the run's prepared split:val / split:train")
@@ -322,7 +328,7 @@ def run_eval(args: argparse.Namespace) -> Figures | dict[str, Any]:
         raise LocaltrainError("Nothing to evaluate: give --data PATH|NAME|split:val, --samples N, or both.")
     if args.samples < 0:
         raise LocaltrainError(f"--samples {args.samples}: give a number of samples, e.g. --samples 20.")
-    source = load_source(Path(args.run), args.checkpoint)
+    source = load_source(Path(args.run), args.checkpoint, use="evaluated")
     tokenizer = Tokenizer.load(source.tokenizer_path)
     if tokenizer.vocab_size != source.vocab_size:
         raise CheckpointError(
@@ -338,8 +344,19 @@ def run_eval(args: argparse.Namespace) -> Figures | dict[str, Any]:
         return {"checkpoint": str(source.origin), "step": step, "samples": samples}
     result = _eval_source(source, tokenizer, backend, args.data, stride)
     result.checkpoint, result.step, result.samples = str(source.origin), step, samples
+    if _scores_code(source, args.data):
+        result.word_ppl_note = CODE_WORDS
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _scores_code(source: Any, spec: str) -> bool:
+    """Whether the scored text is source code: a code file, or a code run's own split."""
+    from localtrain.data.text import is_code_file
+
+    if spec.startswith(SPLIT_PREFIX):
+        return source.run_config is not None and quality.is_code(source.run_config.data)
+    return is_code_file(spec)
 
 
 def _step_of(origin: Path) -> int | None:
@@ -387,7 +404,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"counted            {result.tokens:,} tokens, {result.bytes:,} bytes, {result.words:,} words")
     print(f"loss               {result.loss:.4f} nats/token (perplexity {result.ppl:.2f})")
     print(f"bits per byte      {result.bpb:.4f}")
-    print(f"word perplexity    {result.word_ppl:.2f}")
+    print(f"word perplexity    {result.word_ppl:.2f} ({result.word_ppl_note})")
     print(f"windows            {result.seq_len} tokens, stride {result.stride} ({result.seconds:.1f}s)")
     if result.samples is not None:
         _print_samples(result.samples)

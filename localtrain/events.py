@@ -166,6 +166,10 @@ class Sample(Event):
     prompt: str
     text: str
     tokens: int
+    seed: int | None = None
+    """The seed the text was drawn with (`localtrain sample --seed` takes the same numbers)."""
+    manual: bool = False
+    """Asked for by a controller (the dashboard's `s`), with a fresh seed; else on the schedule."""
     repetition_ratio: float | None = None
     """Share of the text's character 4-grams that repeat an earlier one."""
     distinct_1: float | None = None

@@ -38,6 +38,7 @@ from localtrain import checkpoint, config as cfg, ownership
 from localtrain.config import ModelConfig
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
+from localtrain.rundir import no_such_run
 from localtrain.runfiles import CONFIG_FILE
 
 EMBED = "model.embed_tokens.weight"
@@ -91,18 +92,51 @@ def warn_stderr(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-def load_source(path: Path | str, which: str = "latest", warn: Callable[[str], None] = warn_stderr) -> Source:
+def note_stderr(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+CHECKPOINT_HELP = ("which of the run's weights: best (the default: the best validation figure so far; the latest"
+                   " checkpoint when the run has no best/ yet), latest, or step-N")
+
+
+def default_checkpoint(run_dir: Path, use: str = "used", note: Callable[[str], None] = note_stderr) -> str:
+    """The checkpoint `sample`, `export` and `eval` take when none is named (or best is): best,
+    or latest (with a note saying so, `use` saying what is done with it) for a run that has
+    not written best/. A best/ whose write did not finish is refused, not passed over."""
+    best = run_dir / checkpoint.BEST
+    if (best / checkpoint.MARKER).is_file():
+        return "best"
+    if best.exists():
+        raise CheckpointError(
+            f"{best} is incomplete: it has no {checkpoint.MARKER} marker (its write was interrupted, or it was "
+            f"changed by hand), so it is not {use}. Pass --checkpoint latest (or step-N) to take another "
+            f"checkpoint; training on with --resume writes a new best/ at its next better evaluation."
+        )
+    note(f"{run_dir} has no best/ checkpoint yet (it has not evaluated: train.eval_every was 0, or it stopped "
+         f"before the first evaluation), so the latest checkpoint is {use}. Pass --checkpoint to choose another.")
+    return "latest"
+
+
+def load_source(path: Path | str, which: str | None = None, warn: Callable[[str], None] = warn_stderr,
+                note: Callable[[str], None] = note_stderr, use: str = "used") -> Source:
     """Weights, shape and tokenizer from a run directory, one of its checkpoints, or an export.
 
+    `which` names a run's checkpoint (best, latest, step-N); None (or best) takes `default_checkpoint`,
+    whose note says the latest checkpoint is `use`d.
     A damaged checkpoint is skipped with a warning when `which` is latest.
     """
     path = Path(path).expanduser()
+    if not path.exists():
+        raise LocaltrainError(no_such_run(path))
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return _load_export(path)
     if (path / checkpoint.STATE_FILE).is_file() and not (path / CONFIG_FILE).is_file():
         run_dir = path.parent if path.name == "best" else path.parent.parent
         candidates = [path]
     elif (path / CONFIG_FILE).is_file():
+        if which in (None, "best"):
+            which = default_checkpoint(path, use, note)
         run_dir, candidates = path, checkpoint_dir(path, which)
     else:
         raise LocaltrainError(
@@ -408,8 +442,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="the directory to write")
     p.add_argument("--format", choices=["hf", "mlx"], default="hf",
                    help="hf: Hugging Face Llama (transformers, mlx-lm); mlx: the same layout marked as MLX weights")
-    p.add_argument("--checkpoint", default="best", metavar="best|latest|step-N",
-                   help="which weights (default best: the best validation loss; latest when there is no best)")
+    p.add_argument("--checkpoint", default=None, metavar="best|latest|step-N", help=CHECKPOINT_HELP)
     p.add_argument("--dtype", choices=list(DTYPES), default=None,
                    help="dtype of the exported weights (default: the dtype the run trained in)")
     p.add_argument("--force", action="store_true",
@@ -417,21 +450,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    which = args.checkpoint
-    run = Path(args.run).expanduser()
-    best = run / checkpoint.BEST
-    if which == "best" and (run / CONFIG_FILE).is_file():
-        if not best.exists():
-            warn_stderr(f"{run} has no best/ (it never evaluated: train.eval_every was 0, or it stopped before "
-                        f"the first evaluation), so the latest checkpoint is exported.")
-            which = "latest"
-        elif not (best / checkpoint.MARKER).is_file():
-            raise CheckpointError(
-                f"{best} is incomplete: it has no {checkpoint.MARKER} marker (its write was interrupted, or it was "
-                f"changed by hand), so it is not exported. Pass --checkpoint latest (or step-N) to export another "
-                f"checkpoint; training on with --resume writes a new best/ at its next better evaluation."
-            )
-    source = load_source(run, which)
+    source = load_source(Path(args.run), args.checkpoint, use="exported")
     dtype = args.dtype or source.dtype
     out = export(source, Path(args.out), args.format, dtype, args.force)
     params = sum(v.size for v in source.weights.values())

@@ -15,7 +15,8 @@ FLAG_KEYS = (("max_steps", "train.max_steps"), ("max_time", "train.max_time"),
 
 
 def add_config_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", help="preset name (see `localtrain config --presets`) or a TOML file")
+    p.add_argument("--preset", help="preset name (see `localtrain config --presets`) or a TOML file; default:"
+                   " picked from --data (text for prose, python-stdlib for Python source), else python-stdlib")
     p.add_argument("--data", metavar="PATH", help="train on this file or directory (sets data.source)")
     p.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps to train (train.max_steps)")
     p.add_argument("--max-time", type=float, metavar="MIN", help="stop after this many minutes (train.max_time)")

@@ -1,4 +1,4 @@
-"""The run directory on disk: whose it is, where a resume starts, and what is still to write.
+"""The run directory on disk: its name, whose it is, where a resume starts, and what is still to write.
 
 A run directory carries the `run` marker (`ownership`). A directory from a localtrain
 that wrote no markers is recognised by what it holds: a config.toml localtrain reads,
@@ -11,19 +11,87 @@ empty is refused before a byte is written.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import difflib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
 
 from localtrain import checkpoint, config as cfg, events as ev, ownership
 from localtrain.errors import CheckpointError, LocaltrainError
+from localtrain.files import checked, remove_file
+from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, CONTROL_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE
 
-from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, CONTROL_FILE, EVENTS_FILE
-
+RUNS_ROOT = Path("runs")
+"""Where new runs go (relative to the working directory) unless --run-dir names one."""
 READIED_BY_TOOLS = (CONTROL_FILE, CONSOLE_LOG)
 ADVICE = ("Choose a new or empty directory with --run-dir (e.g. a folder inside it), or leave --run-dir out for "
-          "runs/<preset>-<date-time>.")
+          "runs/<data or preset>-<date-time>.")
+
+
+def run_name(config: cfg.Config) -> str:
+    """The name of a new run's directory before its date and time: the data's name when the
+    command line chose the data (`notes` for --data ~/notes), else the preset's."""
+    if any(o.split("=", 1)[0].strip() == "data.source" for o in config.run.overrides):
+        from localtrain.data.sources import source_name
+
+        name = source_name(config.data.source)
+        if name:
+            return name
+    return config.run.preset
+
+
+def new_run_dir(name: str) -> Path:
+    """runs/<name>-<date-time>, with a suffix if two runs start in the same second."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path, n = RUNS_ROOT / f"{name}-{stamp}", 1
+    while path.exists():
+        n += 1
+        path = RUNS_ROOT / f"{name}-{stamp}-{n}"
+    return path
+
+
+def no_such_run(path: Path) -> str:
+    """That `path` does not exist, with the nearest run directory's name when there is one."""
+    parent = path.parent if path.parent.is_dir() else RUNS_ROOT
+    runs = sorted(d.name for d in parent.iterdir() if (d / CONFIG_FILE).is_file()) if parent.is_dir() else []
+    close = difflib.get_close_matches(path.name, runs, n=1, cutoff=0.4)
+    if close:
+        hint = f" Did you mean {parent / close[0]}?"
+    elif runs:
+        hint = f" The runs in {parent}/ are: {', '.join(runs[-5:])}{' and more' if len(runs) > 5 else ''}."
+    else:
+        hint = " Give a run directory such as runs/python-stdlib-20260101-120000."
+    return f"{path} does not exist.{hint}"
+
+
+STARTED_FILE = PLAN_FILE
+"""Written once the data is prepared and the model built: from then on a failed run keeps its directory."""
+UNSTARTED_FILES = (CONFIG_FILE, EVENTS_FILE, LOCK_FILE, "tokenizer.model", ownership.MARKER)
+"""What a run writes before training starts (its marker last: removed last)."""
+
+
+def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
+    """Remove a run directory this process created when its data failed before training started.
+
+    A data error (no documents, no validation split, an unreadable file) found before the
+    first step leaves nothing behind to be listed as a failed run: the error is printed and
+    the same command can be run again. Only the files the run wrote are removed, and only
+    from directories it created and marked; anything else found there keeps the directory as it is.
+    """
+    if (run_dir / STARTED_FILE).exists() or run_dir not in created or ownership.kind_of(run_dir) != "run":
+        return
+    try:
+        if any(p.name not in UNSTARTED_FILES for p in run_dir.iterdir()):
+            return
+        for name in UNSTARTED_FILES:
+            remove_file(run_dir / name)
+        for d in created:  # the run directory first, then parents it created (runs/), if empty
+            checked("remove", d, os.rmdir, d)
+    except (OSError, LocaltrainError):
+        pass  # something else appeared in it meanwhile, or the disk refused: it stays
 
 
 def looks_like_run(directory: Path) -> bool:

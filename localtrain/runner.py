@@ -8,7 +8,6 @@ SIGINT/SIGTERM into a clean stop with a checkpoint.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import fcntl
 import json
 import os
@@ -22,12 +21,12 @@ from typing import Callable, Iterator, TypeVar
 from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, planner, rundir, tuner
 from localtrain.backends import backend_class, make_backend
 from localtrain.data.paths import cache_root
-from localtrain.errors import CheckpointError, LocaltrainError
+from localtrain.errors import CheckpointError, DataError, LocaltrainError
 from localtrain.files import checked, disk_error, write_atomic
 from localtrain.parallel import Dist, Single
+from localtrain.rundir import RUNS_ROOT, new_run_dir, no_such_run, remove_unstarted, run_name
 from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE
 T = TypeVar("T")
-RUNS_ROOT = Path("runs")
 
 
 @dataclass
@@ -55,6 +54,8 @@ class Setup:
     """The plan made before the data exists (the vocabulary estimated): memory and disk checked."""
     resume_step: int | None = None
     """The step of `--resume RUN/checkpoints/step-N`; None resumes from the newest checkpoint."""
+    notes: list[str] = dataclasses.field(default_factory=list)
+    """What the user should know before it starts (which preset was picked for the data, and why)."""
 
 
 def preflight(s: Setup, world_size: int = 1, local_world_size: int = 1) -> Setup:
@@ -90,6 +91,8 @@ def _locate_resume(request: RunRequest) -> Path | None:
         path = Path(request.resume).expanduser()
         if path.name.startswith(checkpoint.PREFIX) and path.parent.name == "checkpoints":
             path = path.parent.parent
+        if not path.exists():
+            raise CheckpointError(f"--resume {request.resume}: {no_such_run(path)}")
         if not (path / CONFIG_FILE).is_file():
             raise CheckpointError(
                 f"--resume {request.resume}: {path} is not a run directory (it has no {CONFIG_FILE})."
@@ -117,9 +120,10 @@ def setup(request: RunRequest) -> Setup:
             rundir.check(run_dir, "--resume")
             s = _setup_resume(request, run_dir)
             return dataclasses.replace(s, resume_step=rundir.resume_step(request.resume))
-    config = cfg.resolve(request.preset or "python-stdlib", request.overrides)
+    preset, why = choose_preset(request.preset, request.overrides)
+    config = cfg.resolve(preset, request.overrides)
     check_source(config)
-    run_dir = Path(request.run_dir or config.run.run_dir or new_run_dir(config.run.preset))
+    run_dir = Path(request.run_dir or config.run.run_dir or new_run_dir(run_name(config)))
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=str(run_dir)))
     rundir.check(run_dir)
     conf = run_dir / CONFIG_FILE
@@ -137,17 +141,24 @@ def setup(request: RunRequest) -> Setup:
                 f"The run directory {run_dir} already has checkpoints. Nothing was changed. Pass"
                 " --resume to continue it, or choose a new directory with --run-dir."
             )
-    return preflight(Setup(config, run_dir, False, []), request.world_size, request.local_world_size)
+    s = Setup(config, run_dir, False, [], notes=[why] if why else [])
+    return preflight(s, request.world_size, request.local_world_size)
 
 
-def new_run_dir(preset: str) -> Path:
-    """runs/<preset>-<date-time>, with a suffix if two runs start in the same second."""
-    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path, n = RUNS_ROOT / f"{preset}-{stamp}", 1
-    while path.exists():
-        n += 1
-        path = RUNS_ROOT / f"{preset}-{stamp}-{n}"
-    return path
+def choose_preset(preset: str | None, overrides: list[str]) -> tuple[str, str | None]:
+    """The preset a new run starts from, and why when it was picked rather than named.
+
+    A named preset wins. Without one, `data.source` (what --data sets) picks it from the
+    data (`sources.preset_for`); with neither, the default python-stdlib.
+    """
+    if preset:
+        return preset, None
+    sources = [o.split("=", 1)[1] for o in overrides if o.split("=", 1)[0].strip() == "data.source" and "=" in o]
+    if not sources or not sources[-1].strip():
+        return "python-stdlib", None
+    from localtrain.data.sources import preset_for
+
+    return preset_for(sources[-1].strip())
 
 
 def describe_changes(changes: list[tuple[str, object, object]], limit: int = 8) -> str:
@@ -248,22 +259,30 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
         )
     if not dist.is_main:
         return _train(s, lambda event: None, dist)
+    created = [d for d in (s.run_dir, *s.run_dir.parents) if not d.exists()]
     rundir.claim(s.run_dir)
-    with run_lock(s.run_dir):
-        write_atomic(s.run_dir / CONFIG_FILE, cfg.to_toml(s.config))
-        writer = ev.EventWriter(s.run_dir / EVENTS_FILE)
-        emit = Fanout(writer, *([console] if console else []))
-        try:
-            return _train(s, emit, dist)
-        except LocaltrainError as exc:
-            _record_error(writer, exc)
-            raise
-        except OSError as exc:  # one that did not pass through localtrain.files
-            error = disk_error(exc, exc.filename, "open")
-            _record_error(writer, error)
-            raise error from exc
-        finally:
-            writer.close()
+    try:
+        with run_lock(s.run_dir):
+            write_atomic(s.run_dir / CONFIG_FILE, cfg.to_toml(s.config))
+            writer = ev.EventWriter(s.run_dir / EVENTS_FILE)
+            emit = Fanout(writer, *([console] if console else []))
+            try:
+                return _train(s, emit, dist)
+            except LocaltrainError as exc:
+                _record_error(writer, exc)
+                raise
+            except OSError as exc:  # one that did not pass through localtrain.files
+                error = disk_error(exc, exc.filename, "open")
+                _record_error(writer, error)
+                raise error from exc
+            finally:
+                writer.close()
+    except DataError:
+        # The input was wrong (no text, a split too small): fixing it and running the same command
+        # again is all there is to do. Any other failure keeps the directory and its recorded error.
+        if created:
+            remove_unstarted(s.run_dir, created)
+        raise
 
 
 def _record_error(writer: ev.EventWriter, exc: LocaltrainError) -> None:

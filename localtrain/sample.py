@@ -19,7 +19,7 @@ from pathlib import Path
 
 from localtrain import sampling
 from localtrain.errors import LocaltrainError
-from localtrain.export import Source, load_source
+from localtrain.export import CHECKPOINT_HELP, Source, load_source
 
 
 @dataclass(frozen=True)
@@ -118,8 +118,7 @@ def read_prompts(args: argparse.Namespace, source: Source) -> list[str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="a run directory, one of its checkpoint directories, or an export")
-    p.add_argument("--checkpoint", default="latest", metavar="best|latest|step-N",
-                   help="which of the run's checkpoints (default latest)")
+    p.add_argument("--checkpoint", default=None, metavar="best|latest|step-N", help=CHECKPOINT_HELP)
     p.add_argument("--prompt", action="append", metavar="TEXT",
                    help="a prompt (repeatable); default: the run's train.sample_prompts")
     p.add_argument("--prompt-file", action="append", metavar="FILE",
@@ -141,7 +140,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    source = load_source(Path(args.run), args.checkpoint)
+    source = load_source(Path(args.run), args.checkpoint, use="sampled")
     settings = Settings(args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.num_samples)
     settings.check()
     records = sample(source, read_prompts(args, source), settings, args.backend, args.device, dtype=args.dtype)

@@ -180,7 +180,7 @@ class RunConfig:
     preset: str = "python-stdlib"
     """The preset this configuration started from."""
     run_dir: str = ""
-    """The run directory; empty means runs/<preset>-<date-time>."""
+    """The run directory; empty means runs/<data or preset>-<date-time> (the data when --data chose it)."""
     device: str = "auto"
     """cpu, cuda, mps or auto (the best available)."""
     backend: str = "auto"

@@ -6,9 +6,11 @@ and reports everything as events; it never prints.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,6 +90,69 @@ class TrainingDiverged(LocaltrainError):
     exit_code = 1
 
 
+Clock = Callable[[], float]
+"""Seconds on a monotonic clock (time.perf_counter); tests drive the loop with a clock of their own."""
+ETA_WINDOW = 50
+"""Training steps whose wall time the ETA averages: the opening steps (compilation, warm caches)
+leave it after this many."""
+ETA_WORK_KEPT = 3
+"""Durations of each kind of periodic work (evaluation, samples, checkpoint) the ETA averages."""
+
+
+def occurrences(every: int, after: int, last: int, at_end: bool) -> int:
+    """How many steps s with after < s <= last hold work done every `every` steps (0: never),
+    counting `last` itself when `at_end` (the work that also closes a run)."""
+    if after >= last:
+        return 0
+    regular = last // every - after // every if every else 0
+    return regular + (1 if at_end and (not every or last % every) else 0)
+
+
+class Eta:
+    """The seconds a run still needs: one rule for the console, the dashboard and every reader.
+
+    It is the mean wall time of the last ETA_WINDOW training steps times the steps left,
+    plus each kind of periodic work (evaluation, live samples, checkpoints) at the mean of
+    its latest durations times the times it still comes round. A slow opening leaves the
+    figure once it leaves the window, and the work between steps is counted where it falls.
+    """
+
+    def __init__(self, train: TrainConfig, total_steps: int) -> None:
+        self.train, self.total_steps = train, total_steps
+        self.step_s: collections.deque[float] = collections.deque(maxlen=ETA_WINDOW)
+        self.opening: float | None = None
+        """The first step of this process, which warms up (allocations, compilation): used alone
+        only until another step is timed."""
+        self.work_s: dict[str, collections.deque[float]] = {}
+
+    def stepped(self, seconds: float) -> None:
+        """One training step took `seconds` of wall time (data, forward, backward, update)."""
+        if self.opening is None:
+            self.opening = seconds
+        else:
+            self.step_s.append(seconds)
+
+    def worked(self, kind: str, seconds: float) -> None:
+        """Periodic work of `kind` (eval, sample, checkpoint) took `seconds`."""
+        self.work_s.setdefault(kind, collections.deque(maxlen=ETA_WORK_KEPT)).append(seconds)
+
+    def seconds_left(self, step: int) -> float | None:
+        """After `step` steps, before the work due at `step`; None before any step was timed."""
+        times = self.step_s or ([self.opening] if self.opening is not None else [])
+        if not times:
+            return None
+        t, last = self.train, self.total_steps
+        left = sum(times) / len(times) * max(last - step, 0)
+        due = {
+            "eval": occurrences(t.eval_every, step - 1, last, at_end=bool(t.eval_every)),
+            "sample": occurrences(t.sample_every, step - 1, last, at_end=False),
+            "checkpoint": occurrences(t.checkpoint_every, step - 1, last, at_end=True),
+        }
+        for kind, durations in self.work_s.items():
+            left += due.get(kind, 0) * sum(durations) / len(durations)
+        return left
+
+
 class Trainer:
     def __init__(
         self,
@@ -101,14 +166,17 @@ class Trainer:
         stop: StopFlag | None = None,
         control: Control | None = None,
         dist: Dist | None = None,
+        clock: Clock = time.perf_counter,
     ) -> None:
         self.config, self.backend, self.data = config, backend, data
         self.run_dir, self.emit, self.peak_flops = run_dir, emit, peak_flops
         self.stop = stop or StopFlag()
         self.control = control
         self.dist: Dist = dist or Single()
+        self.clock = clock
         self.checkpoint_requested = False
-        self.sample_requested = False
+        self.sample_seed: int | None = None
+        """The seed of a sample asked for, until every rank of a sharded run takes it together."""
         self.early_stop = False
         # A sharded backend needs every rank in each forward and state gather: all ranks
         # then evaluate, sample and gather for checkpoints, and rank 0 alone writes.
@@ -124,6 +192,7 @@ class Trainer:
         self.val_batches = eval_windows(data.val_tokens, config.model.seq_len, t.eval_batches, self.micro_batch_size)
         self.flops_per_token = plan.flops_per_token
         self.state = LoopState()
+        self.eta = Eta(t, self.total_steps)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -195,7 +264,7 @@ class Trainer:
 
     def save_checkpoint(self, reason: str) -> Path:
         """Every rank calls this at the same step; rank 0 writes, with every rank's RNG state."""
-        start = time.perf_counter()
+        start = self.clock()
         rngs = self.dist.gather_text(json.dumps(self.backend.rng_state()))
         self.state.last_checkpoint_step = self.state.step
         path = self.run_dir / "checkpoints" / checkpoint.step_dir_name(self.state.step)
@@ -211,7 +280,7 @@ class Trainer:
             self.run_dir, self.state.step, weights, moments, state, self.config.train.keep_checkpoints,
         )
         self.emit(ev.Checkpoint(step=self.state.step, path=str(path), reason=reason, bytes=size,
-                                seconds=time.perf_counter() - start))
+                                seconds=self.clock() - start))
         return path
 
     # -- evaluation and samples ----------------------------------------------------------
@@ -266,23 +335,31 @@ class Trainer:
                                                              t.best_metric: value})
         return event
 
-    def sample(self) -> None:
-        """One live sample per prompt, each with its quality figures, then the batch's figures."""
+    def sample(self, seed: int | None = None) -> None:
+        """One live sample per prompt, each with its quality figures, then the batch's figures.
+
+        Scheduled samples (`seed` None) draw from seeds fixed by train.seed and the step, so a
+        rerun shows the same text; one asked for by a controller draws from the fresh `seed` it
+        was given, so asking at a scheduled step shows new text, and its events say which seed.
+        """
         from localtrain import quality
 
         t = self.config.train
         code = quality.is_code(self.config.data)
+        manual = seed is not None
+        base = seed if seed is not None else t.seed * 1_000_003 + self.state.step * 101
         found = []
         for i, prompt in enumerate(t.sample_prompts):
             ids = self.data.encode(prompt) or [self.data.eos_id]
-            seed = t.seed * 1_000_003 + self.state.step * 101 + i
-            out = sampling.generate(self.backend, ids, t.sample_tokens, t.temperature, t.top_k, seed)
+            drawn = base + i
+            out = sampling.generate(self.backend, ids, t.sample_tokens, t.temperature, t.top_k, drawn)
             if self.data.eos_id in out:
                 out = out[: out.index(self.data.eos_id)]
             text = self.data.decode(out)
             q = quality.sample_quality(text, code, prompt)
             found.append(q)
-            self.emit(ev.Sample(step=self.state.step, prompt=prompt, text=text, tokens=len(out), **q.to_dict()))
+            self.emit(ev.Sample(step=self.state.step, prompt=prompt, text=text, tokens=len(out), seed=drawn,
+                                manual=manual, **q.to_dict()))
         self.emit(ev.SampleQuality(step=self.state.step, **quality.summarize(found)))
 
     def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> StepResult:
@@ -329,10 +406,11 @@ class Trainer:
         while True:
             for command in self.control():
                 if command == "sample":
+                    seed = secrets.randbelow(2**31)  # fresh: a sample asked for shows new text
                     if self.every_rank:
-                        self.sample_requested = True  # taken at the next agreement
+                        self.sample_seed = seed  # taken at the next agreement, by every rank alike
                     else:
-                        self.sample()
+                        self.sample(seed)
                 elif command == "checkpoint":
                     if self.dist.world_size == 1:
                         if self.state.last_checkpoint_step != self.state.step:
@@ -343,28 +421,34 @@ class Trainer:
                 elif command == "stop":
                     self.stop.request("interrupted")
                 elif command == "pause" and paused_at is None:
-                    paused_at = time.perf_counter()
+                    paused_at = self.clock()
                     self.emit(ev.Status(state="paused", message=f"Paused after step {self.state.step}."))
                 elif command == "resume" and paused_at is not None:
                     self.emit(ev.Status(state="running", message=f"Continuing from step {self.state.step}."))
-                    return time.perf_counter() - paused_at
+                    return self.clock() - paused_at
             if paused_at is None:
                 return 0.0
             if self.stop.requested:
-                return time.perf_counter() - paused_at
+                return self.clock() - paused_at
             time.sleep(0.1)
 
     # -- the loop ------------------------------------------------------------------------
 
+    def _timed(self, kind: str, work: Callable[[], Any]) -> None:
+        start = self.clock()
+        work()
+        self.eta.worked(kind, self.clock() - start)
+
     def run(self) -> ev.Done:
         t, st = self.config.train, self.state
-        started, first_step, base_elapsed = time.perf_counter(), st.step, st.elapsed_s
+        clock = self.clock
+        started, base_elapsed = clock(), st.elapsed_s
         deadline = started + t.max_time * 60 if t.max_time else None
         tokens_per_step = self.plan.tokens_per_step
         self.emit(ev.Status(state="running", message=f"Training from step {st.step} to {self.total_steps}."))
         evaluates = self.dist.is_main or self.every_rank
         if st.step == 0 and t.eval_every and evaluates:
-            self.evaluate()
+            self._timed("eval", self.evaluate)
         reason = "complete"
         tok_s_avg: float | None = None
         waiting_since: float | None = None
@@ -380,13 +464,13 @@ class Trainer:
             # clock, rank 0's early stop, its controller's checkpoint request, and any
             # rank's wait for data not prepared yet.
             stop, over_time, early, wanted, waiting, sample = self.dist.all_max([
-                float(self.stop.requested), float(deadline is not None and time.perf_counter() >= deadline),
+                float(self.stop.requested), float(deadline is not None and clock() >= deadline),
                 float(self.early_stop), float(self.checkpoint_requested), float(missing is not None),
-                float(self.sample_requested),
+                float(-1 if self.sample_seed is None else self.sample_seed),
             ])
-            if sample:
-                self.sample_requested = False
-                self.sample()
+            if sample >= 0:
+                self.sample_seed = None
+                self.sample(int(sample))
             if wanted:
                 self.checkpoint_requested = False
                 if st.last_checkpoint_step != st.step:
@@ -405,13 +489,13 @@ class Trainer:
             if waiting:
                 # Like a pause, time spent waiting for the data is not training time.
                 if waiting_since is None:
-                    waiting_since = time.perf_counter()
+                    waiting_since = clock()
                     self.emit(ev.Status(state="waiting", message=self.windows.phases.describe(missing)
                                         if missing is not None else "Waiting for another process's data."))
                 time.sleep(POLL_SECONDS)
                 continue
             if waiting_since is not None:
-                waited = time.perf_counter() - waiting_since
+                waited = clock() - waiting_since
                 started += waited
                 if deadline is not None:
                     deadline += waited
@@ -419,13 +503,16 @@ class Trainer:
                 self.emit(ev.Status(state="running", message=f"The data is ready after {waited:.0f} s of waiting; "
                                     f"training continues from step {st.step}."))
             lr = lr_at(st.step, t, self.total_steps)
+            taking = clock()
             x, y, cursor = self.windows.take(st.cursor, t.batch_size)
             mine = slice(self.dist.rank * self.rank_batch, (self.dist.rank + 1) * self.rank_batch)
-            step_start = time.perf_counter()
+            step_start = clock()
             result = self.train_step(x[mine], y[mine], lr)
             if self.dist.world_size > 1:
                 result = dataclasses.replace(result, loss=self.dist.all_mean([result.loss])[0])
-            step_time = time.perf_counter() - step_start
+            now = clock()
+            step_time = now - step_start
+            self.eta.stepped(now - taking)
             if not math.isfinite(result.loss):
                 self.emit(ev.Error(message=f"The loss became {result.loss} at step {st.step + 1}."))
                 raise TrainingDiverged(
@@ -437,29 +524,26 @@ class Trainer:
             st.step += 1
             st.tokens += tokens_per_step
             st.cursor = cursor
-            now = time.perf_counter()
             st.elapsed_s = base_elapsed + (now - started)
             tok_s = tokens_per_step / step_time
             tok_s_avg = tok_s if tok_s_avg is None else 0.9 * tok_s_avg + 0.1 * tok_s
-            # The ETA uses this process's mean wall time per step, evaluations included.
-            per_step = (now - started) / (st.step - first_step)
             self.emit(ev.Step(
                 step=st.step, total_steps=self.total_steps, loss=result.loss, lr=lr,
                 grad_norm=result.grad_norm, tokens=st.tokens, tokens_per_s=tok_s_avg,
                 mfu=metrics.mfu(self.flops_per_token, tok_s_avg, self.peak_flops),
                 step_time_s=step_time, elapsed_s=st.elapsed_s,
-                eta_s=per_step * (self.total_steps - st.step), memory_bytes=self.backend.memory_bytes(),
+                eta_s=self.eta.seconds_left(st.step), memory_bytes=self.backend.memory_bytes(),
             ))
             last = st.step == self.total_steps
             if t.eval_every and (st.step % t.eval_every == 0 or last) and evaluates:
-                self.evaluate()
+                self._timed("eval", self.evaluate)
             if t.sample_every and st.step % t.sample_every == 0 and evaluates:
-                self.sample()
+                self._timed("sample", self.sample)
             if t.checkpoint_every and st.step % t.checkpoint_every == 0:
-                self.save_checkpoint("periodic")
+                self._timed("checkpoint", lambda: self.save_checkpoint("periodic"))
             if t.early_stop_patience and st.evals_since_best >= t.early_stop_patience:
                 self.early_stop = True
-        st.elapsed_s = base_elapsed + (time.perf_counter() - started)
+        st.elapsed_s = base_elapsed + (clock() - started)
         if st.last_checkpoint_step != st.step:
             path: str | None = str(self.save_checkpoint("interrupt" if reason == "interrupted" else "final"))
         else:

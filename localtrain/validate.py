@@ -118,8 +118,8 @@ def _model(m: ModelConfig, need: Need) -> None:
 
 def _data(d: DataConfig, need: Need) -> None:
     """The rules of the data section."""
-    need(bool(d.source.strip()), "data.source", d.source, "must name a source or a path",
-         "Pass --data PATH or a named source.")
+    # An empty data.source (the text preset's) is valid configuration: a run without --data fails
+    # when it looks for the text, with what to pass.
     need(0 < d.val_fraction <= 0.5, "data.val_fraction", d.val_fraction, "must be in (0, 0.5]",
          "The usual value is 0.1.")
     need(d.document_bytes >= 1024, "data.document_bytes", d.document_bytes, "must be at least 1024",

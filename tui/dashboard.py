@@ -24,7 +24,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Static
 
 from localtrain import control
-from localtrain.console import human
+from localtrain.console import human, size
 from localtrain.runfiles import EVENTS_FILE, PLAN_FILE
 
 from localtrain.tui.dialogs import QuitDialog
@@ -77,7 +77,8 @@ class RunScreen(HostedScreen):
     def compose(self) -> ComposeResult:
         yield Static(id="run-title")
         with Horizontal(id="top"):
-            with Vertical(id="data-panel", classes="panel"):
+            # Scrolls rather than cutting a long message off on a small terminal.
+            with VerticalScroll(id="data-panel", classes="panel"):
                 yield Static("Data", classes="panel-title")
                 yield Meter("download", id="download")
                 yield Meter("prepare ", id="prepare")
@@ -169,15 +170,19 @@ class RunScreen(HostedScreen):
     def redraw(self) -> None:
         s = self.state
         badge = describe_status(self.status)
+        # Two lines, so that neither is cut on a terminal of 140 columns or fewer.
         title = Text.assemble((f" {s.name} ", "bold reverse"), "  ",
                               (f" {self.status} ", f"bold reverse {badge['colour']}"), f"  {badge['meaning']}")
         if s.last_time is not None:
             title.append(f" | last event {stamp(s.last_time)}", style="dim")
+        title.append("\n ")
         if s.plan is not None:
             p = s.plan
-            title.append(f"   {p.backend}/{p.device} {p.dtype} | {human(p.params)} params | vocab {p.vocab_size}"
+            title.append(f"{p.backend}/{p.device} {p.dtype} | {human(p.params)} params | vocab {p.vocab_size}"
                          f" | batch {p.micro_batch_size} x {p.grad_accum_steps}"
-                         + (f" x {p.world_size}" if p.world_size > 1 else "") + f" x {p.seq_len}")
+                         + (f" x {p.world_size}" if p.world_size > 1 else "") + f" x {p.seq_len} tokens")
+        else:
+            title.append("no plan yet", style="dim")
         self.query_one("#run-title", Static).update(title)
         self._draw_data()
         self._draw_training()
@@ -197,13 +202,12 @@ class RunScreen(HostedScreen):
         s = self.state
         d = s.download
         download = self.query_one("#download", Meter)
-        if d is None:
-            download.set(None, "no download (a local source)" if s.prepare else "waiting")
-        else:
+        # A local source downloads nothing: its bar is shown only once a download reports.
+        download.display = d is not None
+        if d is not None:
             frac = d.bytes / d.total if d.total else None
-            total = f" of {human(d.total, 'B')}" if d.total else ""
-            download.set(frac, f"{human(d.bytes, 'B')}{total} | {human(d.bytes_per_s, 'B')}/s |"
-                         f" ETA {eta_text(d.eta_s)} | {d.url}")
+            total = f" of {size(d.total)}" if d.total else ""
+            download.set(frac, f"{size(d.bytes)}{total} | {size(d.bytes_per_s)}/s | ETA {eta_text(d.eta_s)}\n{d.url}")
         prep = self.query_one("#prepare", Meter)
         p = s.prepare
         if p is None:
@@ -216,8 +220,7 @@ class RunScreen(HostedScreen):
         secs = sum(e.seconds for e in s.prepare_stages.values())
         rate = f" ({human(docs / secs)}/s)" if secs > 0 and docs else ""
         cached = " | cached" if p.cached else ""
-        prep.set(frac, f"{p.stage}: {human(docs)} documents{rate} | {human(tokens)} tokens written{cached}"
-                 f" | {p.message}")
+        prep.set(frac, f"{p.stage}: {human(docs)} documents{rate} | {human(tokens)} tokens{cached}\n{p.message}")
 
     def _draw_training(self) -> None:
         s = self.state
@@ -268,13 +271,15 @@ class RunScreen(HostedScreen):
         samples = Text()
         for sample in reversed(s.samples[-6:]):
             samples.append(f"step {sample.step} ", style="bold")
+            if sample.manual:
+                samples.append(f"(asked for, seed {sample.seed}) ", style="magenta")
             samples.append(repr(sample.prompt), style="cyan")
             samples.append("\n" + sample.text.replace("\t", "    ").strip("\n") + "\n\n")
         self.query_one("#samples", Static).update(samples or Text("no samples yet", style="dim"))
         ckpts = Text()
         for c in reversed(s.checkpoints[-20:]):
             ckpts.append(f"{c.step:>7,} ", style="bold")
-            ckpts.append(f"{c.reason:9} {human(c.bytes, 'B'):>7} {clock(c.time)}\n")
+            ckpts.append(f"{c.reason:9} {size(c.bytes):>7} {clock(c.time)}\n")
         if s.done is not None:
             best = f", best val loss {s.done.best_val_loss:.4f}" if s.done.best_val_loss is not None else ""
             ckpts.append(f"done ({s.done.reason}) at step {s.done.step:,}{best}\n", style="bold")

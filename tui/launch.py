@@ -82,9 +82,12 @@ def check_form(form: RunForm) -> Checked:
     return Checked(config, overrides)
 
 
-def run_dir_for(runs_dir: Path, form: RunForm, preset: str, stamp: str) -> Path:
-    """The run directory a new run gets: the typed name, or <preset>-<date-time>."""
-    name = form.name.strip() or f"{preset}-{stamp}"
+def run_dir_for(runs_dir: Path, form: RunForm, config: cfg.Config, stamp: str) -> Path:
+    """The run directory a new run gets: the typed name, or <data or preset>-<date-time> as
+    `localtrain run` names it."""
+    from localtrain.rundir import run_name
+
+    name = form.name.strip() or f"{run_name(config)}-{stamp}"
     path, n = runs_dir / name, 1
     while (path / CONFIG_FILE).exists() or (path / EVENTS_FILE).exists() or _foreign(path):
         n += 1

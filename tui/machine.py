@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Static
 
 from localtrain import config as cfg
-from localtrain.console import human
+from localtrain.console import human, size
 from localtrain.doctor import Check, capacity, human_time, run_checks
 
 from localtrain.tui.widgets import MemoryBar
@@ -45,8 +45,8 @@ def plan_text(preset: str, p: dict[str, Any]) -> Text:
         f"{p['total_steps']:,} steps of {human(p['tokens_per_step'])} tokens = {human(p['total_tokens'])} tokens |"
         + (f" {human(p['predicted_tokens_per_s'])} tokens/s measured | {human_time(p['predicted_seconds'])}\n"
            if p["predicted_tokens_per_s"] else " speed not measured yet (localtrain doctor --probe)\n"),
-        f"budget: {p['budget_source']} | disk: data {human(disk['data'], 'B')}, checkpoints"
-        f" {human(disk['checkpoints'], 'B')}\n",
+        f"budget: {p['budget_source']} | disk: data {size(disk['data'])}, checkpoints"
+        f" {size(disk['checkpoints'])}\n",
     )
     for note in p.get("notes", []):
         text.append(f"note: {note}\n", style="dim")
@@ -86,7 +86,7 @@ class MachineScreen(HostedScreen):
         machine, checks, rows = await asyncio.to_thread(doctor_report, self.host.runs_dir)
         self.query_one("#machine-title", Static).update(Text.assemble(
             ("Machine: ", "bold"), f"{machine.cpu_model}, {machine.physical_cores} cores,"
-            f" {human(machine.ram_total_bytes, 'B')} RAM, {machine.os}"))
+            f" {size(machine.ram_total_bytes)} RAM, {machine.os}"))
         table = self.query_one("#checks", DataTable)
         for c in checks:
             table.add_row(c.name, Text(c.status, style=STATUS_COLOURS[c.status]), c.detail)
@@ -102,9 +102,9 @@ class MachineScreen(HostedScreen):
                 row["preset"], Text("yes", style="green") if p["fits"] else Text("no", style="red"),
                 f"{p['backend']}/{p['device']}", p["dtype"],
                 f"{p['micro_batch_size']} x {p['grad_accum_steps']}" + (" (ckpt)" if p["activation_checkpointing"] else ""),
-                f"{human(p['predicted_peak_bytes'], 'B')} / {human(p['budget_bytes'], 'B')}",
+                f"{size(p['predicted_peak_bytes'])} / {size(p['budget_bytes'])}",
                 human(p["predicted_tokens_per_s"]) if p["predicted_tokens_per_s"] else "-",
-                human_time(p["predicted_seconds"]), human(disk, "B"),
+                human_time(p["predicted_seconds"]), size(disk),
                 key=row["preset"],
             )
         cap.focus()

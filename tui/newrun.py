@@ -30,7 +30,7 @@ FIELDS = (
     ("max_time", "max time (min)", "no limit"),
     ("seed", "seed", "the preset's"),
     ("overrides", "more overrides", "key=value ... e.g. train.lr=1e-3 model.n_layer=2"),
-    ("name", "run name", "<preset>-<date-time>"),
+    ("name", "run name", "<data or preset>-<date-time>"),
 )
 
 
@@ -147,7 +147,7 @@ class NewRunScreen(HostedScreen):
             self.notify("Fix the problems shown first.", severity="error")
             return
         config = self.checked.config
-        run_dir = run_dir_for(self.host.runs_dir, self.form(), config.run.preset,
+        run_dir = run_dir_for(self.host.runs_dir, self.form(), config,
                               dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
         process = start_run(new_run_args(config.run.preset, self.checked.overrides), run_dir)
         self.post_message(msg.RunStarted(run_dir, process))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from localtrain import events as ev
+from localtrain.console import NOT_PROBLEMS
 from localtrain.jsonl import JsonlTail
 from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE
 CHUNK_BYTES = 256 * 1024
@@ -133,8 +134,11 @@ class RunState:
         elif isinstance(event, ev.Status):
             self.status = event
         elif isinstance(event, ev.Warning):
-            self.stopping = self.stopping or event.code == "stopping"
-            self.note("warning", event.time, event.message)
+            if event.code in NOT_PROBLEMS:
+                # A stop someone asked for is the run's state, shown by its status, not a warning.
+                self.stopping = True
+            else:
+                self.note("warning", event.time, event.message)
         elif isinstance(event, ev.Error):
             self.error = event
             self.note("error", event.time, event.message)

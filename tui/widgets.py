@@ -14,7 +14,7 @@ from rich.text import Text
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from localtrain.console import duration, human
+from localtrain.console import duration, size
 
 BAR_FULL = "█"
 BAR_EMPTY = "░"
@@ -31,10 +31,10 @@ def bar(fraction: float | None, width: int, colour: str = "green") -> Text:
 
 
 class Meter(Static):
-    """A labelled bar with its percentage and up to two lines of detail."""
+    """A labelled bar with its percentage and its detail below, wrapped to the width."""
 
     DEFAULT_CSS = """
-    Meter { height: 3; }
+    Meter { height: auto; }
     """
 
     def __init__(self, label: str, id: str | None = None) -> None:
@@ -89,17 +89,17 @@ class MemoryBar(Static):
         over = total > self.budget
         head = Text.assemble(
             (f"{self.title}: ", "bold"),
-            (f"predicted peak {human(total, 'B')}", "red" if over else "green"),
-            f" of {human(self.budget, 'B')} budget ({total / self.budget:.0%})",
+            (f"predicted peak {size(total)}", "red" if over else "green"),
+            f" of {size(self.budget)} budget ({total / self.budget:.0%})",
         )
         if self.used is not None:
-            head.append(f" | in use {human(self.used, 'B')} ({self.used / self.budget:.0%})")
+            head.append(f" | in use {size(self.used)} ({self.used / self.budget:.0%})")
         legend = Text()
         for i, (name, value) in enumerate(self.terms.items()):
             if not value:
                 continue
             legend.append("■ ", style=TERM_COLOURS[i % len(TERM_COLOURS)])
-            legend.append(f"{name} {human(value, 'B')}  ")
+            legend.append(f"{name} {size(value)}  ")
         return Group(head, line, marker, legend)
 
 

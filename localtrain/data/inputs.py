@@ -110,14 +110,16 @@ def source_spec(data: DataConfig) -> SourceSpec:
 
         def open_url(emit: Emit) -> Source:
             path = fetch_url(data, url, emit)
-            return open_local(path, list(data.include), list(data.exclude), data.document_bytes)
+            return open_local(path, list(data.include), list(data.exclude), data.document_bytes,
+                              data.val_fraction)
 
         return SourceSpec(name, {"kind": "url", "url": url}, open_url)
     if glob.has_magic(name) and not Path(name).expanduser().exists():
         root, pattern = _glob_root(name)
         if not root.is_dir():
             raise DataError(f"The data source `{name}` is a glob whose folder `{root}` does not exist. Check the path.")
-        source = open_local(root, [pattern] + list(data.include), list(data.exclude), data.document_bytes)
+        source = open_local(root, [pattern] + list(data.include), list(data.exclude), data.document_bytes,
+                            data.val_fraction)
         return SourceSpec(name, source.fingerprint(), lambda emit: source)
     root, include, exclude = resolve_source(data)
     if not root.exists():
@@ -125,5 +127,5 @@ def source_spec(data: DataConfig) -> SourceSpec:
             f"The data source `{name}` is not a named source ({', '.join(['python-stdlib', *NAMED])}), a URL, "
             f"an hf:NAME dataset, or an existing path. Check the path, or pass --data PATH."
         )
-    source = open_local(root, include, exclude, data.document_bytes)
+    source = open_local(root, include, exclude, data.document_bytes, data.val_fraction)
     return SourceSpec(name, source.fingerprint(), lambda emit: source)

@@ -135,8 +135,8 @@ def eval_windows(tokens: np.ndarray, seq_len: int, batches: int, batch_size: int
     if wanted < 1:
         raise DataError(
             f"The validation split has {len(tokens)} tokens, fewer than one window of"
-            f" model.seq_len + 1 = {seq_len + 1}. Raise data.val_fraction, lower model.seq_len,"
-            " or give more text."
+            f" model.seq_len + 1 = {seq_len + 1}. Hold out more text with --set data.val_fraction=0.2,"
+            f" use shorter windows with --set model.seq_len={max(4, seq_len // 4)}, or give more text."
         )
     picks = np.linspace(0, available - 1, wanted).round().astype(np.int64)
     starts = [int(i) * seq_len for i in picks]
@@ -150,5 +150,6 @@ def check_train_size(tokens: int, seq_len: int, micro_batch_size: int) -> None:
             f"The training split has {tokens} tokens, which makes {windows} windows of"
             f" model.seq_len={seq_len}, but one micro-batch needs train.micro_batch_size="
             f"{micro_batch_size} windows ({micro_batch_size * seq_len + 1} tokens). Give more"
-            " text, or lower model.seq_len or train.micro_batch_size / train.batch_size."
+            f" text, or use shorter windows (--set model.seq_len={max(4, (tokens - 1) // micro_batch_size)}) or"
+            f" smaller batches (--set train.batch_size={max(1, windows)})."
         )

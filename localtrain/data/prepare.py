@@ -77,7 +77,8 @@ PROGRESS_SECONDS = 1.0
 SPLIT_RULE = (
     "by document: a document goes to val when the first 8 bytes of the sha256 of its key, read as a "
     "big-endian fraction of 2**64, are below val_fraction (a split that ends up without documents takes "
-    "the last one of the other); each split keeps source order; eos_id follows every document"
+    "the last one of the other; a corpus of a few dozen documents has its validation documents spread evenly "
+    "through it instead); each split keeps source order; eos_id follows every document"
 )
 SHOWN = 5
 
@@ -250,7 +251,7 @@ class Filters:
                 continue
             self.seen.add(h)
             self.new_hashes.append(h)
-            yield doc, "val" if is_val(doc.key, self.val_fraction) else "train"
+            yield doc, doc.split or ("val" if is_val(doc.key, self.val_fraction) else "train")
 
 
 def prepare(
@@ -386,7 +387,8 @@ def _no_documents(source: Source, read: dict[str, Any]) -> str:
         f"The data source `{source.name}` yields no documents to train on: {read['tasks']:,} unit(s) read "
         f"({read['bytes']:,} bytes), {read['documents']:,} document(s) found, dropped by reason: {dropped}. "
         f"{problems + ' ' if problems else ''}Point --data at UTF-8 text, a directory of it, a MediaWiki dump or "
-        f"a JSONL file with a `text` field, or loosen data.include / data.exclude / data.min_chars."
+        f"a JSONL file with a `text` field, or read more of it: --set 'data.include=[\"*.txt\",\"*.md\"]', "
+        f"--set 'data.exclude=[]' or --set data.min_chars=0."
     )
 
 
@@ -497,9 +499,9 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
     if train_tokens < 2 or val_tokens < 2:
         raise DataError(
             f"The prepared data of `{source.name}` has {train_tokens} train and {val_tokens} validation tokens, "
-            f"but each split needs at least 2. Give more text, or raise data.val_fraction (the split is drawn "
-            f"by document, so a corpus of few documents may leave one split empty; a smaller "
-            f"data.document_bytes cuts files into more documents)."
+            f"but each split needs at least 2. Give more text, or hold out more of it with --set "
+            f"data.val_fraction=0.2 (the split is drawn by document, so a corpus of few documents may leave one "
+            f"split empty; --set data.document_bytes=4096 cuts files into more documents)."
         )
     emit(_progress(manifest, filters, session, time.perf_counter() - started))
     # Phases the corpus did not reach, and the last one, hold every document.
@@ -576,11 +578,14 @@ def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool,
     if nbytes is not None:
         per_token = (f", {chars:.2f} characters ({nbytes:.2f} bytes) per token" if chars is not None
                      else f", {nbytes:.2f} bytes per token")
+    val = meta["splits"]["val"]
+    share = val["bytes"] / max(1, prepared.train_bytes + prepared.val_bytes)
     emit(Prepare(
         stage="done",
         message=f"{how} data in {prepared.dir}: {prepared.train_tokens:,} train and {prepared.val_tokens:,} "
         f"validation tokens in {sum(len(meta['splits'][s]['shards']) for s in SPLITS)} shards, vocabulary "
-        f"{prepared.vocab_size}{per_token}{note}.",
+        f"{prepared.vocab_size}{per_token}{note}; validation holds {val['documents']:,} of "
+        f"{_documents(meta):,} documents ({share:.1%} of the text).",
         chars_per_token=chars or 0.0,
         bytes_per_token=nbytes or 0.0,
         documents=_documents(meta),

@@ -18,6 +18,7 @@ import sysconfig
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from pathlib import Path
+from urllib.parse import urlparse
 
 from localtrain.config import DataConfig
 from localtrain.errors import DataError
@@ -64,6 +65,11 @@ class SourceFile:
 def resolve_source(data: DataConfig) -> tuple[Path, list[str], list[str]]:
     """The path of `data.source` on this machine, with the include and exclude globs to apply."""
     name = data.source.strip()
+    if not name:
+        raise DataError(
+            "No data to train on: data.source is empty (the text preset trains on text you give it). Pass "
+            "--data PATH: a text, Markdown, reStructuredText or HTML file, or a folder of them (code too)."
+        )
     if name == "python-stdlib":
         return Path(sysconfig.get_paths()["stdlib"]), list(data.include), list(data.exclude)
     lowered = name.lower()
@@ -259,7 +265,7 @@ def read_corpus(data: DataConfig, emit: Emit, files: list[SourceFile] | None = N
         except OSError as exc:
             raise DataError(
                 f"The file `{f.path}` of the data source could not be read ({exc.strerror or exc}). "
-                f"Check its permissions, or exclude it with --set data.exclude='[\"{f.relpath}\"]'."
+                f"Check its permissions, or leave it out with --set 'data.exclude=[\"{f.relpath}\"]'."
             ) from exc
         text = decode_text(raw)
         if text is None:
@@ -287,7 +293,7 @@ def read_corpus(data: DataConfig, emit: Emit, files: list[SourceFile] | None = N
             f"include/exclude patterns (include {include or 'everything'}, exclude {exclude or 'nothing'}), "
             f"{len(skipped)} of them were skipped as not UTF-8 text or containing NUL bytes, and the rest "
             f"were empty or whitespace only. Point --data at a directory of UTF-8 text, or change "
-            f"data.include / data.exclude (for example --set data.include='[\"*.txt\"]')."
+            f"data.include / data.exclude (for example --set 'data.include=[\"*.md\",\"*.txt\"]')."
         )
     emit(Prepare(
         stage="read",
@@ -336,3 +342,66 @@ def split_documents(docs: list[Document], val_fraction: float) -> tuple[list[Doc
 def sample_order(docs: list[Document]) -> list[Document]:
     """Documents in the reproducible order the tokenizer sample is drawn in (sha256 of key)."""
     return sorted(docs, key=_order_key)
+
+
+# -- which preset and which name a run on a source gets ------------------------------------
+
+PYTHON_SHARE = 0.5
+"""A folder whose text is at least this share Python source (by bytes) trains the python-stdlib recipe."""
+
+
+def preset_for(source: str) -> tuple[str, str]:
+    """The preset a run on `source` starts from when none is named, and one sentence saying why.
+
+    A named source takes the preset built on it (tinyshakespeare: tiny-shakespeare). A
+    file or folder that is mostly Python source takes python-stdlib (a code model on its
+    .py files); any other file, folder, URL or dataset takes `text`, which reads prose and
+    code alike.
+    """
+    from localtrain import config as cfg
+    from localtrain.data.stream import VENDORED_DIRS
+
+    name = source.strip()
+    for preset in cfg.preset_names():
+        own = str(cfg.load_preset(preset)[0].get("data", {}).get("source", "")).strip()
+        if own and own.lower() == name.lower():
+            return preset, f"No --preset given: {name} is the {preset} preset's own source, so the run takes it."
+    path = Path(name).expanduser()
+    text = cfg.load_preset("text")[0]["data"]
+    if path.is_dir():
+        vendored = [f"{d}/*" for d in VENDORED_DIRS] + list(VENDORED_DIRS)
+        files = list_files(path, list(text.get("include", [])), list(text.get("exclude", [])) + vendored)
+        total = sum(f.size for f in files)
+        python = sum(f.size for f in files if f.relpath.endswith(".py"))
+    else:
+        total = python = 1 if name.endswith(".py") else 0
+    if total and python / total >= PYTHON_SHARE:
+        return "python-stdlib", (
+            f"No --preset given: {name} is mostly Python source ({python / total:.0%} of its text), so the run "
+            f"takes the python-stdlib preset (a code model on its .py files). Pass --preset text to read every "
+            f"kind of text file in it."
+        )
+    return "text", (
+        f"No --preset given: the run takes the text preset, which reads prose and code alike (plain text, "
+        f"Markdown, reStructuredText, HTML without its tags, source files). Pass --preset NAME for another "
+        f"(`localtrain config --presets` lists them)."
+    )
+
+
+def source_name(source: str) -> str:
+    """A short name for a data source, fit for a directory name: `notes` for ~/notes or
+    notes.md, `corpus` for https://example.org/corpus.txt, `wikitext-103-raw-v1` for
+    hf:Salesforce/wikitext/wikitext-103-raw-v1; empty when nothing fits."""
+    name = source.strip()
+    if name.lower().startswith("hf:"):
+        name = name[3:]
+    elif "://" in name:
+        name = urlparse(name).path
+    parts = [p for p in name.replace("\\", "/").split("/") if p and p not in (".", "..", "~")]
+    parts = [p for p in parts if not glob.has_magic(p)] or [""]
+    last = parts[-1]
+    for _ in range(2):  # notes.md -> notes, dump.xml.bz2 -> dump
+        stem, dot, suffix = last.rpartition(".")
+        if dot and stem and suffix.isalnum() and len(suffix) <= 5:
+            last = stem
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-._")[:40]

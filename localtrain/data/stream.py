@@ -21,6 +21,7 @@ from typing import Any
 
 from localtrain.data import dump, formats, wiki
 from localtrain.data.sources import SourceFile, cut_text, decode_text, list_files
+from localtrain.data.text import html_to_text, is_html, is_small, split_fairly
 from localtrain.errors import DataError
 
 PAGES_PER_TASK = 64
@@ -41,6 +42,8 @@ class Doc:
     key: str
     title: str
     text: str
+    split: str | None = None
+    """Set to "train" or "val" when the source decided the split (a small corpus); else the hash of `key` decides."""
 
 
 @dataclass
@@ -70,12 +73,22 @@ def _generated(relpath: str, head: str) -> bool:
     return any(m in lowered for m in GENERATED_MARKERS)
 
 
+def file_text(raw: bytes, relpath: str) -> str | None:
+    """The text of a file to cut into documents: decoded, an HTML file without its tags; None
+    for a file that is not UTF-8 text."""
+    text = decode_text(raw)
+    if text is not None and is_html(relpath):
+        text = html_to_text(text)
+    return text
+
+
 def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool,
-                   compression: str | None = None) -> Result:
+                   compression: str | None = None, val_pieces: tuple[int, ...] | None = None) -> Result:
     """One local file: text cut into documents, or JSONL with a `text` (and `title`) per line.
 
     `compression` (bz2 or gzip, for a source that is one compressed file) is undone first;
     JSONL is told by the first line (a JSON object with a `text` string), else by the name.
+    `val_pieces`: the pieces that go to validation, when the source decided the split.
     """
     try:
         raw = Path(path).read_bytes()
@@ -96,6 +109,8 @@ def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool
         return Result([], {"not_utf8": 1}, len(raw), [f"`{relpath}` is not UTF-8 text or contains NUL bytes"])
     if code_tree and _generated(relpath, text):
         return Result([], {"generated": 1}, len(raw))
+    if is_html(relpath):
+        text = html_to_text(text)
     docs: list[Doc] = []
     dropped: collections.Counter[str] = collections.Counter()
     if formats.kind_of_text(raw[: formats.SNIFF_BYTES], relpath) == "jsonl":
@@ -118,7 +133,8 @@ def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool
         return Result(docs, dict(dropped), len(raw))
     for i, piece in enumerate(cut_text(text, document_bytes)):
         if piece.strip():
-            docs.append(Doc(f"{relpath}#{i}", relpath, piece))
+            split = None if val_pieces is None else "val" if i in val_pieces else "train"
+            docs.append(Doc(f"{relpath}#{i}", relpath, piece, split))
     if not docs:
         dropped["empty"] += 1
     return Result(docs, dict(dropped), len(raw))
@@ -187,9 +203,9 @@ class FileSource(Source):
 
     kind = "files"
 
-    def __init__(self, root: Path, include: list[str], exclude: list[str], document_bytes: int) -> None:
+    def __init__(self, root: Path, include: list[str], exclude: list[str], document_bytes: int,
+                 val_fraction: float = 0.1) -> None:
         self.root, self.name = root, str(root)
-        self.document_bytes = document_bytes
         self.code_tree = root.is_dir()
         exclude = list(exclude) + ([f"{d}/*" for d in VENDORED_DIRS] + list(VENDORED_DIRS) if self.code_tree else [])
         self.include, self.exclude = include, exclude
@@ -197,17 +213,44 @@ class FileSource(Source):
         # One file named as the source is read as its first bytes say (bz2 or gzip text); files
         # found in a folder are read as they are.
         self.compression = formats.sniff(root).compression if root.is_file() else None
+        self.document_bytes = document_bytes
+        self.val_pieces: dict[str, tuple[int, ...]] | None = None
+        if is_small([f.size for f in self.files], document_bytes):
+            # A small corpus (one file of notes) may need a finer cut to hold out its share.
+            texts = [(f.relpath, self._text(f)) for f in self.files]
+            texts = [(rel, text) for rel, text in texts if text]
+            if texts:
+                self.document_bytes, pieces = split_fairly(texts, document_bytes, val_fraction)
+                if pieces is not None:
+                    self.val_pieces = {rel: pieces.get(rel, ()) for rel, _ in texts}
+
+    def _text(self, f: SourceFile) -> str | None:
+        """The text of a file the split decides (None for JSONL, whose lines are documents, or no text)."""
+        try:
+            raw = f.path.read_bytes()
+            if self.compression:
+                raw = formats.decompress(raw)
+        except (OSError, EOFError, ValueError):
+            return None  # reported when the file is read for real
+        if formats.kind_of_text(raw[: formats.SNIFF_BYTES], f.relpath) != "text":
+            return None
+        return file_text(raw, f.relpath)
 
     def fingerprint(self) -> dict[str, Any]:
-        return {"kind": self.kind, "source": str(self.root.resolve()),
-                "files": [[f.relpath, f.size, f.mtime_ns] for f in self.files]}
+        found = {"kind": self.kind, "source": str(self.root.resolve()),
+                 "files": [[f.relpath, f.size, f.mtime_ns] for f in self.files]}
+        if self.val_pieces is not None:
+            found["small_corpus"] = {"document_bytes": self.document_bytes, "val_pieces": self.val_pieces}
+        return found
 
     def tasks(self, cursor: dict[str, Any] | None) -> Iterator[Task]:
         start = (cursor or {}).get("file", 0)
         for i in range(start, len(self.files)):
             f = self.files[i]
+            # A file the small-corpus split left out (JSONL) is split by the hash of its keys.
+            val = None if self.val_pieces is None else self.val_pieces.get(f.relpath)
             yield read_file_task, (str(f.path), f.relpath, self.document_bytes, self.code_tree,
-                                   self.compression), {"file": i + 1}
+                                   self.compression, val), {"file": i + 1}
 
     def problems(self) -> list[str]:
         if self.files or not self.root.is_dir():
@@ -216,8 +259,9 @@ class FileSource(Source):
         if not others:
             return [f"The folder `{self.root}` holds no files."]
         shown = ", ".join(f.relpath for f in others[:5]) + (", ..." if len(others) > 5 else "")
+        patterns = ", ".join(self.include[:8]) + (f" and {len(self.include) - 8} more" if len(self.include) > 8 else "")
         return [f"Its {len(others):,} file(s) ({shown}) were all skipped: none matches data.include"
-                f" ({', '.join(self.include) or 'nothing'}) outside data.exclude."]
+                f" ({patterns or 'nothing'}) outside data.exclude. {include_hint(others)}"]
 
 
 class DumpSource(Source):
@@ -280,7 +324,19 @@ class MultistreamSource(Source):
             yield multistream_task, (str(self.path), offset, length, self.site), {"offset": after, "stream": i + 1}
 
 
-def open_local(path: Path, include: list[str], exclude: list[str], document_bytes: int) -> Source:
+def include_hint(files: list[SourceFile]) -> str:
+    """How to read these files: the exact --set that includes their kinds, or the text preset."""
+    import json
+
+    suffixes = sorted({f"*{Path(f.relpath).suffix}" for f in files if Path(f.relpath).suffix})[:6]
+    if not suffixes:
+        return "Pass --preset text to read every kind of text file."
+    return (f"To read them, pass --set 'data.include={json.dumps(suffixes, separators=(',', ':'))}', or --preset"
+            " text for every kind of text file (prose and code).")
+
+
+def open_local(path: Path, include: list[str], exclude: list[str], document_bytes: int,
+               val_fraction: float = 0.1) -> Source:
     """The source for a local path: a dump (with its multistream index when there is one) or files.
 
     A file is a dump when its (decompressed) first bytes are a `<mediawiki` document,
@@ -293,7 +349,7 @@ def open_local(path: Path, include: list[str], exclude: list[str], document_byte
             if index is not None:
                 return MultistreamSource(path, index)
             return DumpSource(path, found.compression)
-    return FileSource(path, include, exclude, document_bytes)
+    return FileSource(path, include, exclude, document_bytes, val_fraction)
 
 
 # ---- running tasks -------------------------------------------------------------------------

@@ -10,7 +10,8 @@ from localtrain import config as cfg
 from localtrain.errors import ConfigError
 
 
-@pytest.mark.parametrize("name", ["python-stdlib", "tiny-shakespeare", "wikitext-103", "wikipedia-full", "gpt2-124m"])
+@pytest.mark.parametrize("name", ["python-stdlib", "text", "tiny-shakespeare", "wikitext-103", "wikipedia-full",
+                                  "gpt2-124m"])
 def test_every_preset_is_complete_and_valid(name: str) -> None:
     config = cfg.resolve(name)
     assert config.run.preset == name

@@ -28,7 +28,7 @@ def test_json_agrees_with_psutil_and_plans_every_preset(tmp_path, cache_dir) -> 
     checks = {c["name"]: c["status"] for c in report["checks"]}
     assert checks["torch"] == "ok" and checks["python"] == "ok" and checks["memory"] in ("ok", "warn")
     rows = {r["preset"]: r for r in report["capacity"]}
-    assert set(rows) == {"python-stdlib", "tiny-shakespeare", "wikitext-103", "wikipedia-full", "gpt2-124m"}
+    assert set(rows) == {"python-stdlib", "text", "tiny-shakespeare", "wikitext-103", "wikipedia-full", "gpt2-124m"}
     tiny = rows["tiny-shakespeare"]["plan"]
     assert tiny["fits"] and tiny["micro_batch_size"] * tiny["grad_accum_steps"] == 12
     # A speed is shown only where it was measured (here or by an earlier run of this shape), never from a formula.

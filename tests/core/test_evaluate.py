@@ -334,3 +334,23 @@ def test_samples_beside_a_text_leave_its_figures_unchanged(trained_run: Path, tm
     alone, with_samples = (json.loads(r.stdout) for r in runs)
     assert with_samples["loss"] == alone["loss"] and with_samples["bpb"] == alone["bpb"]
     assert alone["samples"] is None and with_samples["samples"]["samples"] == 3
+
+
+def test_word_perplexity_says_what_its_words_are(trained_run: Path, tmp_path: Path, cache_dir: Path) -> None:
+    # Bug caught: a code model's word perplexity (tens of thousands) printed bare, as if it were
+    # comparable with the word-level figures published for prose.
+    prose = tmp_path / "note.txt"
+    prose.write_text("The garden was quiet in the morning.\nWe planted beans and tomatoes.\n")
+    code = tmp_path / "probe.py"
+    code.write_bytes(HELD_OUT.read_bytes()[:3000])
+    lines = {}
+    for name, path in (("prose", prose), ("code", code), ("split", "split:val")):
+        done = localtrain(["eval", str(trained_run), "--data", str(path), "--backend", "torch"], tmp_path, cache_dir)
+        assert done.returncode == 0, done.stderr
+        lines[name] = next(x for x in done.stdout.splitlines() if x.startswith("word perplexity"))
+    assert evaluate.PROSE_WORDS in lines["prose"] and "not comparable" not in lines["prose"]
+    # A Python file, and the code run's own validation split, are code.
+    for name in ("code", "split"):
+        assert evaluate.CODE_WORDS in lines[name] and "not comparable with published" in lines[name]
+    figures = evaluate.run_eval(eval_args(str(trained_run), "--data", str(code)))
+    assert figures.word_ppl_note == evaluate.CODE_WORDS  # in --json too

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -70,3 +72,55 @@ def test_a_bf16_checkpoint_samples_and_exports_in_bf16_unless_told(tmp_path, cod
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert "in bfloat16" in out.stdout
+
+
+def test_sample_export_and_eval_take_the_same_default_checkpoint(trained_run, tmp_path, cache_dir) -> None:
+    # Bug caught: sample defaulting to the latest checkpoint while export took best/.
+    (tmp_path / "probe.py").write_text("def add(a, b):\n    return a + b\n")
+    nobest = tmp_path / "nobest"
+    shutil.copytree(trained_run, nobest)
+    shutil.rmtree(nobest / "best")  # a run that has not evaluated after step 0 yet
+    for run, expected, noted in ((trained_run, trained_run / "best", False),
+                                 (nobest, nobest / "checkpoints" / "step-00000020", True)):
+        used = {}
+        done = localtrain(["sample", str(run), "--max-tokens", "4", "--backend", "torch"], tmp_path, cache_dir)
+        used["sample"] = (done, done.stdout.split(" from ")[1].split("\n")[0].split(" (")[0])
+        done = localtrain(["eval", str(run), "--data", "probe.py", "--backend", "torch", "--json"], tmp_path, cache_dir)
+        used["eval"] = (done, json.loads(done.stdout)["checkpoint"] if done.returncode == 0 else "")
+        out = tmp_path / f"export-{run.name}"
+        done = localtrain(["export", str(run), "--out", str(out)], tmp_path, cache_dir)
+        used["export"] = (done, done.stdout.split("Exported ")[1].split(" (")[0])
+        for command, (done, origin) in used.items():
+            assert done.returncode == 0, (command, done.stderr)
+            assert Path(origin) == expected, (command, origin)
+            assert ("has no best/ checkpoint yet" in done.stderr) == noted, (command, done.stderr)
+
+
+def test_the_default_checkpoint_refuses_a_best_whose_write_did_not_finish(tmp_path) -> None:
+    # Bug caught: an interrupted best/ passed over for latest (or loaded) by sample and eval as
+    # export refuses it: the three commands share one rule.
+    from localtrain import checkpoint
+    from localtrain.errors import CheckpointError
+    from localtrain.export import default_checkpoint
+
+    notes: list[str] = []
+    (tmp_path / "best").mkdir()
+    (tmp_path / "best" / checkpoint.MARKER).write_text("{}")
+    assert default_checkpoint(tmp_path, "sampled", notes.append) == "best" and not notes
+    (tmp_path / "best" / checkpoint.MARKER).unlink()
+    with pytest.raises(CheckpointError, match="best is incomplete.*not evaluated.*--checkpoint latest"):
+        default_checkpoint(tmp_path, "evaluated", notes.append)
+    (tmp_path / "best").rmdir()
+    assert default_checkpoint(tmp_path, "sampled", notes.append) == "latest"
+    (note,) = notes
+    assert "has no best/ checkpoint yet" in note and "the latest checkpoint is sampled" in note
+
+
+def test_a_missing_run_says_it_does_not_exist_and_names_the_nearest(trained_run, tmp_path, cache_dir) -> None:
+    typo = trained_run.parent / (trained_run.name + "x")
+    for command in (["sample", str(typo)], ["export", str(typo), "--out", "x"], ["eval", str(typo), "--samples", "1"],
+                    ["run", "--resume", str(typo)]):
+        done = localtrain(command, tmp_path, cache_dir)
+        assert done.returncode == 2, (command, done.stderr)
+        assert f"{typo} does not exist. Did you mean {trained_run}?" in done.stderr, (command, done.stderr)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "runs").exists()

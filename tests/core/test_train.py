@@ -9,9 +9,12 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY, read_jsonl, sets
+from loop_helpers import make_trainer
+
 from localtrain import events as ev
+from localtrain.backends.torch_backend import TorchBackend
 from localtrain.cli import main
-from localtrain.console import ConsoleView
+from localtrain.console import ConsoleView, describe
 
 
 def run(code_corpus: Path, *extra: str) -> int:
@@ -124,3 +127,43 @@ def test_help_lists_every_command(capsys) -> None:
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("run", "doctor", "prepare", "eval", "sample", "export", "config"))
+
+
+def test_a_sample_asked_for_at_a_scheduled_step_draws_new_text_and_says_its_seed(tmp_path, code_corpus) -> None:
+    # Bug caught: `s` at a sample step repeating the scheduled samples (same seeds), so that
+    # nothing seems to happen.
+    found: list[ev.Sample] = []
+    trainer = make_trainer(code_corpus, tmp_path / "run", lambda e: found.append(e) if isinstance(e, ev.Sample)
+                           else None, TorchBackend("cpu", "float32"), ["train.sample_tokens=24"])
+    trainer.state.step = 10  # a scheduled sample step (TINY samples every 10)
+    trainer.sample()
+    scheduled = list(found)
+    found.clear()
+    trainer.sample()
+    assert [(s.seed, s.text) for s in found] == [(s.seed, s.text) for s in scheduled]  # reproducible
+    assert not any(s.manual for s in scheduled)
+    found.clear()
+    trainer.control = lambda: ["sample"]  # what the dashboard's `s` sends
+    trainer.obey_controller()
+    assert len(found) == len(scheduled) and all(s.manual and s.step == 10 for s in found)
+    assert {s.seed for s in found}.isdisjoint({s.seed for s in scheduled})
+    assert [s.text for s in found] != [s.text for s in scheduled]
+    # The console says it was asked for, and with which seed.
+    assert f"sample step 10 (asked for, seed {found[0].seed})" in describe(found[0])
+
+
+def test_a_sample_asked_for_in_a_sharded_run_is_taken_at_the_next_agreement_with_its_seed(tmp_path,
+                                                                                      code_corpus) -> None:
+    # Bug caught: the seed of a sample asked for lost on its way through the ranks' agreement
+    # (every rank drawing the scheduled seeds, or a seed of its own).
+    found: list[ev.Sample] = []
+    commands = [[], ["sample"]]
+    trainer = make_trainer(code_corpus, tmp_path / "run", lambda e: found.append(e) if isinstance(e, ev.Sample)
+                           else None, TorchBackend("cpu", "float32"),
+                           ["train.max_steps=3", "train.sample_every=0", "train.eval_every=0", "train.sample_tokens=8"])
+    trainer.control = lambda: commands.pop() if commands else []
+    trainer.every_rank = True  # as a sharded backend over several ranks makes it
+    trainer.run()
+    asked = [s for s in found if s.manual]
+    assert asked and len(asked) == len(found) and trainer.sample_seed is None
+    assert [s.seed for s in asked] == [asked[0].seed + i for i in range(len(asked))]

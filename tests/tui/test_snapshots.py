@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tui_helpers import copy_fixture, until
+from tui_helpers import copy_fixture, local_run_with_a_sample_asked_for, until
 
 from localtrain.tui.app import LocaltrainApp
 from localtrain.tui.dashboard import RunScreen
@@ -95,5 +95,19 @@ def test_a_run_that_died_mid_line_opens_with_its_warnings(snap_compare, frozen: 
         texts = [m[2] for m in screen.state.messages]
         assert any("not a valid event" in t for t in texts)
         assert any("last line of events.jsonl is incomplete" in t for t in texts)
+
+    assert snap_compare(app, terminal_size=SIZE, run_before=loaded)
+
+
+def test_a_local_run_with_a_sample_asked_for(snap_compare, frozen: Path) -> None:
+    # No download bar for a local source, the sample asked for marked with its seed, no warning
+    # for the stop.
+    local_run_with_a_sample_asked_for(frozen)
+    app = LocaltrainApp("runs", cursor_blink=False, open_run=Path("runs/local-notes"))
+
+    async def loaded(pilot) -> None:
+        await until(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and pilot.app.screen.caught_up.is_set(),
+                    what="the recorded events")
+        assert pilot.app.screen.status == "stopped"
 
     assert snap_compare(app, terminal_size=SIZE, run_before=loaded)

@@ -87,3 +87,21 @@ def start_baseline(seconds: float) -> subprocess.Popen:
 def baseline_result(proc: subprocess.Popen) -> dict:
     out, _ = proc.communicate(timeout=60)
     return json.loads(out)
+
+
+ASKED_SEED = 4242
+
+
+def local_run_with_a_sample_asked_for(runs_dir: Path, name: str = "local-notes") -> Path:
+    """The recorded run as a run on a local source (no download event), with one sample asked
+    for by the dashboard's `s` at step 50, where the scheduled samples were drawn too."""
+    run_dir = copy_fixture(runs_dir, name)
+    lines = (run_dir / "events.jsonl").read_text().splitlines(keepends=True)
+    kept = [x for x in lines if json.loads(x)["type"] != "download"]
+    last_sample = max(i for i, x in enumerate(kept) if json.loads(x)["type"] == "sample")
+    scheduled = json.loads(kept[last_sample])
+    asked = {**scheduled, "time": scheduled["time"] + 0.5, "prompt": "def ", "text": " add(a, b):\n    return a",
+             "seed": ASKED_SEED, "manual": True}
+    kept.insert(last_sample + 1, json.dumps(asked) + "\n")
+    (run_dir / "events.jsonl").write_text("".join(kept))
+    return run_dir
