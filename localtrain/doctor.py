@@ -22,7 +22,9 @@ from typing import Any
 from localtrain import config as cfg
 from localtrain.errors import LocaltrainError
 from localtrain.hardware import Machine, probe
-from localtrain.planner import GB, SAFETY_MARGIN, RunPlan, estimate_vocab, memory_estimate, plan
+from localtrain.memory import GB, SAFETY_MARGIN, memory_estimate
+from localtrain.plan import RunPlan
+from localtrain.planner import estimate_vocab, plan
 
 REQUIRED = ("torch", "sentencepiece", "safetensors", "numpy")
 

@@ -1,4 +1,4 @@
-"""The planner: the memory model and the one place where a run's decisions are made.
+"""The planner: the one place where a run's decisions are made.
 
 `plan()` returns a `RunPlan`, a frozen value holding every decision of a run: backend,
 device, dtype, compile, micro-batch, accumulation, activation checkpointing, the batch
@@ -11,79 +11,26 @@ order of precedence, from the user's explicit settings, from the checkpoint a ru
 resumes, from the tuner's measurements (`localtrain.tuner`), or — before anything is
 measured, or with run.autotune=off — from defaults that need no measurement.
 
-The memory model predicts the peak of a training step as named terms (weights,
-gradients, AdamW moments, activations, logits, the compiler, backend overhead), so
-`doctor` can show the breakdown. It decides which candidates fit before any is timed.
+The memory model (`localtrain.memory`) says which candidates fit before any is timed;
+the values (`RunPlan`, `Choice`, `Measured`, `Tuned`) live in `localtrain.plan`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-from localtrain.backends.base import loss_chunk_tokens
-from localtrain.config import Config, ModelConfig
+from localtrain.config import Config
 from localtrain.errors import LocaltrainError
 from localtrain.files import human, parse_size
 from localtrain.hardware import Machine
 from localtrain.metrics import flops_per_token, params_count
-from localtrain.sharding import choose_parallel, sharded_terms
+from localtrain.memory import GB, SAFETY_MARGIN, MemoryEstimate, memory_estimate
+from localtrain.plan import Choice, Measured, RunPlan, Tuned
+from localtrain.sharding import choose_parallel
 
-GB = 1024**3
-MB = 1024**2
-
-# The coefficients below are effective values fitted to 45 peaks measured the way the tuner
-# measures them (the resident high-water mark of a probe process over its optimizer steps; 6
-# shapes x fp32/bf16 x eager/compiled x two micro-batches; torch 2.13 on an Intel Xeon with AMX;
-# largest error 9.2%, see scripts/bench_planner.py). Another CPU may hold a little more or less:
-# the tuner's measured peak replaces the prediction for the candidate it picks, and a
-# candidate whose measured peak exceeds the budget is never picked.
-#
-# Per token and layer, the block saves about 11 d + 4 f values for its backward (norm
-# inputs and outputs, q/k/v before and after rope, attention output, the MLP's gate,
-# up, SiLU and product); measured eager peaks carry 1.4x that (allocator slack, transients).
-# CUDA's caching allocator counts the tensors themselves (max_memory_allocated): there an
-# eager step holds 0.79x, fitted to max_memory_allocated on an NVIDIA H200 (torch 2.11,
-# bf16, 4 x 768 layers, context 1024, micro-batches 16/32/48; tests/backends/test_cuda.py).
-LAYER_FACTOR = {"cpu": 1.4, "cuda": 0.79}
-# A compiled step fuses the norms, rope and SwiGLU and saves fewer intermediates: half of
-# the eager activations on a CPU (gpt2-124m); on CUDA inductor keeps more of them for its
-# fused backward, 0.8 of eager's (the same H200 fit).
-COMPILED_LAYER_SHARE = {"cpu": 0.5, "cuda": 0.8}
-# The logits, their log-softmax and their gradient: 2.8 fp32 copies of a vocab row per token.
-LOGITS_COPIES_FP32 = 2.8
-# Under autocast the logits are also held in 16 bits beside the fp32 loss: 14 bytes a logit.
-LOGITS_BYTES_MIXED = 14.0
-# Compiled, the loss is fused into the logits' own buffers: one fp32 copy, or 1.3 bytes a
-# logit under autocast.
-LOGITS_COPIES_COMPILED_FP32 = 1.0
-LOGITS_BYTES_COMPILED_MIXED = 1.3
-# Embedding output, final norm input/output and the loss's row buffers, per token.
-EMBED_VALUES = 12
-# Where the loss runs a chunk of tokens at a time (backends/torch_loss.py, on CUDA), one
-# chunk's logits exist at once. Eager, bytes a logit: the float32 logits beside their
-# gradient in the compute dtype, which overwrites them in float32 (6 under autocast, 4 in
-# float32). Compiled, the gradient takes over the logits' own buffer: the compute dtype's
-# bytes. Measured as the tensor bytes live over the loss on this CPU, the compiled ones
-# with the CPU's code generator (tests/backends/test_torch_kernels.py holds them).
-# (The compiled entries are what the chunked loss compiled on its own holds; inside a whole
-# compiled step on CUDA the compiler keeps more: COMPILED_CHUNKED_LOGIT_BYTES.)
-CHUNK_LOGIT_BYTES = {"eager_mixed": 6, "eager_fp32": 4, "compiled_mixed": 2, "compiled_fp32": 4}
-# Compiled on CUDA, the compiler traces the chunked loss as one graph and keeps the logits
-# of every token, not one chunk's: 3.4 bytes a logit, fitted with COMPILED_LAYER_SHARE to
-# max_memory_allocated on an NVIDIA H200 in bf16 (4 x 768 layers, vocab 8192, micro-batches
-# 16/32/48, and gpt2-124m at 32 and 240: every point within 1.5%). float32 is not measured
-# there: twice the bytes is assumed.
-COMPILED_CHUNKED_LOGIT_BYTES = {"mixed": 3.4, "fp32": 6.8}
-# Memory a backend holds before the model: the interpreter and libraries (CPU RSS), a
-# CUDA context outside the caching allocator, Metal/MLX runtime buffers.
-OVERHEAD = {"cpu": 300 * MB, "cuda": 600 * MB, "mps": 500 * MB, "mlx": 200 * MB}
-# What the compiler itself keeps in the training process (traced graphs, generated code).
-COMPILER = {"cpu": 110 * MB, "cuda": 250 * MB}
-# Share of the budget kept free, for fragmentation and what the model does not count.
-SAFETY_MARGIN = 0.10
 # Approximate bytes of text and of the download for the named sources.
 SOURCE_BYTES = {
     "tinyshakespeare": (1_115_394, 1_115_394),
@@ -91,219 +38,6 @@ SOURCE_BYTES = {
     "enwiki": (21_000_000_000, 25_000_000_000),
     "hf:Skylion007/openwebtext": (40_000_000_000, 13_000_000_000),
 }
-
-
-@dataclass(frozen=True)
-class MemoryEstimate:
-    """Predicted peak bytes of one training step, by named term."""
-
-    terms: dict[str, int]
-    per_sample: int
-    """Bytes each extra sequence in the micro-batch adds (activations and logits)."""
-
-    @property
-    def total(self) -> int:
-        return sum(self.terms.values())
-
-    @property
-    def tensors(self) -> int:
-        """The terms a framework's allocator counts (torch.cuda.max_memory_allocated): all but the
-        backend's own overhead and the compiler's generated code."""
-        return self.total - self.terms["overhead"] - self.terms["compiler"]
-
-
-@dataclass(frozen=True)
-class Choice:
-    """What a measurement settles: the compute dtype, compile, and the micro-batch."""
-
-    dtype: str
-    compile: bool
-    micro_batch_size: int
-    activation_checkpointing: bool = False
-
-    @property
-    def label(self) -> str:
-        ckpt = ", checkpointing" if self.activation_checkpointing else ""
-        return f"{self.dtype} {'compiled' if self.compile else 'eager'}, micro-batch {self.micro_batch_size}{ckpt}"
-
-
-@dataclass(frozen=True)
-class Measured:
-    """One candidate timed in a few real optimizer steps of the run's shape."""
-
-    choice: Choice
-    status: str
-    """ok; slower (stopped early, already behind the best); oom; crashed."""
-    step_s: float = math.inf
-    """Median seconds of one optimizer step over the per-process batch."""
-    peak_bytes: int = 0
-    warmup_s: float = 0.0
-    """What a new process pays before its first step runs at speed: a warm compile, first-step set-up."""
-    detail: str = ""
-
-    def wall_s(self, steps: int) -> float:
-        """The predicted wall time of `steps` optimizer steps: warm-up, then steps at the measured rate."""
-        return self.warmup_s + steps * self.step_s
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.update(d.pop("choice"))
-        d["step_s"] = d["step_s"] if math.isfinite(d["step_s"]) else None  # strict JSON
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Measured:
-        names = {f.name for f in dataclasses.fields(Choice)}
-        choice = Choice(**{k: d[k] for k in names if k in d})
-        rest = {k: v for k, v in d.items() if k not in names}
-        rest["step_s"] = math.inf if rest.get("step_s") is None else float(rest["step_s"])
-        return cls(choice, **rest)
-
-
-@dataclass(frozen=True)
-class Tuned:
-    """The tuner's measurements of one shape on this machine."""
-
-    measured: tuple[Measured, ...]
-    cached: bool = False
-    seconds: float = 0.0
-    """Machine time the measurements took (0 when read from the cache)."""
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """Every decision of a run, made once, with what the planner predicts of it."""
-
-    backend: str
-    device: str
-    dtype: str
-    compile: bool
-    threads: int
-    batch_size: int
-    """Sequences per optimizer step, over every process."""
-    world_size: int
-    micro_batch_size: int
-    grad_accum_steps: int
-    activation_checkpointing: bool
-    seq_len: int
-    tokens_per_step: int
-    total_steps: int
-    total_tokens: int
-    params: int
-    vocab_size: int
-    flops_per_token: float
-    memory: dict[str, int]
-    predicted_peak_bytes: int
-    budget_bytes: int
-    budget_source: str
-    fits: bool
-    """Whether the predicted peak at the chosen micro-batch is within the budget."""
-    min_peak_bytes: int
-    """The predicted peak at one sequence per micro-batch with activation checkpointing."""
-    predicted_tokens_per_s: float
-    """Measured tokens/s of the chosen candidate (0 when nothing was measured)."""
-    predicted_seconds: float
-    disk_needed: dict[str, int]
-    disk_free: dict[str, int]
-    decided_by: str
-    """measured, measured (cached), resumed, explicit, or defaults: where dtype/compile/micro-batch came from."""
-    why: str
-    candidates: list[dict[str, Any]] = field(default_factory=list)
-    """The candidates measured, with their figures and predicted wall time."""
-    notes: list[str] = field(default_factory=list)
-    parallel: str = "none"
-    """How the processes share the model: none (one process), ddp or fsdp."""
-    accumulate_unsharded: bool = False
-    """Under FSDP with accumulation: gradients accumulate unsharded and are reduce-scattered once a
-    step (they fit the budget), rather than after every micro-batch."""
-
-    @property
-    def rank_batch(self) -> int:
-        """Sequences each process trains on per step."""
-        return self.batch_size // self.world_size
-
-    @property
-    def measured(self) -> bool:
-        return self.predicted_tokens_per_s > 0
-
-    @property
-    def choice(self) -> Choice:
-        return Choice(self.dtype, self.compile, self.micro_batch_size, self.activation_checkpointing)
-
-    def backed_off(self, micro_batch_size: int) -> RunPlan:
-        """The same plan at a smaller micro-batch and more accumulation (the OOM back-off)."""
-        return dataclasses.replace(self, micro_batch_size=micro_batch_size,
-                                   grad_accum_steps=self.rank_batch // micro_batch_size)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def memory_estimate(
-    model: ModelConfig,
-    vocab_size: int,
-    micro_batch_size: int,
-    dtype: str,
-    device: str,
-    checkpointing: bool = False,
-    fused_attention: bool = True,
-    compiled: bool = False,
-    parallel: str = "none",
-    world_size: int = 1,
-    accumulate_unsharded: bool = False,
-) -> MemoryEstimate:
-    """The named terms of the predicted peak of one optimizer step (per process: under
-    parallel="fsdp" the model state is sharded over `world_size` processes)."""
-    rows = model.vocab_rows(vocab_size)
-    p = params_count(model, rows)
-    mixed = dtype != "float32"
-    d, f, kv = model.n_embd, model.ffn_size, model.kv_heads * model.head_dim
-    act_bytes = 2 if mixed else 4
-    # Saved per token: norm inputs/outputs and the attention input/output (8 d), q/k/v
-    # around rope (3 kv), the MLP's gate/up, SiLU and product (4 f). The two residual
-    # values stay fp32 under autocast; the rest is 16-bit there.
-    kind = "mlx" if device == "mlx" else device
-    layer = LAYER_FACTOR.get(kind, LAYER_FACTOR["cpu"]) * (2 * d * 4 + (6 * d + 3 * kv + 4 * f) * act_bytes)
-    if compiled:
-        layer *= COMPILED_LAYER_SHARE.get(device, COMPILED_LAYER_SHARE["cpu"])
-    if not fused_attention:
-        # The math path keeps the score and probability matrices: 2 x heads x T per token.
-        layer += 2 * model.n_head * model.seq_len * 4
-    if checkpointing:
-        # Only each block's input is kept; one block is recomputed at a time.
-        per_token_layers = model.n_layer * d * 4 + layer
-    else:
-        per_token_layers = model.n_layer * layer
-    chunk = loss_chunk_tokens(rows, device)
-    if chunk:
-        # Per token only the hidden state's float32 gradient, made in the forward pass; one
-        # chunk's logits and the head's float32 weight gradient are added below.
-        logits = 4 * d + (rows * COMPILED_CHUNKED_LOGIT_BYTES["mixed" if mixed else "fp32"] if compiled else 0)
-    elif compiled:
-        logits = rows * (LOGITS_BYTES_COMPILED_MIXED if mixed else LOGITS_COPIES_COMPILED_FP32 * 4)
-    else:
-        logits = rows * (LOGITS_BYTES_MIXED if mixed else LOGITS_COPIES_FP32 * 4)
-    per_token = per_token_layers + logits + EMBED_VALUES * d * 4
-    per_sample = int(per_token * model.seq_len)
-    terms = {
-        "weights": 4 * p,
-        # Autocast keeps a 16-bit copy of each weight for the step.
-        "weight_casts": 2 * p if mixed else 0,
-        "gradients": 4 * p,
-        "optimizer": 8 * p,
-        "activations": int(per_token_layers * model.seq_len + EMBED_VALUES * d * 4 * model.seq_len) * micro_batch_size,
-        "logits": int(logits * model.seq_len) * micro_batch_size,
-        "compiler": COMPILER.get(kind, 0) if compiled else 0,
-        "overhead": OVERHEAD.get(kind, OVERHEAD["cpu"]),
-    }
-    if chunk:
-        # One chunk's logits when eager (compiled, every token's are counted above), and the
-        # head's float32 weight gradient.
-        per_logit = 0 if compiled else CHUNK_LOGIT_BYTES[f"eager_{'mixed' if mixed else 'fp32'}"]
-        terms["logits"] += per_logit * min(micro_batch_size * model.seq_len, chunk) * rows + 4 * rows * d
-    if parallel == "fsdp":
-        terms.update(sharded_terms(model, rows, dtype, device, world_size, accumulate_unsharded))
-    return MemoryEstimate(terms=terms, per_sample=per_sample)
 
 
 def choose_backend(config: Config, machine: Machine) -> tuple[str, str, list[str]]:
@@ -599,19 +333,7 @@ def plan(
     rank_batch = check_world(config, world_size)
     limit, source = budget(config, machine, device, local_world_size)
     shape = Shape(config, vocab, device, int(limit * (1 - SAFETY_MARGIN)))
-    smallest = Choice(config.train.dtype if config.train.dtype != "auto" else default_dtype(machine, device),
-                      False, 1, True)
-    sharded = dataclasses.replace(shape, parallel="fsdp", world_size=world_size)
-    was = resumed.get("parallel") if resumed and resumed.get("world_size") == world_size else None
-    par, par_notes = choose_parallel(parallel or config.run.parallel, world_size, device,
-                                     shape.peak(smallest).total, sharded.peak(smallest).total, shape.usable, was)
-    notes += par_notes
-    if par == "fsdp":
-        shape = sharded
-        if tuned is not None:
-            # The tuner times one unsharded process: neither its speed nor its peak is a sharded step's.
-            tuned = None
-            notes.append("FSDP: the tuner's measurements of one unsharded process are not used.")
+    par, shape, tuned = _sharing(shape, machine, world_size, resumed, parallel, tuned, notes)
     tokens = total_tokens(config, params)
     per_step = tokens_per_step(config)
     steps = tokens // per_step
@@ -620,15 +342,7 @@ def plan(
     hold = (par == "fsdp" and rank_batch // choice.micro_batch_size > 1
             and shape.peak(choice, accumulate_unsharded=True).total <= shape.usable)
     est = shape.peak(choice, accumulate_unsharded=hold)
-    predicted = est.total
-    chosen = next((r for r in rows_measured if r["chosen"]), None)
-    if chosen is not None and chosen["peak_bytes"]:
-        predicted = int(chosen["peak_bytes"])
-    if choice.activation_checkpointing:
-        notes.append("Activation checkpointing is on: the micro-batch does not fit without it.")
-    elif config.train.micro_batch_size and predicted > shape.usable:
-        notes.append(f"train.micro_batch_size={choice.micro_batch_size} is predicted to need more than the"
-                     " budget; if memory runs out the micro-batch backs off.")
+    predicted = _predicted_peak(est, rows_measured, choice, shape, notes)
     tok_s = per_step / step_s if step_s else 0.0
     disk = disk_needed(config, params, vocab)
     return RunPlan(
@@ -645,6 +359,41 @@ def plan(
         decided_by=decided_by, why=why, candidates=rows_measured, notes=notes,
         parallel=par, accumulate_unsharded=hold,
     )
+
+
+def _sharing(shape: Shape, machine: Machine, world_size: int, resumed: Mapping[str, Any] | None,
+             parallel: str | None, tuned: Tuned | None, notes: list[str]) -> tuple[str, Shape, Tuned | None]:
+    """How the processes share the model (none, ddp or fsdp), the shape of one process's step under
+    it, and the tuner's measurements if they still apply."""
+    config, device = shape.config, shape.device
+    smallest = Choice(config.train.dtype if config.train.dtype != "auto" else default_dtype(machine, device),
+                      False, 1, True)
+    sharded = dataclasses.replace(shape, parallel="fsdp", world_size=world_size)
+    was = resumed.get("parallel") if resumed and resumed.get("world_size") == world_size else None
+    par, par_notes = choose_parallel(parallel or config.run.parallel, world_size, device,
+                                     shape.peak(smallest).total, sharded.peak(smallest).total, shape.usable, was)
+    notes += par_notes
+    if par != "fsdp":
+        return par, shape, tuned
+    if tuned is not None:
+        # The tuner times one unsharded process: neither its speed nor its peak is a sharded step's.
+        notes.append("FSDP: the tuner's measurements of one unsharded process are not used.")
+    return par, sharded, None
+
+
+def _predicted_peak(est: MemoryEstimate, rows_measured: list[dict[str, Any]], choice: Choice, shape: Shape,
+                    notes: list[str]) -> int:
+    """The chosen candidate's measured peak where the tuner measured it, else the model's; with notes."""
+    predicted = est.total
+    chosen = next((r for r in rows_measured if r["chosen"]), None)
+    if chosen is not None and chosen["peak_bytes"]:
+        predicted = int(chosen["peak_bytes"])
+    if choice.activation_checkpointing:
+        notes.append("Activation checkpointing is on: the micro-batch does not fit without it.")
+    elif shape.config.train.micro_batch_size and predicted > shape.usable:
+        notes.append(f"train.micro_batch_size={choice.micro_batch_size} is predicted to need more than the"
+                     " budget; if memory runs out the micro-batch backs off.")
+    return predicted
 
 
 def check_plan(plan: RunPlan, machine: Machine) -> None:

@@ -24,7 +24,8 @@ from localtrain.config import Config, TrainConfig
 from localtrain.data.loader import POLL_SECONDS, Cursor, TrainWindows, eval_windows
 from localtrain.errors import LocaltrainError
 from localtrain.parallel import Dist, Single
-from localtrain.planner import RunPlan, next_smaller_micro
+from localtrain.plan import RunPlan
+from localtrain.planner import next_smaller_micro
 
 
 def lr_at(step: int, train: TrainConfig, total_steps: int) -> float:

@@ -27,7 +27,8 @@ from localtrain import events as ev
 from localtrain.config import Config
 from localtrain.files import write_atomic
 from localtrain.hardware import Machine
-from localtrain.planner import Choice, Measured, Tuned, budget, candidates, check_world, choose_backend
+from localtrain.plan import Choice, Measured, Tuned
+from localtrain.planner import budget, candidates, check_world, choose_backend
 
 CACHE_FILE = "tuning.json"
 PROBE = ["-m", "localtrain.backends.probe"]

@@ -102,7 +102,7 @@ def main() -> None:
         return
 
     from localtrain.metrics import params_count
-    from localtrain.planner import memory_estimate
+    from localtrain.memory import memory_estimate
 
     model = model_config(args)
     params = params_count(model, model.vocab_rows(args.vocab))

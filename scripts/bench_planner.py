@@ -38,7 +38,9 @@ import numpy as np
 from localtrain import config as cfg, tuner
 from localtrain.data.paths import cache_root
 from localtrain.hardware import probe
-from localtrain.planner import GB, Choice, micro_batch_candidates, plan, memory_estimate
+from localtrain.memory import GB, memory_estimate
+from localtrain.plan import Choice
+from localtrain.planner import micro_batch_candidates, plan
 
 SHAPES = [
     # (label, overrides, vocab, micro-batch)

@@ -79,9 +79,9 @@ def batches(vocab: int, micro: int, seq_len: int, count: int = 4) -> list[tuple[
 
 def predicted_memory(config, vocab: int, micro: int, dtype: str, device: str, compiled: bool) -> dict:
     """The planner's predicted peak, the part of it the allocator counts, and its terms."""
-    from localtrain import planner
+    from localtrain import memory
 
-    est = planner.memory_estimate(config.model, vocab, micro, dtype, device, compiled=compiled)
+    est = memory.memory_estimate(config.model, vocab, micro, dtype, device, compiled=compiled)
     return {"predicted_bytes": est.total, "predicted_tensors": est.tensors, "terms": dict(est.terms)}
 
 

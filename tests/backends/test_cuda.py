@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from localtrain import planner, sampling
+from localtrain import memory, sampling
 from localtrain.backends import torch_attention
 from localtrain.backends.torch_backend import TorchBackend
 from localtrain.backends.torch_loss import chunked_cross_entropy
@@ -113,6 +113,6 @@ def test_the_planners_predicted_peak_is_within_10_percent_at_three_micro_batches
         torch.cuda.reset_peak_memory_stats()
         b.train_step([data], 1e-3)
         measured = torch.cuda.max_memory_allocated()
-        est = planner.memory_estimate(SHAPE, 8192, micro, "bfloat16", "cuda", compiled=compiled)
+        est = memory.memory_estimate(SHAPE, 8192, micro, "bfloat16", "cuda", compiled=compiled)
         errors[micro] = est.tensors / measured - 1
     assert all(abs(e) <= 0.10 for e in errors.values()), errors

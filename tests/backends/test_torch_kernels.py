@@ -167,7 +167,7 @@ def live_peak(step) -> int:
 @pytest.mark.parametrize("mixed", [False, True])
 def test_the_chunked_loss_holds_one_chunk_of_logits_at_the_bytes_the_planner_counts(mixed: bool,
                                                                                       compiled: bool) -> None:
-    from localtrain.planner import CHUNK_LOGIT_BYTES
+    from localtrain.memory import CHUNK_LOGIT_BYTES
 
     n, d, v, chunk = 1024, 16, 8192, 512  # two chunks; the logits dwarf everything else
     h, w, y = (t.detach() for t in operands(torch.float32, n, d, v, seed=4))

@@ -11,7 +11,7 @@ import pytest
 
 from conftest import localtrain
 from localtrain.doctor import run_checks
-from localtrain.planner import GB
+from localtrain.memory import GB
 from test_planner import machine
 
 

@@ -21,7 +21,9 @@ from localtrain.checkpoint import complete_checkpoints, load
 from localtrain.doctor import devices_needed
 from localtrain.hardware import GPU
 from localtrain.metrics import params_count
-from localtrain.planner import GB, Choice, Measured, Tuned, check_plan, memory_estimate, plan
+from localtrain.memory import GB, memory_estimate
+from localtrain.plan import Choice, Measured, Tuned
+from localtrain.planner import check_plan, plan
 from test_planner import machine
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo workers need a POSIX host")

@@ -8,10 +8,9 @@ import pytest
 from localtrain import config as cfg
 from localtrain.errors import LocaltrainError
 from localtrain.hardware import GPU, Machine
-from localtrain.planner import (
-    GB, Choice, Measured, Tuned, candidates, check_plan, memory_estimate, micro_batch_candidates, next_smaller_micro,
-    pick, plan,
-)
+from localtrain.memory import GB, memory_estimate
+from localtrain.plan import Choice, Measured, Tuned
+from localtrain.planner import candidates, check_plan, micro_batch_candidates, next_smaller_micro, pick, plan
 from localtrain.files import parse_size
 
 MB = 1024**2

@@ -12,7 +12,8 @@ import pytest
 
 from conftest import localtrain, read_jsonl, sets
 from localtrain import config as cfg, hardware, tuner
-from localtrain.planner import Choice, candidates, plan
+from localtrain.plan import Choice
+from localtrain.planner import candidates, plan
 
 # Two layers of 32: a step takes milliseconds, so timing a candidate costs well under a second.
 SHAPE = ["model.n_layer=2", "model.n_head=2", "model.n_embd=32", "model.seq_len=32", "train.batch_size=8",
