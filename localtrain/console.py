@@ -6,7 +6,8 @@ It is one more reader of the event stream; nothing here affects training.
 from __future__ import annotations
 
 import sys
-from typing import IO
+from collections.abc import Mapping
+from typing import IO, Any
 
 from rich.console import Console, Group
 from rich.live import Live
@@ -16,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from localtrain import events as ev
+from localtrain.files import human as human_bytes
 
 
 def human(n: float, unit: str = "") -> str:
@@ -25,12 +27,34 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def size(n: float) -> str:
-    """Bytes in binary units, as everywhere in localtrain: 512 B, 3.2 KiB, 349.1 MiB, 23.5 GiB."""
-    for power, suffix in ((4, "TiB"), (3, "GiB"), (2, "MiB"), (1, "KiB")):
-        if abs(n) >= 1024**power:
-            return f"{n / 1024**power:.1f} {suffix}"
-    return f"{n:.0f} B"
+size = human_bytes
+"""Bytes in binary units, as everywhere in localtrain: 512 B, 3.2 KiB, 349.1 MiB, 23.5 GiB."""
+
+
+def _field(plan: Any, *names: str, default: Any = None) -> Any:
+    for name in names:
+        if isinstance(plan, Mapping) and name in plan:
+            return plan[name]
+        if not isinstance(plan, Mapping) and hasattr(plan, name):
+            return getattr(plan, name)
+    return default
+
+
+def plan_choices(plan: Any) -> str:
+    """What a plan runs on, in the words every view uses: `torch/cpu bfloat16 compiled`.
+
+    `plan` is a RunPlan, its plan.json dict, or a `plan` event."""
+    compiled = _field(plan, "compile", "compiled", default=False)
+    return f"{_field(plan, 'backend')}/{_field(plan, 'device')} {_field(plan, 'dtype')}" + (" compiled" if compiled else "")
+
+
+def plan_batch(plan: Any) -> str:
+    """How a plan splits a step: `batch 32 = micro 8 x accum 4 x 2 processes (activation checkpointing)`."""
+    world = _field(plan, "world_size", default=1) or 1
+    return (f"batch {_field(plan, 'batch_size')} = micro {_field(plan, 'micro_batch_size')} x accum"
+            f" {_field(plan, 'grad_accum_steps')}" + (f" x {world} processes" if world > 1 else "")
+            + (" (FSDP: model sharded)" if _field(plan, "parallel") == "fsdp" else "")
+            + (" (activation checkpointing)" if _field(plan, "activation_checkpointing") else ""))
 
 
 def duration(seconds: float | None) -> str:
@@ -56,16 +80,11 @@ def describe(event: ev.Event) -> str | None:
     if isinstance(event, ev.Plan):
         resumed = f" | resumed from step {event.resumed_from}" if event.resumed_from is not None else ""
         return (
-            f"plan: {event.backend} on {event.device} ({event.dtype}, {event.threads} threads"
-            f"{', compiled' if event.compiled else ''}) |"
-            f" {human(event.params)} params | vocab {event.vocab_size} | batch {event.batch_size} x"
-            f" {event.seq_len} tokens = micro {event.micro_batch_size} x accum {event.grad_accum_steps}"
-            f"{f' x {event.world_size} processes' if event.world_size > 1 else ''}"
-            f"{' (FSDP: model sharded)' if event.parallel == 'fsdp' else ''} |"
+            f"plan: {plan_choices(event)}, {event.threads} threads | {human(event.params)} params | vocab"
+            f" {event.vocab_size} | {plan_batch(event)} of {event.seq_len} tokens |"
             f" {event.total_steps} steps | data {human(event.train_tokens)} train / {human(event.val_tokens)}"
             f" val tokens | matmul peak {human(event.peak_flops, 'FLOP/s')} | memory ~{size(event.predicted_peak_bytes)}"
-            f" of {size(event.budget_bytes)}{' (activation checkpointing)' if event.activation_checkpointing else ''}"
-            f"{resumed}"
+            f" of {size(event.budget_bytes)}{resumed}"
         )
     if isinstance(event, ev.Prepare):
         return f"data: {event.message}"

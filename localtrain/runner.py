@@ -1,32 +1,29 @@
-"""One `localtrain run`: resolve the config and run directory, prepare data, train.
+"""One `localtrain run`: resolve the config and the run directory, then run the stages.
 
-This is the glue between the CLI and the parts: it owns the run directory (its lock,
-config.toml, plan.json, events.jsonl), fans events out to their readers, and turns
-SIGINT/SIGTERM into a clean stop with a checkpoint.
+This is the glue between the CLI and the parts: it turns a `RunRequest` into a `Setup`
+(the preset, the run directory, what a resume continues), owns the run directory (its
+lock, config.toml, events.jsonl) and fans events out to their readers; `stages.train`
+does the rest (data, plan, backend, trainer).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fcntl
-import json
 import os
-import signal
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Iterator
 
-from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, planner, rundir, tuner
-from localtrain.backends import backend_class, make_backend
-from localtrain.data.paths import cache_root
+from localtrain import checkpoint, config as cfg, events as ev, rundir, stages
 from localtrain.errors import CheckpointError, DataError, LocaltrainError
 from localtrain.files import checked, disk_error, write_atomic
 from localtrain.parallel import Dist, Single
 from localtrain.rundir import RUNS_ROOT, new_run_dir, no_such_run, remove_unstarted, run_name
-from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE
-T = TypeVar("T")
+from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE
+from localtrain.stages import Setup, preflight
 
 
 @dataclass
@@ -41,30 +38,6 @@ class RunRequest:
     world_size: int = 1
     """Processes of a data-parallel job (the plan is per device)."""
     local_world_size: int = 1
-
-
-@dataclass
-class Setup:
-    config: cfg.Config
-    run_dir: Path
-    resume: bool | str
-    changes: list[tuple[str, object, object]]
-    machine: hardware.Machine | None = None
-    plan: planner.RunPlan | None = None
-    """The plan made before the data exists (the vocabulary estimated): memory and disk checked."""
-    resume_step: int | None = None
-    """The step of `--resume RUN/checkpoints/step-N`; None resumes from the newest checkpoint."""
-    notes: list[str] = dataclasses.field(default_factory=list)
-    """What the user should know before it starts (which preset was picked for the data, and why)."""
-
-
-def preflight(s: Setup, world_size: int = 1, local_world_size: int = 1) -> Setup:
-    """Probe the machine and plan: a run that cannot fit the memory or the disk fails now,
-    before anything is downloaded or written."""
-    machine = hardware.probe(s.run_dir.parent, cache_root(s.config.data))
-    planned = planner.plan(s.config, machine, world_size=world_size, local_world_size=local_world_size)
-    planner.check_plan(rundir.with_disk_still_needed(planned, s.run_dir, s.config), machine)
-    return dataclasses.replace(s, machine=machine, plan=planned)
 
 
 def find_latest_run(root: Path, preset: str | None) -> Path | None:
@@ -258,7 +231,7 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
             " --set run.parallel=auto to train in one process. Nothing was written."
         )
     if not dist.is_main:
-        return _train(s, lambda event: None, dist)
+        return stages.train(s, lambda event: None, dist)
     created = [d for d in (s.run_dir, *s.run_dir.parents) if not d.exists()]
     rundir.claim(s.run_dir)
     try:
@@ -267,7 +240,7 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
             writer = ev.EventWriter(s.run_dir / EVENTS_FILE)
             emit = Fanout(writer, *([console] if console else []))
             try:
-                return _train(s, emit, dist)
+                return stages.train(s, emit, dist)
             except LocaltrainError as exc:
                 _record_error(writer, exc)
                 raise
@@ -291,204 +264,3 @@ def _record_error(writer: ev.EventWriter, exc: LocaltrainError) -> None:
         writer(ev.Error(message=str(exc)))
     except LocaltrainError:
         pass
-
-
-def _agreed(planned: planner.RunPlan, dist: Dist) -> planner.RunPlan:
-    """Rank 0's choices on every rank: ranks that split or shard a step differently would
-    wait on each other's collectives forever (each probed its own free memory)."""
-    if dist.world_size == 1:
-        return planned
-    keys = ("parallel", "dtype", "compile", "micro_batch_size", "grad_accum_steps", "activation_checkpointing",
-            "accumulate_unsharded")
-    chosen = json.loads(dist.broadcast_text(json.dumps({k: getattr(planned, k) for k in keys})))
-    return dataclasses.replace(planned, **chosen)
-
-
-def _in_turn(dist: Dist, work: Callable[[], T]) -> T:
-    """Run `work` on each node's first process, then on the others (which find it cached)."""
-    result = work() if dist.local_rank == 0 else None
-    dist.barrier()
-    return result if dist.local_rank == 0 else work()
-
-
-def _open_data(config: cfg.Config, emit: ev.Emit, dist: Dist, stack: ExitStack):
-    """The prepared data to train on: (PreparedData, train tokens or phases, val tokens).
-
-    Without data.phases the whole corpus is prepared first. With them, each node's first
-    process starts the preparation in a process beside it, and training opens the data once phase 1 is
-    ready: the figures of the PreparedData returned are phase 1's, and its validation
-    tokens stay the same for the whole run, so every evaluation is comparable.
-    """
-    from localtrain.data.phases import BackgroundPreparation, GrowingPhases, first_phase, nothing_to_check
-    from localtrain.data.prepare import prepare, prepared_dir
-
-    if not config.data.phases:
-        prepared = _in_turn(dist, lambda: prepare(config.data, emit, threads=config.run.threads))
-        return prepared, prepared.load("train"), prepared.load("val")
-    check = nothing_to_check
-    if dist.local_rank == 0:
-        # Training gets the cores first: the preparation beside it takes half of them for its workers.
-        workers = max(1, (config.run.threads or os.cpu_count() or 1) // 2)
-        background = BackgroundPreparation(config.data, emit, workers).start()
-        stack.callback(_stop_preparation, background, emit)
-        check = background.check
-    directory = prepared_dir(config.data)
-    prepared = first_phase(directory, check)
-    first = prepared.phases[0]
-    prepared = dataclasses.replace(prepared, train_tokens=first["train_tokens"], val_tokens=first["val_tokens"])
-    return prepared, GrowingPhases(directory, check), prepared.load("val", limit=first["val_tokens"])
-
-
-def _stop_preparation(background, emit: ev.Emit) -> None:
-    if background.running:
-        background.stop()
-        if not background.finished and background.error is None:
-            emit(ev.Warning(message="Training ended before the data preparation did; it stopped after its last "
-                            "commit. The next run on this data (or `localtrain prepare`) continues it.",
-                            code="preparation_stopped"))
-
-
-def _train(s: Setup, emit: ev.Emit, dist: Dist) -> ev.Done:
-    with ExitStack() as stack:
-        return _train_on(s, emit, dist, stack)
-
-
-def _train_on(s: Setup, emit: ev.Emit, dist: Dist, stack: ExitStack) -> ev.Done:
-    from localtrain.control import ControlFile
-    from localtrain.data.loader import check_train_size
-    from localtrain.train import StopFlag, TrainData, Trainer
-
-    config, run_dir = s.config, s.run_dir
-    for key, old, new in s.changes:
-        emit(ev.Warning(message=f"Resuming with {key} changed from {old!r} to {new!r}.", code="config_changed"))
-    if dist.is_main:
-        checkpoint.remove_stale_temps(run_dir)
-    loaded = _load_resume(s, emit)
-    if s.plan is None or s.machine is None:
-        s = preflight(s, dist.world_size, dist.local_world_size)
-    # The device is checked before the data is prepared: an unavailable one fails fast.
-    backend_class(s.plan.backend).check_device(config.run.device)
-    if dist.world_size > 1 and s.plan.backend != "torch":
-        backend_class(s.plan.backend)(s.plan.device, s.plan.dtype).set_distributed(dist)  # explains, raises
-    prepared, train_tokens, val_tokens = _open_data(config, emit, dist, stack)
-    tokenizer = prepared.tokenizer()
-    if loaded is not None and loaded.state.get("tokenizer_sha256") != tokenizer.sha256:
-        raise CheckpointError(
-            f"The tokenizer prepared now ({prepared.tokenizer_path}) differs from the one"
-            f" {loaded.path} was trained with, so its token ids would mean other text (did"
-            " the source files change?). Start a new run on the current data."
-        )
-    if dist.is_main:
-        write_atomic(run_dir / "tokenizer.model", prepared.tokenizer_path.read_bytes())
-    planned = final_plan(s, prepared.vocab_size, loaded, dist, emit)
-    check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
-    backend = make_backend(planned)
-    if dist.world_size > 1 or planned.parallel == "fsdp":
-        backend.set_distributed(dist)
-    if planned.parallel == "fsdp":
-        backend.set_accumulation(unsharded=planned.accumulate_unsharded)
-    backend.build(config.model, prepared.vocab_size, config.train.seed)
-    backend.configure_optimizer(config.train)
-    if planned.activation_checkpointing:
-        backend.set_activation_checkpointing(True)
-    if config.run.memory_budget != "auto":
-        backend.set_memory_limit(planned.budget_bytes)
-    data = TrainData(
-        train_tokens=train_tokens, val_tokens=val_tokens,
-        token_bytes=tokenizer.token_bytes(), encode=tokenizer.encode, decode=tokenizer.decode,
-        eos_id=tokenizer.eos_id, tokenizer_sha256=tokenizer.sha256, vocab_size=prepared.vocab_size,
-    )
-    cache = cache_root(config.data)
-    peak, _ = _in_turn(dist, lambda: metrics.cached_peak_flops(cache, backend.peak_key(), backend.measure_peak_flops))
-    stop = StopFlag()
-    trainer = Trainer(config, backend, data, run_dir, emit, planned, peak, stop,
-                      ControlFile(run_dir, _warner(emit)) if dist.is_main else None, dist=dist)
-    if loaded is not None:
-        trainer.restore(loaded)
-    plan = plan_event(planned, backend, trainer, prepared, loaded)
-    if dist.is_main:
-        write_atomic(run_dir / PLAN_FILE, json.dumps({**planned.to_dict(), **json.loads(plan.to_json())},
-                                                       indent=1, default=str) + "\n")
-    emit(plan)
-    with stop_on_signals(stop):
-        return trainer.run()
-
-
-def _load_resume(s: Setup, emit: ev.Emit) -> checkpoint.Loaded | None:
-    """The checkpoint a resumed run continues from (None for a new run, or --resume auto with none)."""
-    if not s.resume:
-        return None
-    loaded = rundir.resume_point(s.run_dir, s.resume_step, emit)
-    if loaded is None and s.resume != "auto":
-        raise CheckpointError(
-            f"--resume: {s.run_dir} has no complete checkpoint that verifies (see the"
-            " warnings above for any that were skipped). Start again without --resume,"
-            " or with --resume auto."
-        )
-    if loaded is not None and loaded.state.get("model_fingerprint") != s.config.model_fingerprint():
-        raise CheckpointError(
-            f"{loaded.path} was written for a different model or data configuration than"
-            f" {s.run_dir / CONFIG_FILE} describes. Restore that file or start a new run."
-        )
-    for message in rundir.drift_warnings(loaded, s.config, s.changes) if loaded is not None else []:
-        emit(ev.Warning(message=message, code="config_changed"))
-    return loaded
-
-
-def final_plan(s: Setup, vocab_size: int, loaded: checkpoint.Loaded | None, dist: Dist,
-               emit: ev.Emit) -> planner.RunPlan:
-    """The plan with the tokenizer's real vocabulary: measured by the tuner on a new run (once per
-    machine and shape), the checkpoint's own choices on a resumed one."""
-    config, machine = s.config, s.machine
-    assert machine is not None
-    sizes = {"world_size": dist.world_size, "local_world_size": dist.local_world_size}
-    resumed = loaded.state.get("plan") if loaded is not None else None
-    tuned = None
-    # The tuner times one unsharded process, which says nothing of a sharded step.
-    if tuner.wanted(config, loaded is not None) and s.plan is not None and s.plan.parallel != "fsdp":
-        cache = cache_root(config.data)
-        tuned = _in_turn(dist, lambda: tuner.tune(config, machine, vocab_size, cache, emit, **sizes))
-    planned = planner.plan(config, machine, vocab_size, tuned=tuned, resumed=resumed,
-                           threads=config.run.threads, **sizes)
-    planned = _agreed(planned, dist)
-    planner.check_plan(rundir.with_disk_still_needed(planned, s.run_dir, config), machine)
-    return planned
-
-
-def _warner(emit: ev.Emit) -> Callable[[str], None]:
-    return lambda message: emit(ev.Warning(message=message, code="control_line"))
-
-
-def plan_event(planned: planner.RunPlan, backend, trainer, prepared, loaded) -> ev.Plan:
-    """The `plan` event: what the planner chose and what this process actually runs with."""
-    return ev.Plan(
-        backend=backend.name, device=backend.device, dtype=backend.dtype,
-        params=backend.num_params(), vocab_size=prepared.vocab_size, seq_len=trainer.config.model.seq_len,
-        batch_size=planned.batch_size, micro_batch_size=trainer.micro_batch_size,
-        grad_accum_steps=trainer.grad_accum_steps, tokens_per_step=planned.tokens_per_step,
-        total_steps=trainer.total_steps, flops_per_token=trainer.flops_per_token, peak_flops=trainer.peak_flops,
-        threads=backend.threads, compiled=backend.compile, decided_by=planned.decided_by, why=planned.why,
-        train_tokens=prepared.train_tokens, val_tokens=prepared.val_tokens,
-        resumed_from=trainer.state.step if loaded is not None else None,
-        activation_checkpointing=planned.activation_checkpointing,
-        predicted_peak_bytes=planned.predicted_peak_bytes, budget_bytes=planned.budget_bytes,
-        predicted_tokens_per_s=planned.predicted_tokens_per_s, notes=planned.notes,
-        world_size=planned.world_size, parallel=planned.parallel,
-    )
-
-
-@contextmanager
-def stop_on_signals(stop) -> Iterator[None]:
-    """SIGINT/SIGTERM ask the loop to stop after the current step; a second one aborts."""
-
-    def handler(signum: int, frame: object) -> None:
-        if stop.requested:
-            raise KeyboardInterrupt
-        stop.request("interrupted")
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)

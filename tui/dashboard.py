@@ -24,7 +24,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Static
 
 from localtrain import control
-from localtrain.console import human, size
+from localtrain.console import human, plan_batch, plan_choices, size
 from localtrain.runfiles import EVENTS_FILE, PLAN_FILE
 
 from localtrain.tui.dialogs import QuitDialog
@@ -178,9 +178,8 @@ class RunScreen(HostedScreen):
         title.append("\n ")
         if s.plan is not None:
             p = s.plan
-            title.append(f"{p.backend}/{p.device} {p.dtype} | {human(p.params)} params | vocab {p.vocab_size}"
-                         f" | batch {p.micro_batch_size} x {p.grad_accum_steps}"
-                         + (f" x {p.world_size}" if p.world_size > 1 else "") + f" x {p.seq_len} tokens")
+            title.append(f"{plan_choices(p)} | {human(p.params)} params | vocab {p.vocab_size}"
+                         f" | {plan_batch(p)} of {p.seq_len} tokens")
         else:
             title.append("no plan yet", style="dim")
         self.query_one("#run-title", Static).update(title)

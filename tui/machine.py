@@ -17,7 +17,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import DataTable, Footer, Static
 
 from localtrain import config as cfg
-from localtrain.console import human, size
+from localtrain.console import human, plan_batch, plan_choices, size
 from localtrain.doctor import Check, capacity, human_time, run_checks
 
 from localtrain.tui.widgets import MemoryBar
@@ -39,9 +39,7 @@ def doctor_report(runs_dir: Path) -> tuple[Any, list[Check], list[dict[str, Any]
 def plan_text(preset: str, p: dict[str, Any]) -> Text:
     disk = p["disk_needed"]
     text = Text.assemble(
-        (f"{preset}", "bold"), f": {p['backend']}/{p['device']} {p['dtype']} | {human(p['params'])} params |"
-        f" batch {p['batch_size']} = micro {p['micro_batch_size']} x accum {p['grad_accum_steps']}"
-        + (" (activation checkpointing)" if p["activation_checkpointing"] else "") + "\n",
+        (f"{preset}", "bold"), f": {plan_choices(p)} | {human(p['params'])} params | {plan_batch(p)}\n",
         f"{p['total_steps']:,} steps of {human(p['tokens_per_step'])} tokens = {human(p['total_tokens'])} tokens |"
         + (f" {human(p['predicted_tokens_per_s'])} tokens/s measured | {human_time(p['predicted_seconds'])}\n"
            if p["predicted_tokens_per_s"] else " speed not measured yet (localtrain doctor --probe)\n"),

@@ -18,6 +18,7 @@ from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
 from textual.widgets import Button, Footer, Input, Label, Select, Static
 
 from localtrain import config as cfg
+from localtrain.console import plan_batch, plan_choices
 
 from localtrain.tui.launch import Checked, RunForm, check_form, new_run_args, run_dir_for, start_run
 from localtrain.tui.widgets import MemoryBar
@@ -127,8 +128,8 @@ class NewRunScreen(HostedScreen):
             problems.update(Text.assemble(("ok", "bold green"), f": preset {c.run.preset}, data {c.data.source},"
                                           f" overrides: {' '.join(checked.overrides) or 'none'}"))
             detail.update(Text(
-                f"plan: {plan.backend}/{plan.device} {plan.dtype} | {plan.params:,} params (vocabulary estimated)"
-                f" | batch {plan.batch_size} = micro {plan.micro_batch_size} x accum {plan.grad_accum_steps}"
+                f"plan: {plan_choices(plan)} | {plan.params:,} params (vocabulary estimated)"
+                f" | {plan_batch(plan)}"
                 f" | {plan.total_steps:,} steps of {plan.tokens_per_step:,} tokens"
                 + (f" (train.max_steps={c.train.max_steps})" if c.train.max_steps else "")))
             memory.set(plan.memory, plan.budget_bytes, title=f"memory at micro-batch {plan.micro_batch_size}")
