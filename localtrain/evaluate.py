@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,18 +28,11 @@ import numpy as np
 
 from localtrain import metrics, quality
 from localtrain.errors import CheckpointError, DataError, LocaltrainError
+from localtrain.evaltext import NAMED_TEXTS, read_text, text_path
 
 TokenLosses = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """A backend's `token_losses(x, y)`: nats of each target in y given x, both (B, T)."""
 
-# Named texts: where a local copy may sit, relative to a data folder (the first found wins).
-NAMED_TEXTS: dict[str, tuple[str, ...]] = {
-    "wikitext-2-test": ("wikitext-2/test.txt", "wikitext-2/wiki.test.tokens"),
-    "wikitext-2-valid": ("wikitext-2/valid.txt", "wikitext-2/wiki.valid.tokens"),
-    "wikitext-103-test": ("wikitext-103/wiki.test.tokens", "wikitext-103/test.txt"),
-    "wikitext-103-valid": ("wikitext-103/wiki.valid.tokens", "wikitext-103/valid.txt"),
-    "tinyshakespeare": ("tinyshakespeare/input.txt",),
-}
 SPLIT_PREFIX = "split:"
 PROSE_WORDS = "per word of prose under the WikiText convention (whitespace-separated words and line ends)"
 CODE_WORDS = ("per whitespace-separated word of code (and line end): not comparable with published word-level"
@@ -195,49 +187,6 @@ def evaluate_tokens(token_losses: TokenLosses, tokenizer: Any, tokens: np.ndarra
     return figures(name, nats, nbytes, words, seq_len, stride)
 
 
-# -- reading the data -------------------------------------------------------------------
-
-
-def read_text(path: Path) -> str:
-    """The file's text, exactly as stored; a clear error for what is not UTF-8 text."""
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"--data {path}: cannot read it ({exc.strerror or exc}). Check the path.") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(
-            f"--data {path}: byte {exc.start} (0x{raw[exc.start]:02x}) is not valid UTF-8, so the text and its"
-            " bytes per token cannot be defined. Convert the file to UTF-8 (e.g. `iconv -f latin1 -t utf-8`)"
-            " and evaluate that."
-        ) from None
-    if not text:
-        raise DataError(f"--data {path} is empty: there is no text to score. Give a file with some text in it.")
-    return text
-
-
-def data_folders() -> list[Path]:
-    """Where named texts are looked for: $LOCALTRAIN_DATA, then the cache's data/ folder."""
-    from localtrain.data.paths import prepared_root
-
-    out = [Path(p).expanduser() for p in os.environ.get("LOCALTRAIN_DATA", "").split(os.pathsep) if p]
-    return out + [prepared_root()]
-
-
-def resolve_named(name: str) -> Path:
-    folders = data_folders()
-    for folder in folders:
-        for rel in NAMED_TEXTS[name]:
-            if (folder / rel).is_file():
-                return folder / rel
-    looked = ", ".join(str(f / NAMED_TEXTS[name][0]) for f in folders)
-    raise DataError(
-        f"--data {name}: no local copy of this named text was found (looked at {looked}). Put the file there,"
-        " set LOCALTRAIN_DATA to the folder that holds it, or pass --data PATH."
-    )
-
-
 # -- the command ------------------------------------------------------------------------
 
 
@@ -245,15 +194,7 @@ def _eval_source(source: Any, tokenizer: Any, backend: Any, spec: str, stride: i
     seq_len = source.model.seq_len
     if spec.startswith(SPLIT_PREFIX):
         return _eval_split(source, tokenizer, backend, spec, stride)
-    path = Path(spec).expanduser()
-    if spec in NAMED_TEXTS and not path.exists():
-        path = resolve_named(spec)
-    elif path.is_dir():
-        raise DataError(f"--data {spec} is a folder. Give one text file, a named text"
-                        f" ({', '.join(NAMED_TEXTS)}) or split:val / split:train.")
-    elif not path.exists():
-        raise DataError(f"--data {spec}: no such file, and not a named text ({', '.join(NAMED_TEXTS)}) nor"
-                        " split:val / split:train. Check the path.")
+    path = text_path(spec)
     return evaluate_text(backend.token_losses, tokenizer, read_text(path), seq_len, stride, str(path))
 
 
@@ -298,7 +239,7 @@ def _samples(source: Any, count: int, backend: Any, seed: int) -> dict[str, Any]
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", metavar="RUN", help="a run directory, one of its checkpoint directories, or an export")
-    from localtrain.export import CHECKPOINT_HELP
+    from localtrain.weights import CHECKPOINT_HELP
 
     p.add_argument("--checkpoint", default=None, metavar="best|latest|step-N", help=CHECKPOINT_HELP)
     p.add_argument("--data", metavar="PATH|NAME|split:val",
@@ -321,7 +262,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_eval(args: argparse.Namespace) -> Figures | dict[str, Any]:
     """The evaluation `args` asks for: Figures for --data (samples inside), or the samples' summary alone."""
     from localtrain.data.tokenizer import Tokenizer
-    from localtrain.export import load_source
+    from localtrain.weights import load_source
     from localtrain.sample import build_backend
 
     if not args.data and not args.samples:

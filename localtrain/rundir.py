@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import difflib
 import json
 import os
 import re
@@ -22,10 +21,9 @@ from typing import Any
 from localtrain import checkpoint, config as cfg, events as ev, ownership
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import checked, remove_file
-from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, CONTROL_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE
+from localtrain.runfiles import (CONFIG_FILE, CONSOLE_LOG, CONTROL_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE, RUNS_ROOT,
+                                 no_such_run)
 
-RUNS_ROOT = Path("runs")
-"""Where new runs go (relative to the working directory) unless --run-dir names one."""
 READIED_BY_TOOLS = (CONTROL_FILE, CONSOLE_LOG)
 ADVICE = ("Choose a new or empty directory with --run-dir (e.g. a folder inside it), or leave --run-dir out for "
           "runs/<data or preset>-<date-time>.")
@@ -51,20 +49,6 @@ def new_run_dir(name: str) -> Path:
         n += 1
         path = RUNS_ROOT / f"{name}-{stamp}-{n}"
     return path
-
-
-def no_such_run(path: Path) -> str:
-    """That `path` does not exist, with the nearest run directory's name when there is one."""
-    parent = path.parent if path.parent.is_dir() else RUNS_ROOT
-    runs = sorted(d.name for d in parent.iterdir() if (d / CONFIG_FILE).is_file()) if parent.is_dir() else []
-    close = difflib.get_close_matches(path.name, runs, n=1, cutoff=0.4)
-    if close:
-        hint = f" Did you mean {parent / close[0]}?"
-    elif runs:
-        hint = f" The runs in {parent}/ are: {', '.join(runs[-5:])}{' and more' if len(runs) > 5 else ''}."
-    else:
-        hint = " Give a run directory such as runs/python-stdlib-20260101-120000."
-    return f"{path} does not exist.{hint}"
 
 
 STARTED_FILE = PLAN_FILE

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from localtrain import sampling
 from localtrain.errors import LocaltrainError
-from localtrain.export import CHECKPOINT_HELP, Source, load_source
+from localtrain.weights import CHECKPOINT_HELP, Source, load_source
 
 
 @dataclass(frozen=True)

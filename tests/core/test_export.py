@@ -12,7 +12,8 @@ import pytest
 from conftest import CORPUS_MODULES, localtrain
 from localtrain.config import DataConfig
 from localtrain.data.tokenizer import Tokenizer, train_tokenizer
-from localtrain.export import export, load_source, read_safetensors, tokenizer_config, tokenizer_json
+from localtrain.export import export, load_source, tokenizer_config, tokenizer_json
+from localtrain.weights import read_safetensors
 from localtrain.sample import build_backend
 from localtrain.sampling import generate
 

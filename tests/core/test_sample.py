@@ -101,7 +101,7 @@ def test_the_default_checkpoint_refuses_a_best_whose_write_did_not_finish(tmp_pa
     # export refuses it: the three commands share one rule.
     from localtrain import checkpoint
     from localtrain.errors import CheckpointError
-    from localtrain.export import default_checkpoint
+    from localtrain.weights import default_checkpoint
 
     notes: list[str] = []
     (tmp_path / "best").mkdir()
