@@ -48,11 +48,12 @@ import numpy as np
 from localtrain.config import DataConfig
 from localtrain.data import integrity, preparedir
 from localtrain.data.encode import Encoder
-from localtrain.data.inputs import SourceSpec, source_spec
+from localtrain.data.sources import SourceSpec, source_spec
 from localtrain.data.paths import prepared_root
 from localtrain.data.shards import (MANIFEST, SEEN_FILE, SHARD_FILE, SPLITS, DamagedData, ShardedTokens,
                                     ShardWriter, read_manifest, write_manifest)
 from localtrain.data.stream import Doc, Source, run_tasks, worker_count
+from localtrain.data.text import cut_text, is_val
 from localtrain.data.tokenizer import Tokenizer, tokenizer_settings, train_tokenizer
 from localtrain.errors import DataError
 from localtrain.events import Emit, Prepare, Warning
@@ -220,12 +221,6 @@ class Cancelled(Exception):
     """A preparation stopped on request after committing what it had read; running it again continues."""
 
 
-def is_val(key: str, val_fraction: float) -> bool:
-    """The split rule: the document's key hashes below val_fraction."""
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
-    return h < val_fraction * 2**64
-
-
 def text_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
 
@@ -363,8 +358,6 @@ def tokenizer_sample(data: DataConfig, source: Source, workers: int,
                     continue
                 size = len(doc.text.encode("utf-8"))
                 if total + size > data.tokenizer_sample_bytes:
-                    from localtrain.data.sources import cut_text
-
                     rest = data.tokenizer_sample_bytes - total
                     if rest > 0:
                         sample.append(cut_text(doc.text, rest)[0])
