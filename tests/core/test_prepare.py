@@ -15,7 +15,8 @@ from conftest import SHARED_DATA, need
 from localtrain.config import DataConfig
 from localtrain import config as cfg
 from localtrain.data.paths import cache_root
-from localtrain.data.prepare import prepare, prepared_dir, token_dtype
+from localtrain.data.prepare import prepare, prepared_dir
+from localtrain.data.prepared import token_dtype
 from localtrain.data.text import is_val
 from localtrain.data.shards import ShardedTokens
 from localtrain.data.sources import source_spec

@@ -15,7 +15,7 @@ from conftest import FORCED, localtrain, read_jsonl, sets
 from localtrain.config import DataConfig
 from localtrain.data import wiki
 from localtrain.data.commit import Filters
-from localtrain.data.prepare import PreparedData
+from localtrain.data.prepared import PreparedData
 from localtrain.data.local import open_local, read_file_task
 from localtrain.data.stream import run_tasks
 from localtrain.data.tokenizer import train_tokenizer
