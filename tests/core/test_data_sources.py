@@ -200,13 +200,14 @@ def test_split_is_by_document_deterministic_and_order_free(tmp_path: Path) -> No
 
 
 def test_a_small_corpus_of_two_documents_keeps_both_sides(tmp_path: Path) -> None:
+    # Both keys hash into train at this fraction: the small-corpus split must still hold one out.
+    assert not is_val("a.txt#0", 0.3) and not is_val("c.txt#0", 0.3)
     src = tmp_path / "src"
     write(src, "a.txt", "first document\n" * 40)
-    write(src, "b.txt", "second document\n" * 40)
-    source = FileSource(src, [], [], 1 << 20, val_fraction=0.5)
-    docs, _, _ = read(source)
+    write(src, "c.txt", "second document\n" * 40)
+    docs, _, _ = read(FileSource(src, [], [], 1 << 20, val_fraction=0.3))
     # The preparation's rule: the source's own split when it decided one, else the hash of the key.
-    sides = [d.split or ("val" if is_val(d.key, 0.5) else "train") for d in docs]
+    sides = [d.split or ("val" if is_val(d.key, 0.3) else "train") for d in docs]
     assert len(docs) == 2 and sorted(sides) == ["train", "val"]
 
 
