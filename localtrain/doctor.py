@@ -243,7 +243,7 @@ def describe_devices(row: dict[str, Any]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from localtrain.data.paths import cache_root
-    from localtrain.data.prepare import cached_summaries
+    from localtrain.data.prepared import cached_summaries
 
     runs_dir = Path(getattr(args, "runs_dir", "runs"))
     cache_dir = cache_root(cfg.DataConfig())

@@ -31,13 +31,6 @@ from localtrain.memory import GB, SAFETY_MARGIN, MemoryEstimate, memory_estimate
 from localtrain.plan import Choice, Measured, RunPlan, Tuned
 from localtrain.sharding import choose_parallel
 
-# Approximate bytes of text and of the download for the named sources.
-SOURCE_BYTES = {
-    "tinyshakespeare": (1_115_394, 1_115_394),
-    "wikitext-103": (540_000_000, 190_000_000),
-    "enwiki": (21_000_000_000, 25_000_000_000),
-    "hf:Skylion007/openwebtext": (40_000_000_000, 13_000_000_000),
-}
 
 
 def choose_backend(config: Config, machine: Machine) -> tuple[str, str, list[str]]:
@@ -127,11 +120,13 @@ def source_bytes(config: Config) -> tuple[int, int, str]:
     """(text bytes, download bytes, how known) of the configured data source."""
     from pathlib import Path
 
-    from localtrain.data.sources import list_files, resolve_source
+    from localtrain.data.corpora import known_bytes
+    from localtrain.data.local import list_files
+    from localtrain.data.sources import resolve_source
 
-    name = config.data.source
-    if name in SOURCE_BYTES:
-        text, download = SOURCE_BYTES[name]
+    known = known_bytes(config.data.source)
+    if known is not None:
+        text, download = known
         return text, download, "estimate for the named source"
     try:
         root, include, exclude = resolve_source(config.data)

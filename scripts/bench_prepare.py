@@ -31,7 +31,9 @@ import sentencepiece as spm
 
 from localtrain.data import dump, wiki
 from localtrain.data.encode import Encoder
-from localtrain.data.stream import MultistreamSource, clean_pages, open_local, run_tasks
+from localtrain.data.dumpsource import MultistreamSource, clean_pages
+from localtrain.data.local import open_local
+from localtrain.data.stream import run_tasks
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "wikipedia"
 DEFAULT = SHARED / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"

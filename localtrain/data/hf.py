@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from localtrain.data.stream import Source, Task, rows_task
+from localtrain.data.stream import Doc, Result, Source, Task
 from localtrain.errors import DataError
 
 _WIKITEXT_TITLE = re.compile(r"^ = [^=].* = \n?$")
@@ -35,6 +35,12 @@ def parse_name(spec: str) -> tuple[str, str | None]:
         return "/".join(parts), None
     return body, None
 
+
+def rows_task(rows: list[tuple[str, str, str]], nbytes: int) -> Result:
+    """Dataset rows already grouped into (key, title, text) documents."""
+    docs = [Doc(k, t, x) for k, t, x in rows if x.strip()]
+    empty = len(rows) - len(docs)
+    return Result(docs, {"empty": empty} if empty else {}, nbytes)
 
 class HFSource(Source):
     """Rows of a `datasets` dataset (hub name or local file), streamed; the cursor counts rows."""

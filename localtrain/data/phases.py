@@ -19,7 +19,8 @@ from typing import Any
 
 from localtrain.config import DataConfig
 from localtrain.data.loader import POLL_SECONDS
-from localtrain.data.prepare import Cancelled, PreparedData, prepare
+from localtrain.data.prepare import Cancelled, prepare
+from localtrain.data.prepared import PreparedData
 from localtrain.data.shards import DamagedData, read_manifest
 from localtrain.data.stream import pool_context
 from localtrain.errors import LocaltrainError

@@ -32,31 +32,29 @@ first phase while later ones are still being written (`phases.py`).
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime
 import hashlib
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
-
 from localtrain.config import DataConfig
-from localtrain.data import integrity, preparedir
+from localtrain.data import preparedir
+from localtrain.data.commit import Batch, Filters, counts_text, documents, phase_event, tokens
 from localtrain.data.encode import Encoder
-from localtrain.data.inputs import SourceSpec, source_spec
 from localtrain.data.paths import prepared_root
-from localtrain.data.shards import (MANIFEST, SEEN_FILE, SHARD_FILE, SPLITS, DamagedData, ShardedTokens,
-                                    ShardWriter, read_manifest, write_manifest)
+from localtrain.data.prepared import PreparedData, text_per_token, token_dtype
+from localtrain.data.shards import SEEN_FILE, SHARD_FILE, SPLITS, DamagedData, write_manifest
+from localtrain.data.sources import SourceSpec, source_spec
 from localtrain.data.stream import Doc, Source, run_tasks, worker_count
+from localtrain.data.text import cut_text
 from localtrain.data.tokenizer import Tokenizer, tokenizer_settings, train_tokenizer
 from localtrain.errors import DataError
 from localtrain.events import Emit, Prepare, Warning
-from localtrain.files import Appender, fsync_file, remove_file, truncate, write_atomic
+from localtrain.files import Appender, remove_file, write_atomic
 
 FORMAT_VERSION = 2
 KEY_FIELDS = (
@@ -83,90 +81,6 @@ SPLIT_RULE = (
 SHOWN = 5
 
 
-@dataclass(frozen=True)
-class PreparedData:
-    """A prepared corpus: `tokenizer.model`, the token shards of each split and `manifest.json`."""
-
-    dir: Path
-    tokenizer_path: Path
-    dtype: str
-    vocab_size: int
-    train_tokens: int
-    val_tokens: int
-    train_bytes: int
-    val_bytes: int
-    tokenizer_sha256: str
-    meta: dict[str, Any]
-
-    @classmethod
-    def from_dir(cls, directory: Path) -> PreparedData:
-        """Open a prepared directory through its manifest.json."""
-        meta = read_manifest(directory)
-        if meta is None:
-            raise DataError(f"`{directory}` holds no manifest.json: it is not prepared data. Run `localtrain "
-                            f"prepare --out {directory}` to prepare it.")
-        try:
-            splits = meta["splits"]
-            return cls(
-                dir=directory,
-                tokenizer_path=directory / "tokenizer.model",
-                dtype=meta["dtype"],
-                vocab_size=meta["vocab_size"],
-                train_tokens=splits["train"]["tokens"],
-                val_tokens=splits["val"]["tokens"],
-                train_bytes=splits["train"]["bytes"],
-                val_bytes=splits["val"]["bytes"],
-                tokenizer_sha256=meta["tokenizer_sha256"],
-                meta=meta,
-            )
-        except (KeyError, TypeError) as exc:
-            raise DamagedData(f"{directory / MANIFEST} lacks {exc}: it is damaged. Prepare it again (`localtrain "
-                              f"prepare`, or a run on the same data, moves it aside).") from exc
-
-    def tokenizer(self) -> Tokenizer:
-        return Tokenizer.load(self.tokenizer_path)
-
-    def shards(self, split: str) -> list[Path]:
-        return [self.dir / s["file"] for s in self.meta["splits"][split]["shards"]]
-
-    def load(self, split: str, limit: int | None = None) -> ShardedTokens:
-        """The tokens of `split` ("train" or "val"), or their first `limit`: its shards seen as one
-        read-only array."""
-        if split not in SPLITS:
-            raise ValueError(f"split must be 'train' or 'val', not {split!r}")
-        counts = [s["tokens"] for s in self.meta["splits"][split]["shards"]]
-        if limit is not None:
-            ends = np.minimum(np.cumsum(counts), limit)
-            counts = np.diff(ends, prepend=0).tolist()
-        return ShardedTokens(self.shards(split), counts, self.dtype)
-
-    @property
-    def phases(self) -> list[dict[str, Any]]:
-        """The progressive phases the manifest records (empty without data.phases)."""
-        return self.meta.get("phases", [])
-
-    @property
-    def chars_per_token(self) -> float | None:
-        """Characters of text per token (see `text_per_token`)."""
-        return text_per_token(self.meta)[0]
-
-
-def text_per_token(meta: dict[str, Any]) -> tuple[float | None, float | None]:
-    """(characters, UTF-8 bytes) of text per token of a manifest's splits, leaving out the eos that
-    ends each document; characters are None for data prepared before they were counted."""
-    splits = [meta["splits"][s] for s in SPLITS]
-    tokens = sum(s["tokens"] - s["documents"] for s in splits)
-    if tokens <= 0:
-        return None, None
-    chars = sum(s["chars"] for s in splits) / tokens if all("chars" in s for s in splits) else None
-    return chars, sum(s["bytes"] for s in splits) / tokens
-
-
-def token_dtype(vocab_size: int) -> str:
-    """The smallest unsigned dtype that holds every id of a vocabulary."""
-    return "uint16" if vocab_size <= 1 << 16 else "uint32"
-
-
 def cache_key(data: DataConfig, spec: SourceSpec) -> str:
     """sha256 of everything the prepared output depends on, known before reading the source."""
     payload = {
@@ -179,26 +93,6 @@ def cache_key(data: DataConfig, spec: SourceSpec) -> str:
     if data.phases:  # (data without phases keeps the key it had before phases existed)
         payload["phases"] = list(data.phases)
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
-
-
-def cached_summaries(root: Path) -> list[dict[str, Any]]:
-    """What each finished preparation in the cache under `root` holds: source, tokenizer, documents,
-    tokens and the text per token, newest first (for `localtrain doctor`)."""
-    rows = []
-    for path in sorted((root / "data").glob("*/manifest.json")):
-        try:
-            meta = json.loads(path.read_text(encoding="utf-8"))
-            if not meta.get("complete"):
-                continue
-            chars, nbytes = text_per_token(meta)
-            tok = meta.get("tokenizer", {})
-            rows.append({"dir": str(path.parent), "created": meta.get("created", ""), "source": meta.get("source"),
-                         "tokenizer": tok.get("model_type"), "vocab_size": meta.get("vocab_size"),
-                         "character_coverage": tok.get("character_coverage"), "documents": _documents(meta),
-                         "tokens": _tokens(meta), "chars_per_token": chars, "bytes_per_token": nbytes})
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # a manifest being written, or not one of ours
-    return sorted(rows, key=lambda r: r["created"], reverse=True)
 
 
 def _directory(data: DataConfig, key: str, out_dir: Path | str | None) -> Path:
@@ -218,40 +112,6 @@ class StopRequest(Protocol):
 
 class Cancelled(Exception):
     """A preparation stopped on request after committing what it had read; running it again continues."""
-
-
-def is_val(key: str, val_fraction: float) -> bool:
-    """The split rule: the document's key hashes below val_fraction."""
-    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
-    return h < val_fraction * 2**64
-
-
-def text_hash(text: str) -> bytes:
-    return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-
-
-class Filters:
-    """Minimum length and exact-duplicate removal, with drops counted by reason."""
-
-    def __init__(self, data: DataConfig, seen: set[bytes], dropped: dict[str, int]) -> None:
-        self.min_chars = data.min_chars
-        self.val_fraction = data.val_fraction
-        self.seen = seen
-        self.new_hashes: list[bytes] = []
-        self.dropped: collections.Counter[str] = collections.Counter(dropped)
-
-    def __call__(self, docs: list[Doc]) -> Iterator[tuple[Doc, str]]:
-        for doc in docs:
-            if self.min_chars and len(doc.text) < self.min_chars:
-                self.dropped["short"] += 1
-                continue
-            h = text_hash(doc.text)
-            if h in self.seen:
-                self.dropped["duplicate"] += 1
-                continue
-            self.seen.add(h)
-            self.new_hashes.append(h)
-            yield doc, doc.split or ("val" if is_val(doc.key, self.val_fraction) else "train")
 
 
 def prepare(
@@ -284,8 +144,8 @@ def prepare(
             manifest = _start(data, directory, key, spec, source, emit, workers, cancel)
         else:
             emit(Prepare(stage="resume", message=f"Continuing the preparation in {directory} from "
-                         f"{_counts_text(manifest)}.", documents=_documents(manifest),
-                         tokens=_tokens(manifest)))
+                         f"{counts_text(manifest)}.", documents=documents(manifest),
+                         tokens=tokens(manifest)))
         _encode_pass(data, directory, manifest, source, emit, workers, cancel, progress_seconds)
     prepared = PreparedData.from_dir(directory)
     _emit_done(emit, prepared, time.perf_counter() - start, cached=False)
@@ -363,8 +223,6 @@ def tokenizer_sample(data: DataConfig, source: Source, workers: int,
                     continue
                 size = len(doc.text.encode("utf-8"))
                 if total + size > data.tokenizer_sample_bytes:
-                    from localtrain.data.sources import cut_text
-
                     rest = data.tokenizer_sample_bytes - total
                     if rest > 0:
                         sample.append(cut_text(doc.text, rest)[0])
@@ -396,104 +254,62 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
                  workers: int, cancel: StopRequest | None = None,
                  progress_seconds: float = PROGRESS_SECONDS) -> None:
     """Pass 2: read from the manifest's cursor, filter, encode and append, committing as it goes."""
-    writer = ShardWriter(directory, manifest)
-    seen_path = directory / SEEN_FILE
-    count = manifest["dedup"]["count"]
-    if seen_path.stat().st_size != count * 8:
-        truncate(seen_path, count * 8)  # hashes appended after the last commit
-    raw = np.fromfile(seen_path, dtype="S8", count=count) if count else np.empty(0, dtype="S8")
-    seen = set(raw.tolist())
-    seen_hash = integrity.seen_hasher(directory, count)
-    filters = Filters(data, seen, manifest["dropped"])
     tok = Tokenizer.load(directory / "tokenizer.model")
     if tok.sha256 != manifest["tokenizer_sha256"]:
         raise DamagedData(f"`{directory / 'tokenizer.model'}` is not the tokenizer its manifest names.")
-    cursor = manifest["sources"][0]["cursor"]
-    pending: dict[str, list[str]] = {s: [] for s in SPLITS}
-    pending_bytes = 0
-    problems: list[str] = list(manifest.get("problems", []))
+    batch = Batch(data, directory, manifest, tok.eos_id)
     started = time.perf_counter()
-    last_event = last_commit = started
     session = {"documents": 0, "bytes": 0, "articles": 0}
-    phases = manifest.get("phases", [])
-    kept = _documents(manifest)  # documents kept so far, committed or pending
-    # Phase ends met among the pending documents: (phase, pending train count, pending val count).
-    marks: list[tuple[int, int, int]] = []
-    upcoming = [i for i, ph in enumerate(phases) if not ph["ready"] and ph["documents"] is not None]
-
-    def commit(cursor_after: Any, complete: bool = False) -> None:
-        nonlocal pending_bytes
-        ends: dict[str, list[int]] = {s: [] for s in SPLITS}
-        for i, split in enumerate(SPLITS):
-            texts = pending[split]
-            before = manifest["splits"][split]["tokens"]
-            ids = encoder.encode(texts) if texts else None
-            for mark in marks:
-                n = min(mark[1 + i], len(texts))
-                # Every document ends with the one eos of its own (text never encodes to eos).
-                ends[split].append(before + (int(np.flatnonzero(ids == tok.eos_id)[n - 1]) + 1 if n else 0))
-            if texts:
-                info = manifest["splits"][split]
-                info["documents"] += len(texts)
-                info["bytes"] += sum(len(t.encode("utf-8")) for t in texts)
-                if "chars" in info:  # (absent from data whose preparation began before characters were counted)
-                    info["chars"] += sum(len(t) for t in texts)
-                writer.append(split, ids)
-            pending[split] = []
-        for j, (phase, _, _) in enumerate(marks):
-            phases[phase].update(ready=True, train_tokens=ends["train"][j], val_tokens=ends["val"][j])
-        marks.clear()
-        pending_bytes = 0
-        added = b"".join(filters.new_hashes)
-        with Appender(seen_path) as f:
-            f.write(added)
-        fsync_file(seen_path)
-        seen_hash.update(added)
-        manifest["dedup"]["sha256"] = seen_hash.hexdigest()
-        manifest["dedup"]["count"] += len(filters.new_hashes)
-        filters.new_hashes.clear()
-        manifest["sources"][0]["cursor"] = cursor_after
-        writer.commit(dropped=dict(filters.dropped), problems=problems, complete=complete)
-
     with Encoder(tok.model_bytes, manifest["dtype"], workers) as encoder:
-        for result, cursor_after in run_tasks(source.tasks(cursor), workers):
-            filters.dropped.update(result.dropped)
-            problems.extend(result.problems)
-            manifest["input_bytes"] += result.bytes
-            session["bytes"] += result.bytes
-            session["articles"] += result.articles
-            for doc, split in filters(result.docs):
-                pending[split].append(doc.text)
-                pending_bytes += len(doc.text)
-                session["documents"] += 1
-                kept += 1
-                if upcoming and kept == phases[upcoming[0]]["documents"]:
-                    marks.append((upcoming.pop(0), len(pending["train"]), len(pending["val"])))
-            cursor = cursor_after
-            ended = [phase for phase, _, _ in marks]
-            stopping = cancel is not None and cancel.is_set()
-            if ended or stopping or pending_bytes >= COMMIT_BYTES or (
-                    pending_bytes and time.perf_counter() - last_commit >= COMMIT_SECONDS):
-                commit(cursor)
-                last_commit = time.perf_counter()
-                for phase in ended:
-                    emit(_phase_event(manifest, phase))
-                if stopping:
-                    raise Cancelled(f"The preparation in {directory} stopped on request at {_counts_text(manifest)}.")
-                now = time.perf_counter()
-                if now - last_event >= progress_seconds:
-                    last_event = now
-                    emit(_progress(manifest, filters, session, now - started))
-        problems.extend(p for p in source.problems() if p not in problems)
-        # A split left without documents at the end (a corpus of very few) takes the
-        # last document of the other one, so that both exist.
-        for empty, other in (("val", "train"), ("train", "val")):
-            if not manifest["splits"][empty]["documents"] and not pending[empty] and len(pending[other]) > 1:
-                pending[empty].append(pending[other].pop())
-        commit(cursor)
-    for problem in problems:
+        cursor = _read_and_commit(batch, encoder, source, emit, workers, session,
+                                  (started, cancel, progress_seconds))
+        batch.problems.extend(p for p in source.problems() if p not in batch.problems)
+        batch.balance()
+        batch.commit(encoder, cursor)
+    for problem in batch.problems:
         emit(Warning(message=problem, code="source_problem"))
-    _warn_skipped(filters.dropped, problems, emit)
+    _warn_skipped(batch.filters.dropped, batch.problems, emit)
+    _check_splits(manifest, source)
+    emit(_progress(manifest, batch.filters, session, time.perf_counter() - started))
+    _finish_phases(batch, source, emit)
+
+
+def _read_and_commit(batch: Batch, encoder: Encoder, source: Source, emit: Emit, workers: int,
+                     session: dict[str, int], timing: tuple[float, StopRequest | None, float]) -> Any:
+    """Read every task from the cursor on, committing after ~COMMIT_BYTES of text, COMMIT_SECONDS, the
+    end of a phase or a stop request; the cursor after the last task read."""
+    started, cancel, progress_seconds = timing
+    manifest = batch.manifest
+    cursor = manifest["sources"][0]["cursor"]
+    last_event = last_commit = started
+    for result, cursor_after in run_tasks(source.tasks(cursor), workers):
+        batch.filters.dropped.update(result.dropped)
+        batch.problems.extend(result.problems)
+        manifest["input_bytes"] += result.bytes
+        session["bytes"] += result.bytes
+        session["articles"] += result.articles
+        kept = batch.kept
+        batch.add(result.docs)
+        session["documents"] += batch.kept - kept
+        cursor = cursor_after
+        stopping = cancel is not None and cancel.is_set()
+        if batch.marks or stopping or batch.bytes >= COMMIT_BYTES or (
+                batch.bytes and time.perf_counter() - last_commit >= COMMIT_SECONDS):
+            ended = batch.commit(encoder, cursor)
+            last_commit = time.perf_counter()
+            for phase in ended:
+                emit(phase_event(manifest, phase))
+            if stopping:
+                raise Cancelled(f"The preparation in {batch.writer.dir} stopped on request at "
+                                f"{counts_text(manifest)}.")
+            now = time.perf_counter()
+            if now - last_event >= progress_seconds:
+                last_event = now
+                emit(_progress(manifest, batch.filters, session, now - started))
+    return cursor
+
+
+def _check_splits(manifest: dict[str, Any], source: Source) -> None:
     train_tokens = manifest["splits"]["train"]["tokens"]
     val_tokens = manifest["splits"]["val"]["tokens"]
     if train_tokens < 2 or val_tokens < 2:
@@ -503,32 +319,24 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
             f"data.val_fraction=0.2 (the split is drawn by document, so a corpus of few documents may leave one "
             f"split empty; --set data.document_bytes=4096 cuts files into more documents)."
         )
-    emit(_progress(manifest, filters, session, time.perf_counter() - started))
-    # Phases the corpus did not reach, and the last one, hold every document.
+
+
+def _finish_phases(batch: Batch, source: Source, emit: Emit) -> None:
+    """Phases the corpus did not reach, and the last one, hold every document; the manifest says complete."""
+    manifest, phases = batch.manifest, batch.phases
+    train_tokens = manifest["splits"]["train"]["tokens"]
+    val_tokens = manifest["splits"]["val"]["tokens"]
     late = [i for i, ph in enumerate(phases) if not ph["ready"]]
     short = [phases[i]["documents"] for i in late if phases[i]["documents"] is not None]
     for i in late:
         phases[i].update(ready=True, train_tokens=train_tokens, val_tokens=val_tokens)
-    writer.commit(complete=True)
+    batch.writer.commit(complete=True)
     if short:
         emit(Warning(message=f"data.phases asks for phases of {', '.join(f'{n:,}' for n in short)} documents, but "
-                     f"the source `{source.name}` has {_documents(manifest):,} to keep: those phases hold every "
+                     f"the source `{source.name}` has {documents(manifest):,} to keep: those phases hold every "
                      f"document.", code="short_phases"))
     for i in late:
-        emit(_phase_event(manifest, i))
-
-
-def _phase_event(manifest: dict[str, Any], phase: int) -> Prepare:
-    ph = manifest["phases"][phase]
-    last = phase == len(manifest["phases"]) - 1
-    what = "every document" if last or ph["documents"] is None else f"the first {ph['documents']:,} documents"
-    return Prepare(
-        stage="phase",
-        message=f"Phase {phase + 1} of {len(manifest['phases'])} is ready: {what}, {ph['train_tokens']:,} train "
-        f"and {ph['val_tokens']:,} validation tokens.",
-        documents=ph["documents"] or _documents(manifest),
-        tokens=ph["train_tokens"] + ph["val_tokens"],
-    )
+        emit(phase_event(manifest, i))
 
 
 def _warn_skipped(dropped: dict[str, int], problems: list[str], emit: Emit) -> None:
@@ -539,34 +347,20 @@ def _warn_skipped(dropped: dict[str, int], problems: list[str], emit: Emit) -> N
 
 
 def _progress(manifest: dict[str, Any], filters: Filters, session: dict[str, int], seconds: float) -> Prepare:
-    docs = _documents(manifest)
+    docs = documents(manifest)
     return Prepare(
         stage="encode",
-        message=f"{_counts_text(manifest)}; {session['documents'] / max(seconds, 1e-9):,.0f} documents/s, "
+        message=f"{counts_text(manifest)}; {session['documents'] / max(seconds, 1e-9):,.0f} documents/s, "
         f"{session['bytes'] / 1e6 / max(seconds, 1e-9):.1f} MB/s of input.",
         documents=docs,
         bytes=manifest["input_bytes"],
-        tokens=_tokens(manifest),
+        tokens=tokens(manifest),
         seconds=seconds,
         documents_per_s=session["documents"] / max(seconds, 1e-9),
         mb_per_s=session["bytes"] / 1e6 / max(seconds, 1e-9),
         dropped=dict(filters.dropped),
         skipped=sum(filters.dropped.values()),
     )
-
-
-def _documents(manifest: dict[str, Any]) -> int:
-    return sum(manifest["splits"][s]["documents"] for s in SPLITS)
-
-
-def _tokens(manifest: dict[str, Any]) -> int:
-    return sum(manifest["splits"][s]["tokens"] for s in SPLITS)
-
-
-def _counts_text(manifest: dict[str, Any]) -> str:
-    t, v = manifest["splits"]["train"], manifest["splits"]["val"]
-    return (f"{t['documents'] + v['documents']:,} documents, {t['tokens']:,} train and {v['tokens']:,} "
-            f"validation tokens written")
 
 
 def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool, note: str = "") -> None:
@@ -585,10 +379,10 @@ def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool,
         message=f"{how} data in {prepared.dir}: {prepared.train_tokens:,} train and {prepared.val_tokens:,} "
         f"validation tokens in {sum(len(meta['splits'][s]['shards']) for s in SPLITS)} shards, vocabulary "
         f"{prepared.vocab_size}{per_token}{note}; validation holds {val['documents']:,} of "
-        f"{_documents(meta):,} documents ({share:.1%} of the text).",
+        f"{documents(meta):,} documents ({share:.1%} of the text).",
         chars_per_token=chars or 0.0,
         bytes_per_token=nbytes or 0.0,
-        documents=_documents(meta),
+        documents=documents(meta),
         tokens=prepared.train_tokens + prepared.val_tokens,
         bytes=prepared.train_bytes + prepared.val_bytes,
         seconds=seconds,

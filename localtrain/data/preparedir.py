@@ -18,7 +18,7 @@ from typing import Any
 
 from localtrain import ownership
 from localtrain.data import integrity
-from localtrain.data.inputs import SourceSpec
+from localtrain.data.sources import SourceSpec
 from localtrain.data.shards import MANIFEST, SEEN_FILE, SHARD_FILE, DamagedData, read_manifest
 from localtrain.errors import DataError
 from localtrain.events import Emit, Warning

@@ -8,6 +8,7 @@ list items and table rows become lines).
 
 from __future__ import annotations
 
+import hashlib
 import re
 from html.parser import HTMLParser
 
@@ -96,9 +97,7 @@ def is_small(sizes: list[int], document_bytes: int) -> bool:
 
 
 def hash_share(texts: list[tuple[str, str]], document_bytes: int, val_fraction: float) -> float:
-    """The share of the text the split by key hash (`prepare.is_val`) holds out at this cut."""
-    from localtrain.data.prepare import is_val
-    from localtrain.data.sources import cut_text
+    """The share of the text the split by key hash (`is_val`) holds out at this cut."""
 
     total = held = 0
     for rel, text in texts:
@@ -139,8 +138,6 @@ def _spread(texts: list[tuple[str, str]], size: int,
     A piece goes to validation when that keeps the validation bytes nearest `val_fraction` of the
     bytes so far; at least one piece does when there are two or more.
     """
-    from localtrain.data.sources import cut_text
-
     val: dict[str, list[int]] = {}
     seen: list[tuple[str, int, int]] = []
     so_far = held = 0
@@ -159,3 +156,68 @@ def _spread(texts: list[tuple[str, str]], size: int,
         val[rel] = [i]
         held = n
     return {rel: tuple(ids) for rel, ids in val.items()}, held / max(so_far, 1)
+
+
+# Where a line longer than a document may be cut, best first: after a sentence's end (in
+# any script: 。！？ as well as . ! ?), then after a space; else between two characters.
+_SENTENCE_END = re.compile(r"[.!?;…][\"'”’)\]]*\s+|[。！？；][」』）”’)]*\s*")
+_SPACE = re.compile(r"\s+")
+
+
+def _cut_line(line: str, limit: int) -> list[str]:
+    """A line of more than `limit` UTF-8 bytes in pieces of at most `limit` bytes each,
+    each ending at a sentence end or a space in its second half when there is one."""
+    pieces: list[str] = []
+    start = 0
+    while start < len(line):
+        window = line[start : start + limit]  # a character is at least one byte
+        encoded = window.encode("utf-8")
+        if len(encoded) <= limit and start + len(window) == len(line):
+            pieces.append(window)
+            break
+        fits = encoded[:limit].decode("utf-8", "ignore")  # the longest whole-character prefix
+        half = len(encoded[: limit // 2].decode("utf-8", "ignore"))
+        cut = len(fits)
+        for rule in (_SENTENCE_END, _SPACE):
+            ends = [m.end() for m in rule.finditer(fits, half)]
+            if ends:
+                cut = ends[-1]
+                break
+        cut = max(cut, 1)  # a bound below one character's bytes still moves on
+        pieces.append(line[start : start + cut])
+        start += cut
+    return pieces
+
+
+def cut_text(text: str, document_bytes: int) -> list[str]:
+    """Pieces of at most `document_bytes` UTF-8 bytes each, cut after line breaks, joining back into `text`.
+
+    A single line longer than that is cut after a sentence end or a space near the bound,
+    or between two characters when it has neither (Chinese or Japanese text needs no
+    spaces to be cut, and is cut at 。 like English at a full stop), so every script
+    splits into documents of the same bounded size.
+    """
+    if len(text) <= document_bytes // 4 or len(text.encode("utf-8")) <= document_bytes:
+        return [text]
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
+    for line in text.splitlines(keepends=True):
+        n = len(line.encode("utf-8"))
+        if current and size + n > document_bytes:
+            pieces.append("".join(current))
+            current, size = [], 0
+        if n > document_bytes:
+            pieces.extend(_cut_line(line, document_bytes))
+            continue
+        current.append(line)
+        size += n
+    if current:
+        pieces.append("".join(current))
+    return pieces
+
+
+def is_val(key: str, val_fraction: float) -> bool:
+    """The split rule: the document's key hashes below val_fraction."""
+    h = int.from_bytes(hashlib.sha256(key.encode("utf-8")).digest()[:8], "big")
+    return h < val_fraction * 2**64

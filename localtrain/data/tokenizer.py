@@ -25,7 +25,7 @@ import numpy as np
 import sentencepiece as spm
 
 from localtrain.config import DataConfig
-from localtrain.data.sources import cut_text
+from localtrain.data.text import cut_text
 from localtrain.errors import DataError
 from localtrain.events import Emit, Prepare, Warning
 

@@ -9,9 +9,10 @@ from pathlib import Path
 from conftest import FORCED, read_jsonl, sets
 from localtrain import config as cfg
 from localtrain.cli import main
-from localtrain.data.prepare import is_val, prepared_dir
+from localtrain.data.prepare import prepared_dir
+from localtrain.data.text import is_val
 from localtrain.data.sources import preset_for, source_name
-from localtrain.data.stream import FileSource, read_file_task
+from localtrain.data.local import FileSource, read_file_task
 from localtrain.data.text import MIN_DOCUMENTS, html_to_text, split_fairly
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,9 +15,12 @@ from conftest import SHARED_DATA, need
 from localtrain.config import DataConfig
 from localtrain import config as cfg
 from localtrain.data.paths import cache_root
-from localtrain.data.prepare import is_val, prepare, prepared_dir, token_dtype
+from localtrain.data.prepare import prepare, prepared_dir
+from localtrain.data.prepared import token_dtype
+from localtrain.data.text import is_val
 from localtrain.data.shards import ShardedTokens
-from localtrain.data.sources import read_corpus
+from localtrain.data.sources import source_spec
+from localtrain.data.stream import run_tasks
 from localtrain.events import Prepare
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -59,7 +62,7 @@ def test_prepare_writes_documents_separated_by_eos(corpus_dir: Path, tmp_path: P
 
     tok = prepared.tokenizer()
     assert tok.sha256 == prepared.tokenizer_sha256
-    docs = read_corpus(data, lambda e: None).documents
+    docs = [d for result, _ in run_tasks(source_spec(data).open(lambda e: None).tasks(None), 1) for d in result.docs]
     expected = {"train": [d for d in docs if not is_val(d.key, data.val_fraction)],
                 "val": [d for d in docs if is_val(d.key, data.val_fraction)]}
     for split, split_docs in expected.items():

@@ -94,7 +94,7 @@ def test_emit_text_cache_reuse_and_loading_the_shards(tmp_path: Path, cache_dir:
     assert second.returncode == 0 and "Using the cached data" in second.stderr
     assert Path(second.stdout.strip().splitlines()[-1]) == directory
 
-    from localtrain.data.prepare import PreparedData
+    from localtrain.data.prepared import PreparedData
 
     prepared = PreparedData.from_dir(directory)
     tok = prepared.tokenizer()

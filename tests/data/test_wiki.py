@@ -8,7 +8,9 @@ from pathlib import Path
 
 from conftest import SHARED_DATA, need
 from localtrain.data import dump, wiki
-from localtrain.data.stream import DumpSource, MultistreamSource, clean_pages, open_local, run_tasks
+from localtrain.data.dumpsource import DumpSource, MultistreamSource, clean_pages
+from localtrain.data.local import open_local
+from localtrain.data.stream import run_tasks
 from localtrain.data.wiki import clean, page_drop_reason, residue
 
 WIKI = SHARED_DATA / "wikipedia"

@@ -14,8 +14,10 @@ import pytest
 from conftest import FORCED, localtrain, read_jsonl, sets
 from localtrain.config import DataConfig
 from localtrain.data import wiki
-from localtrain.data.prepare import Filters, PreparedData
-from localtrain.data.stream import open_local, read_file_task, run_tasks
+from localtrain.data.commit import Filters
+from localtrain.data.prepared import PreparedData
+from localtrain.data.local import open_local, read_file_task
+from localtrain.data.stream import run_tasks
 from localtrain.data.tokenizer import train_tokenizer
 from localtrain.events import Prepare
 from wikidumps import LANGUAGES, LEAKS, corpus_pages, write_dump

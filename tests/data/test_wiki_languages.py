@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 
 from localtrain.data import dump, wiki
-from localtrain.data.stream import MultistreamSource, open_local, run_tasks
+from localtrain.data.dumpsource import MultistreamSource
+from localtrain.data.local import open_local
+from localtrain.data.stream import run_tasks
 from localtrain.data.wiki import Page, page_drop_reason, residue
 from wikidumps import KINDS, LANGUAGES, LEAKS, PAGES, PROSE, header_xml, write_dump, write_multistream
 
