@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 from typing import Any
@@ -16,83 +15,12 @@ from localtrain.backends.base import (
 from localtrain.backends import torch_attention
 from localtrain.backends.torch_model import LayerCaches, LlamaLM, shared_layout
 from localtrain.config import ModelConfig, TrainConfig
-from localtrain.errors import CheckpointError, LocaltrainError
+from localtrain.errors import CheckpointError
 
-TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def available_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return available_device()
-    if device == "cuda" and not torch.cuda.is_available():
-        raise LocaltrainError(
-            f"--device cuda: PyTorch {torch.__version__} sees no CUDA GPU on this machine"
-            f" (built with CUDA: {torch.version.cuda or 'no'}). Use --device cpu, or install a"
-            " CUDA build of PyTorch on a machine with an NVIDIA GPU."
-        )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise LocaltrainError(
-            f"--device mps: PyTorch {torch.__version__} has no MPS device here (it needs Apple"
-            " silicon and macOS 12.3 or newer). Use --device cpu."
-        )
-    return device
-
-
-def check_dtype(dtype: str) -> str:
-    if dtype not in TORCH_DTYPES:
-        raise LocaltrainError(
-            f"train.dtype = {dtype}: the torch backend trains in {', '.join(TORCH_DTYPES)}; the planner"
-            " decides between them (train.dtype=auto)."
-        )
-    return dtype
-
-
-def _reset_peak_rss() -> None:
-    """Start the process's resident high-water mark (VmHWM) afresh, where Linux allows it."""
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back first
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_rss() -> int:
-    """The resident high-water mark since the last reset (0 where /proc is unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _to_numpy(t: torch.Tensor) -> np.ndarray:
-    # A copy: a view would change under the next optimizer step.
-    return t.float().cpu().numpy().copy() if t.device.type == "cpu" else t.float().cpu().numpy()
-
-
-def _encode_bytes(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _decode_bytes(s: str) -> torch.Tensor:
-    return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+from localtrain.backends.torch_device import (
+    TORCH_DTYPES, _decode_bytes, _encode_bytes, _peak_rss, _reset_peak_rss, _to_numpy, check_dtype,
+    resolve_device,
+)
 
 
 class TorchBackend:

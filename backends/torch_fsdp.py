@@ -27,7 +27,8 @@ from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from localtrain.backends.base import MOMENT_SUFFIXES, check_weights
-from localtrain.backends.torch_backend import TORCH_DTYPES, TorchBackend, TorchDecoder, _to_numpy
+from localtrain.backends.torch_backend import TorchBackend, TorchDecoder
+from localtrain.backends.torch_device import TORCH_DTYPES, _to_numpy
 from localtrain.backends.torch_model import Layout
 from localtrain.errors import CheckpointError
 

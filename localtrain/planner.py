@@ -116,30 +116,11 @@ def estimate_vocab(config: Config) -> int:
     return 256 if config.data.tokenizer == "char" else config.data.vocab_size
 
 
-def source_bytes(config: Config) -> tuple[int, int, str]:
-    """(text bytes, download bytes, how known) of the configured data source."""
-    from pathlib import Path
-
-    from localtrain.data.corpora import known_bytes
-    from localtrain.data.local import list_files
-    from localtrain.data.sources import resolve_source
-
-    known = known_bytes(config.data.source)
-    if known is not None:
-        text, download = known
-        return text, download, "estimate for the named source"
-    try:
-        root, include, exclude = resolve_source(config.data)
-    except LocaltrainError:
-        return 0, 0, "unknown until downloaded"
-    if Path(root).is_file():
-        return Path(root).stat().st_size, 0, "measured"
-    return sum(f.size for f in list_files(root, include, exclude)), 0, "measured"
-
-
 def disk_needed(config: Config, params: int, vocab_size: int) -> dict[str, int]:
     """Bytes of disk the data (download and token files) and the checkpoints will take."""
-    text, download, _ = source_bytes(config)
+    from localtrain.data.sources import source_bytes
+
+    text, download, _ = source_bytes(config.data)
     bytes_per_token = 1.0 if config.data.tokenizer == "char" else 3.0 if vocab_size < 8192 else 3.6
     token_file = int(text / bytes_per_token) * (2 if vocab_size <= 65536 else 4)
     # Every kept checkpoint holds weights and both moments, one more is being written,

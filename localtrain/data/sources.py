@@ -23,7 +23,7 @@ from localtrain.data.hf import HFSource
 from localtrain.data.local import VENDORED_DIRS, list_files, open_local
 from localtrain.data.stream import Source
 from localtrain.data.url import download_path, fetch_url
-from localtrain.errors import DataError
+from localtrain.errors import DataError, LocaltrainError
 from localtrain.events import Emit
 
 
@@ -145,9 +145,9 @@ def preset_for(source: str) -> tuple[str, str]:
             f"kind of text file in it."
         )
     return "text", (
-        f"No --preset given: the run takes the text preset, which reads prose and code alike (plain text, "
-        f"Markdown, reStructuredText, HTML without its tags, source files). Pass --preset NAME for another "
-        f"(`localtrain config --presets` lists them)."
+        "No --preset given: the run takes the text preset, which reads prose and code alike (plain text, "
+        "Markdown, reStructuredText, HTML without its tags, source files). Pass --preset NAME for another "
+        "(`localtrain config --presets` lists them)."
     )
 
 
@@ -168,3 +168,18 @@ def source_name(source: str) -> str:
         if dot and stem and suffix.isalnum() and len(suffix) <= 5:
             last = stem
     return re.sub(r"[^A-Za-z0-9._-]+", "-", last).strip("-._")[:40]
+
+
+def source_bytes(data: DataConfig) -> tuple[int, int, str]:
+    """(text bytes, download bytes, how known) of the configured data source."""
+    known = corpora.known_bytes(data.source)
+    if known is not None:
+        text, download = known
+        return text, download, "estimate for the named source"
+    try:
+        root, include, exclude = resolve_source(data)
+    except LocaltrainError:
+        return 0, 0, "unknown until downloaded"
+    if Path(root).is_file():
+        return Path(root).stat().st_size, 0, "measured"
+    return sum(f.size for f in list_files(root, include, exclude)), 0, "measured"
