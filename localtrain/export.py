@@ -153,18 +153,8 @@ def _remove_stale_temps(out: Path) -> None:
         match = pattern.fullmatch(p.name)
         if match and p.is_dir() and not p.is_symlink() and ownership.kind_of(p) == "export":
             pid = int(match.group(2))
-            if pid == os.getpid() or not _pid_alive(pid):
+            if pid == os.getpid() or not ownership.pid_alive(pid):
                 remove_tree(p)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def export(source: Source, out: Path, fmt: str = "hf", dtype: str = "float32", force: bool = False) -> Path:

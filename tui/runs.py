@@ -12,7 +12,6 @@ events with whether the writing process is alive (the pid in the run's `.lock`).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 from localtrain import events as ev
 from localtrain.console import NOT_PROBLEMS
 from localtrain.jsonl import JsonlTail
+from localtrain.ownership import pid_alive
 from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE
 CHUNK_BYTES = 256 * 1024
 """The most a single read takes from events.jsonl: the UI folds and redraws between reads."""
@@ -184,23 +184,6 @@ def lock_pid(run_dir: Path) -> int | None:
         return None
     last = text.rsplit(" ", 1)[-1]
     return int(last) if last.isdigit() else None
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists and is not a zombie."""
-    if pid is None or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def run_status(state: RunState, alive: bool) -> str:
