@@ -144,17 +144,22 @@ def check_out(source: Source, out: Path, force: bool) -> bool:
 
 
 def _remove_stale_temps(out: Path) -> None:
-    """The temporary and replaced directories of earlier exports to `out` that did not finish: marked as
-    exports, named for `out`, and left by this process or one that is gone."""
+    """The temporary and replaced directories of earlier exports to `out` that did not finish: named for
+    `out`, left by this process or one that is gone, and marked as exports — or killed before their
+    marker was complete, holding nothing but that process's unfinished marker."""
     pattern = re.compile(rf"\.(tmp|old)-{re.escape(out.name)}-(\d+)")
     if not out.parent.is_dir():
         return
     for p in out.parent.iterdir():
         match = pattern.fullmatch(p.name)
-        if match and p.is_dir() and not p.is_symlink() and ownership.kind_of(p) == "export":
-            pid = int(match.group(2))
-            if pid == os.getpid() or not ownership.pid_alive(pid):
-                remove_tree(p)
+        if not (match and p.is_dir() and not p.is_symlink()):
+            continue
+        pid = int(match.group(2))
+        if pid != os.getpid() and ownership.pid_alive(pid):
+            continue
+        unfinished = f".{ownership.MARKER}.tmp{pid}"  # write_atomic's temporary name for the marker
+        if ownership.kind_of(p) == "export" or ownership.entries_are(p, lambda name: name == unfinished):
+            remove_tree(p)
 
 
 def export(source: Source, out: Path, fmt: str = "hf", dtype: str = "float32", force: bool = False) -> Path:

@@ -184,3 +184,23 @@ def test_bad_sources_are_clear_errors(args, message, trained_run, tmp_path, cach
     done = localtrain(["export", *(a.format(run=trained_run, tmp=tmp_path) for a in args)], tmp_path, cache_dir)
     assert done.returncode == 2 and message in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and not (tmp_path / "x").exists()
+
+
+def test_a_temporary_export_killed_before_its_marker_is_cleared_and_a_users_folder_is_not(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from localtrain.export import _remove_stale_temps
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    pid = int(dead.stdout)  # a process that is gone
+    empty, half, users = (tmp_path / f".tmp-x-{pid}", tmp_path / f".old-x-{pid}", tmp_path / f".tmp-x-{pid + 1}")
+    for d in (empty, half, users):
+        d.mkdir()
+    (half / f"..localtrain.tmp{pid}").write_text('{"kind": "exp')  # the marker, cut off mid-write
+    (users / "notes.txt").write_text("mine")  # not an export, and named for another pid
+    _remove_stale_temps(tmp_path / "x")
+    assert not empty.exists() and not half.exists()
+    assert (users / "notes.txt").read_text() == "mine"
+
