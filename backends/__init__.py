@@ -36,6 +36,17 @@ def backend_class(name: str) -> type[Backend]:
     raise ValueError(f"no backend named {name!r}; the backends are {', '.join(NAMES)}")
 
 
+def preload(name: str) -> None:
+    """Import a backend's framework, and what its first training step imports, ahead of use (the
+    run does it while the tuner's measuring process compiles); a failure is left to that use."""
+    try:
+        backend_class(name)
+        if name == "torch":
+            import torch._dynamo  # noqa: F401 - torch's optimizers import it when first built
+    except Exception:  # noqa: BLE001 - the run's own import reports it
+        pass
+
+
 def make_backend(plan: Chosen) -> Backend:
     """The backend a plan chose, with its device, dtype, threads and compile (sharded by FSDP
     when the plan says so)."""

@@ -6,9 +6,10 @@ line on stdout as soon as it is measured. For each it builds the backend and mod
 warm-up and timed optimizer steps over the per-process batch of random tokens, and
 reports the median step time, the peak memory of those steps and the warm-up a new
 process would pay (for a compiled step: a compile that finds its kernels already in the
-compiler's on-disk cache). The tuner runs it in a subprocess: an out-of-memory that
-cannot be caught (Metal, the kernel's OOM killer) or a crash loses one candidate, not
-the run.
+compiler's on-disk cache; that second compile is skipped, and the cold one reported, when
+the candidate is ahead of the fastest so far over the run's `steps` even after it). The
+tuner runs it in a subprocess: an out-of-memory that cannot be caught (Metal, the
+kernel's OOM killer) or a crash loses one candidate, not the run.
 """
 
 from __future__ import annotations
@@ -76,15 +77,19 @@ def measure(spec: dict, cand: dict) -> dict:
     step_s = statistics.median(times)
     peak = backend.peak_memory_bytes()
     warmup = max(0.0, first - step_s)
-    if cand["compile"] and status == "ok":
+    detail = f"first step {first:.2f} s, {len(times)} timed"
+    steps = spec.get("steps") or 0
+    if cand["compile"] and status == "ok" and best and steps and warmup + steps * step_s < steps * best:
+        # Ahead of the fastest so far even after a cold compile: a warm one changes no choice.
+        detail += "; warm-up is this cold compile (a compile that finds its kernels cached is shorter)"
+    elif cand["compile"] and status == "ok":
         # A new process compiles again; the kernels generated above sit in the on-disk cache by now.
         backend.clear_compile_cache()
         del backend
         gc.collect()
         again = _build(spec, cand)
         warmup = max(0.0, _timed(lambda: again.train_step(batches, 1e-4)) - step_s)
-    return {"status": status, "step_s": step_s, "peak_bytes": int(peak), "warmup_s": warmup,
-            "detail": f"first step {first:.2f} s, {len(times)} timed"}
+    return {"status": status, "step_s": step_s, "peak_bytes": int(peak), "warmup_s": warmup, "detail": detail}
 
 
 def main(spec: dict) -> None:

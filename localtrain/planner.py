@@ -142,6 +142,12 @@ def total_tokens(config: Config, params: int) -> int:
     return max(1, -(-wanted // per_step)) * per_step
 
 
+def total_steps(config: Config, vocab_size: int) -> int:
+    """The run's optimizer steps: its token budget in whole steps."""
+    rows = config.model.vocab_rows(vocab_size)
+    return total_tokens(config, params_count(config.model, rows)) // tokens_per_step(config)
+
+
 def check_world(config: Config, world_size: int) -> int:
     """Sequences per process per step; the batch must split evenly over the processes."""
     if config.train.batch_size % world_size:
@@ -310,9 +316,9 @@ def plan(
     limit, source = budget(config, machine, device, local_world_size)
     shape = Shape(config, vocab, device, int(limit * (1 - SAFETY_MARGIN)))
     par, shape, tuned = _sharing(shape, machine, world_size, resumed, parallel, tuned, notes)
-    tokens = total_tokens(config, params)
     per_step = tokens_per_step(config)
-    steps = tokens // per_step
+    steps = total_steps(config, vocab)
+    tokens = steps * per_step
     choice, decided_by, why, rows_measured, step_s = _decide(
         config, machine, shape, backend, rank_batch, steps, tuned, resumed)
     hold = (par == "fsdp" and rank_batch // choice.micro_batch_size > 1

@@ -19,16 +19,18 @@ import json
 import platform
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from localtrain import events as ev
+from localtrain.backends import preload
 from localtrain.config import Config
 from localtrain.files import write_atomic
 from localtrain.hardware import Machine
 from localtrain.plan import Choice, Measured, Tuned
-from localtrain.planner import budget, candidates, check_world, choose_backend
+from localtrain.planner import budget, candidates, check_world, choose_backend, total_steps
 
 CACHE_FILE = "tuning.json"
 PROBE = ["-m", "localtrain.backends.probe"]
@@ -177,17 +179,21 @@ def tune(config: Config, machine: Machine, vocab_size: int, cache_dir: Path, emi
                      f" {cache_dir / CACHE_FILE}."))
         return found
     backend, device, _ = choose_backend(config, machine)
+    rank_batch = check_world(config, world_size)
     spec = {"backend": backend, "device": device, "threads": config.run.threads, "vocab_size": vocab_size,
-            "model": asdict(config.model), "rank_batch": check_world(config, world_size)}
+            "model": asdict(config.model), "rank_batch": rank_batch, "steps": total_steps(config, vocab_size)}
     if config.run.memory_budget != "auto":
         spec["memory_limit"] = budget(config, machine, device, local_world_size)[0]
     emit(ev.Tune(stage="start", message=f"Timing up to {len(choices)} candidates of this shape on this machine"
                  " (once; the results are cached)."))
     start = time.perf_counter()
     probe = Probe(spec)
-    tokens = spec["rank_batch"] * config.model.seq_len
+    tokens = rank_batch * config.model.seq_len
 
     def measure(choice: Choice, best_step_s: float | None) -> Measured:
+        if choice.compile and not any(t.name == "preload" for t in threading.enumerate()):
+            # The run's own framework loads here while the measuring process compiles.
+            threading.Thread(target=preload, args=(backend,), name="preload", daemon=True).start()
         m = probe.measure(choice, best_step_s)
         emit(ev.Tune(stage="measured", candidate=choice.label, status=m.status, step_s=m.step_s
                      if m.status in ("ok", "slower") else 0.0,

@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -26,15 +27,31 @@ import time
 from pathlib import Path
 
 TARGET_S = 60.0
+INTERRUPTED = 130
+"""The exit code of a run stopped by Ctrl-C."""
 
 
 def disk_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
+def interrupt_at(proc: subprocess.Popen, runs: Path, step: int) -> None:
+    """Press Ctrl-C (SIGINT) once the run has logged `step`: the run keeps the default schedule."""
+    while proc.poll() is None:
+        logs = list(runs.glob("*/events.jsonl")) if runs.is_dir() else []
+        lines = logs[0].read_text().splitlines() if logs else []
+        if any('"type": "step"' in x and json.loads(x)["step"] >= step for x in lines):
+            proc.send_signal(signal.SIGINT)
+            return
+        time.sleep(0.2)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=200, help="stop the run after this many steps")
+    ap.add_argument("--interrupt", action="store_true",
+                    help="run the default schedule and press Ctrl-C after --steps steps (the plan is the default"
+                         " run's; without it the run is told --max-steps, which the tuner's choice takes into account)")
     ap.add_argument("--probe-first", action="store_true",
                     help="run `localtrain doctor --probe` (untimed) first: the run finds the tuner's measurements cached")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -51,14 +68,17 @@ def main() -> None:
                             *(x for kv in args.set for x in ("--set", kv))],
                            cwd=tmp, env=env, capture_output=True, text=True, check=True)
         start = time.time()  # the events carry wall-clock times: compare like with like
-        proc = subprocess.run(
-            [sys.executable, "-m", "localtrain", "run", "--max-steps", str(args.steps), "--plain",
-             *(x for kv in args.set for x in ("--set", kv))],
-            cwd=tmp, env=env, capture_output=True, text=True,
+        limit = [] if args.interrupt else ["--max-steps", str(args.steps)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "localtrain", "run", *limit, "--plain", *(x for kv in args.set for x in ("--set", kv))],
+            cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
+        if args.interrupt:
+            interrupt_at(proc, Path(tmp, "runs"), args.steps)
+        _, stderr = proc.communicate()
         wall = time.time() - start
-        if proc.returncode:
-            raise SystemExit(proc.stderr)
+        if proc.returncode not in (0, INTERRUPTED if args.interrupt else 0):
+            raise SystemExit(stderr)
         peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
         (run_dir,) = Path(tmp, "runs").iterdir()
         events = [json.loads(x) for x in (run_dir / "events.jsonl").read_text().splitlines()]
@@ -82,10 +102,11 @@ def main() -> None:
         ("first live sample", first("sample")),
     ]
     plan = first("plan")
+    length = f"Ctrl-C after step {args.steps} of {plan.get('total_steps')}" if args.interrupt else f"{args.steps} steps"
     cold = "tuner's measurements cached by doctor --probe" if args.probe_first else "cold cache"
     print(f"localtrain run (python-stdlib preset{''.join(' --set ' + kv for kv in args.set)}), {cold},"
           f" {cores} CPUs, {plan['backend']}/{plan['device']} {plan['dtype']}"
-          f"{' compiled' if plan.get('compiled') else ''}, micro-batch {plan.get('micro_batch_size')}, {args.steps} steps")
+          f"{' compiled' if plan.get('compiled') else ''}, micro-batch {plan.get('micro_batch_size')}, {length}")
     for name, e in rows:
         extra = f"  (step {e['step']})" if "step" in e else ""
         print(f"{name:36} {e['time'] - start:7.1f} s{extra}")
@@ -107,11 +128,12 @@ def main() -> None:
         print(f"doctor predicts no throughput (its plan was decided by: {predicted.get('decided_by')})")
     else:
         print(f"doctor failed: {(doctor.stderr or doctor.stdout).strip()[-300:]}")
-    mid = min(steps, key=lambda e: abs(e["step"] - args.steps // 2))
-    done = next(e for e in events if e["type"] == "done")
-    actual = done["time"] - mid["time"]
-    print(f"ETA at step {mid['step']}: {mid['eta_s']:,.0f} s; the run took {actual:,.0f} s more"
-          f" ({mid['eta_s'] / actual:.2f} x)")
+    if not args.interrupt:
+        mid = min(steps, key=lambda e: abs(e["step"] - args.steps // 2))
+        done = next(e for e in events if e["type"] == "done")
+        actual = done["time"] - mid["time"]
+        print(f"ETA at step {mid['step']}: {mid['eta_s']:,.0f} s; the run took {actual:,.0f} s more"
+              f" ({mid['eta_s'] / actual:.2f} x)")
     sample_s = first("sample")["time"] - start
     print(f"first sample {sample_s:.1f} s after the command: {'within' if sample_s <= TARGET_S else 'OVER'}"
           f" the {TARGET_S:.0f} s target")

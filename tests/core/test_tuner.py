@@ -78,6 +78,21 @@ def test_compiled_candidates_are_timed_with_their_warm_up(tmp_path, machine) -> 
     assert p.decided_by == "measured" and sum(row["chosen"] for row in p.candidates) == 1
 
 
+def test_a_compiled_candidate_ahead_even_after_its_cold_compile_is_not_compiled_again() -> None:
+    from localtrain.backends import probe
+
+    spec = {"backend": "torch", "device": "cpu", "threads": 0, "vocab_size": VOCAB,
+            "model": dataclasses.asdict(config().model), "rank_batch": 8}
+    cand = {"dtype": "float32", "compile": True, "micro_batch_size": 8}
+    # Over a million steps a compiled step beats one of a minute whatever its compile took.
+    ahead = probe.measure({**spec, "steps": 10**6, "best_step_s": 60.0}, cand)
+    assert ahead["status"] == "ok" and "cold compile" in ahead["detail"]
+    # With nothing to beat (or a run too short to tell), the warm compile a new process pays is measured.
+    for unknown in ({"steps": 10**6}, {"best_step_s": 60.0}):
+        measured = probe.measure({**spec, **unknown}, cand)
+        assert measured["status"] == "ok" and "cold compile" not in measured["detail"]
+
+
 def test_out_of_memory_and_a_dead_measuring_process_are_reported_and_skipped(tmp_path, machine, monkeypatch) -> None:
     c = config("model.seq_len=512")
     spec = {"backend": "torch", "device": "cpu", "threads": 1, "vocab_size": 32768, "rank_batch": 8,
