@@ -51,6 +51,22 @@ def check_weights(expected: dict[str, tuple[int, ...]], weights: dict[str, np.nd
         )
 
 
+def check_moments(shapes: dict[str, tuple[int, ...]], moments: dict[str, np.ndarray]) -> None:
+    """Refuse an optimizer state that lacks a moment of some tensor or holds one of another shape."""
+    from localtrain.errors import CheckpointError
+
+    for name, shape in shapes.items():
+        for suffix in MOMENT_SUFFIXES:
+            key = f"{name}.{suffix}"
+            if key not in moments:
+                raise CheckpointError(f"The checkpoint's optimizer state lacks `{key}`: it is incomplete."
+                                      " Resume from an older checkpoint, or delete this one.")
+            if tuple(moments[key].shape) != tuple(shape):
+                raise CheckpointError(
+                    f"The checkpoint's optimizer state `{key}` has shape {tuple(moments[key].shape)}, the model"
+                    f" needs {tuple(shape)}: it belongs to another model. Resume from a checkpoint of this run.")
+
+
 def matmul_peak(sizes: tuple[int, ...], operands: Callable[[int], tuple[Any, Any]],
                 run: Callable[[Any, Any, int], None]) -> float:
     """The best n x n matmul rate (FLOP/s) over `sizes`: `operands(n)` makes the two matrices,

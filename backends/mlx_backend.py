@@ -21,10 +21,10 @@ import numpy as np
 
 from localtrain.backends import mlx_model
 from localtrain.backends.base import (
-    MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory, matmul_peak,
+    MOMENT_SUFFIXES, OutOfMemory, StepResult, check_moments, check_weights, is_out_of_memory, matmul_peak,
 )
 from localtrain.config import ModelConfig, TrainConfig
-from localtrain.errors import CheckpointError, LocaltrainError
+from localtrain.errors import LocaltrainError
 
 MX_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 
@@ -262,22 +262,9 @@ class MLXBackend:
         params = {k: mx.array(np.asarray(weights[k], dtype=np.float32)) for k in self.shapes}
         loaded = None
         if moments:
-            loaded = {s: {} for s in MOMENT_SUFFIXES}
-            for name, shape in self.shapes.items():
-                for suffix in MOMENT_SUFFIXES:
-                    key = f"{name}.{suffix}"
-                    if key not in moments:
-                        raise CheckpointError(
-                            f"The checkpoint's optimizer state lacks `{key}`: it is incomplete."
-                            " Resume from an older checkpoint, or delete this one."
-                        )
-                    if tuple(moments[key].shape) != shape:
-                        raise CheckpointError(
-                            f"The checkpoint's optimizer state `{key}` has shape {tuple(moments[key].shape)},"
-                            f" the model needs {shape}: it belongs to another model. Resume from a checkpoint"
-                            " of this run."
-                        )
-                    loaded[suffix][name] = mx.array(np.asarray(moments[key], dtype=np.float32))
+            check_moments(self.shapes, moments)
+            loaded = {s: {k: mx.array(np.asarray(moments[f"{k}.{s}"], dtype=np.float32)) for k in self.shapes}
+                      for s in MOMENT_SUFFIXES}
         mx.eval(params, loaded)
         # A weights-only load starts the optimizer afresh.
         self.params, self.moments, self.opt_step = params, loaded, int(opt_step) if loaded else 0

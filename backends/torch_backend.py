@@ -9,18 +9,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from localtrain.backends.base import (
-    MOMENT_SUFFIXES, OutOfMemory, StepResult, check_weights, is_out_of_memory, loss_chunk_tokens, matmul_peak,
-)
 from localtrain.backends import torch_attention
-from localtrain.backends.torch_model import LayerCaches, LlamaLM, shared_layout
-from localtrain.config import ModelConfig, TrainConfig
-from localtrain.errors import CheckpointError
-
+from localtrain.backends.base import (
+    MOMENT_SUFFIXES, OutOfMemory, StepResult, check_moments, check_weights, is_out_of_memory, loss_chunk_tokens,
+    matmul_peak,
+)
 from localtrain.backends.torch_device import (
     TORCH_DTYPES, _decode_bytes, _encode_bytes, _peak_rss, _reset_peak_rss, _to_numpy, check_dtype,
-    resolve_device,
+    fresh_adamw_state, resolve_device,
 )
+from localtrain.backends.torch_model import LayerCaches, LlamaLM, shared_layout
+from localtrain.config import ModelConfig, TrainConfig
 
 
 class TorchBackend:
@@ -294,31 +293,20 @@ class TorchBackend:
     def load_state_arrays(
         self, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray] | None, opt_step: int
     ) -> None:
-        check_weights({name: tuple(p.detach()[rows].shape) for name, (p, rows) in self.layout.items()}, weights)
+        shapes = {name: tuple(p.detach()[rows].shape) for name, (p, rows) in self.layout.items()}
+        check_weights(shapes, weights)
         opt = self.optimizer
+        if opt is not None and moments:
+            check_moments(shapes, moments)  # before anything is replaced
         with torch.no_grad():
             for name, (p, rows) in self.layout.items():
                 p[rows] = torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).to(p.device, p.dtype)
             if opt is None or not moments:
                 return
-            fused = bool(opt.defaults.get("fused"))
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    opt.state[p] = {
-                        "step": torch.tensor(float(opt_step), dtype=torch.float32,
-                                             device=p.device if fused else "cpu"),
-                        "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
-                        "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
-                    }
+            fresh_adamw_state(opt, opt_step)
             for name, (p, rows) in self.layout.items():
                 for suffix in MOMENT_SUFFIXES:
-                    key = f"{name}.{suffix}"
-                    if key not in moments:
-                        raise CheckpointError(
-                            f"The checkpoint's optimizer state lacks `{key}`: it is incomplete."
-                            " Resume from an older checkpoint, or delete this one."
-                        )
-                    value = torch.from_numpy(np.asarray(moments[key], dtype=np.float32))
+                    value = torch.from_numpy(np.asarray(moments[f"{name}.{suffix}"], dtype=np.float32))
                     opt.state[p][suffix][rows] = value.to(p.device, p.dtype)
 
     def rng_state(self) -> dict[str, Any]:

@@ -88,3 +88,16 @@ def _encode_bytes(t: torch.Tensor) -> str:
 
 def _decode_bytes(s: str) -> torch.Tensor:
     return torch.from_numpy(np.frombuffer(base64.b64decode(s), dtype=np.uint8).copy())
+
+
+def fresh_adamw_state(opt: torch.optim.Optimizer, opt_step: int) -> None:
+    """Give every parameter an AdamW state at `opt_step` with zero moments, for a checkpoint's
+    moments to be copied into (the step counter where the fused kernels keep it)."""
+    fused = bool(opt.defaults.get("fused"))
+    for group in opt.param_groups:
+        for p in group["params"]:
+            opt.state[p] = {
+                "step": torch.tensor(float(opt_step), dtype=torch.float32, device=p.device if fused else "cpu"),
+                "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+            }

@@ -26,11 +26,10 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from localtrain.backends.base import MOMENT_SUFFIXES, check_weights
+from localtrain.backends.base import MOMENT_SUFFIXES, check_moments, check_weights
 from localtrain.backends.torch_backend import TorchBackend, TorchDecoder
-from localtrain.backends.torch_device import TORCH_DTYPES, _to_numpy
+from localtrain.backends.torch_device import TORCH_DTYPES, _to_numpy, fresh_adamw_state
 from localtrain.backends.torch_model import Layout
-from localtrain.errors import CheckpointError
 
 
 # glibc serves allocations from the heap below a threshold that it raises to the size of
@@ -175,25 +174,13 @@ class FSDPBackend(TorchBackend):
         self, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray] | None, opt_step: int
     ) -> None:
         """Keep this rank's rows of each full array (every rank is handed the full arrays)."""
-        check_weights({name: _rows_shape(p.shape, rows) for name, (p, rows) in self.layout.items()}, weights)
+        shapes = {name: _rows_shape(p.shape, rows) for name, (p, rows) in self.layout.items()}
+        check_weights(shapes, weights)
         opt = self.optimizer
         restore = opt is not None and bool(moments)
         if restore:
-            missing = [f"{n}.{s}" for n in self.layout for s in MOMENT_SUFFIXES if f"{n}.{s}" not in moments]
-            if missing:
-                raise CheckpointError(
-                    f"The checkpoint's optimizer state lacks `{missing[0]}`: it is incomplete."
-                    " Resume from an older checkpoint, or delete this one."
-                )
-            fused = bool(opt.defaults.get("fused"))
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    opt.state[p] = {
-                        "step": torch.tensor(float(opt_step), dtype=torch.float32,
-                                             device=p.device if fused else "cpu"),
-                        "exp_avg": torch.zeros_like(p),
-                        "exp_avg_sq": torch.zeros_like(p),
-                    }
+            check_moments(shapes, moments)
+            fresh_adamw_state(opt, opt_step)
         with torch.no_grad():
             for p, entries in _grouped(self.layout):
                 targets = {"": (p, weights)}

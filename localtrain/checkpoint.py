@@ -31,7 +31,7 @@ import numpy as np
 
 from localtrain import events as ev, ownership
 from localtrain.errors import CheckpointError
-from localtrain.files import fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
+from localtrain.files import file_digest, fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
 
 FORMAT = 1
 PREFIX = "step-"
@@ -59,14 +59,6 @@ def step_dir_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _save_tensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save
 
@@ -84,7 +76,7 @@ def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[
         manifest = {}
         for name, arrays in files.items():
             _save_tensors(tmp / name, arrays)
-            manifest[name] = {"bytes": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)}
+            manifest[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_digest(tmp / name)}
         state = {**state, "format": FORMAT, "files": manifest}
         body = json.dumps(state, indent=1, sort_keys=True).encode()
         write_synced(tmp / STATE_FILE, body)
@@ -194,7 +186,7 @@ def load(path: Path, with_optimizer: bool = True) -> Loaded:
             raise CheckpointError(
                 f"{file} is {size} bytes but was written as {info['bytes']} bytes: it is truncated or damaged."
             )
-        if _sha256(file) != info["sha256"]:
+        if file_digest(file) != info["sha256"]:
             raise CheckpointError(f"{file} does not match the sha256 recorded when it was written: it is damaged.")
     try:
         weights = load_file(str(path / MODEL_FILE))

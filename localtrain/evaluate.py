@@ -29,6 +29,7 @@ import numpy as np
 from localtrain import metrics, quality
 from localtrain.errors import CheckpointError, DataError, LocaltrainError
 from localtrain.evaltext import NAMED_TEXTS, read_text, text_path
+from localtrain.flags import add_model_flags
 
 TokenLosses = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """A backend's `token_losses(x, y)`: nats of each target in y given x, both (B, T)."""
@@ -251,11 +252,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples", type=int, default=0, metavar="N",
                    help="also generate N samples with the run's sampling settings and report their quality")
     p.add_argument("--seed", type=int, default=0, help="seed of the first sample")
-    p.add_argument("--backend", choices=["torch", "mlx"], default=None,
-                   help="framework to run on (default: mlx on Apple silicon, else torch)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="compute dtype (default: the one the weights were trained in)")
+    add_model_flags(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

@@ -301,8 +301,3 @@ def read_events(path: Path) -> list[Event]:
 
 def iter_kind(events: list[Event], kind: type[Event]) -> Iterator[Any]:
     return (e for e in events if isinstance(e, kind))
-
-
-def latest_steps(events: list[Event]) -> dict[int, Step]:
-    """Step events by step number; after a resume, the latest run of a step wins."""
-    return {e.step: e for e in iter_kind(events, Step)}

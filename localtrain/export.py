@@ -30,8 +30,8 @@ from pathlib import Path
 
 from localtrain import ownership
 from localtrain.errors import LocaltrainError
-from localtrain.files import fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
-from localtrain.weights import CHECKPOINT_HELP, DTYPES, Source, file_sha256, load_source, write_safetensors
+from localtrain.files import file_digest, fsync_dir, make_dir, remove_tree, replace, replace_dir, write_synced
+from localtrain.weights import CHECKPOINT_HELP, DTYPES, Source, load_source, write_safetensors
 
 EMBED = "model.embed_tokens.weight"
 SPACE = "\u2581"
@@ -193,7 +193,7 @@ def export(source: Source, out: Path, fmt: str = "hf", dtype: str = "float32", f
         write_synced(tmp / "tokenizer.model", model_bytes)
         for name, content in files.items():
             write_synced(tmp / name, (json.dumps(content, indent=1, ensure_ascii=False) + "\n").encode())
-        ownership.write_marker(tmp, "export", files={n: file_sha256(tmp / n) for n in EXPORT_FILES},
+        ownership.write_marker(tmp, "export", files={n: file_digest(tmp / n) for n in EXPORT_FILES},
                                source=str(source.origin))
         fsync_dir(tmp)
         if occupied and not ownership.entries_are(out, lambda n: n in EXPORT_FILES or n == ownership.MARKER):

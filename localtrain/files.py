@@ -11,6 +11,7 @@ and the file it would have replaced stays as it was.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -20,6 +21,8 @@ from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from localtrain.errors import LocaltrainError
+
+HASH_BLOCK = 8 << 20
 
 T = TypeVar("T")
 
@@ -43,6 +46,26 @@ def checked(op: str, path: Path, fn: Callable[..., T], *args: Any) -> T:
         return _do(op, path, fn, *args)
     except OSError as exc:
         raise disk_error(exc, path, op) from exc
+
+
+def file_hasher(path: Path, algorithm: str = "sha256", size: int | None = None) -> Any:
+    """A hashlib object fed the first `size` bytes of `path` (all of it when None), read in blocks."""
+    h = hashlib.new(algorithm)
+    left = size
+    with open(path, "rb") as f:
+        while left is None or left > 0:
+            block = f.read(HASH_BLOCK if left is None else min(HASH_BLOCK, left))
+            if not block:
+                break
+            h.update(block)
+            if left is not None:
+                left -= len(block)
+    return h
+
+
+def file_digest(path: Path, algorithm: str = "sha256", size: int | None = None) -> str:
+    """The hex digest of the first `size` bytes of `path` (all of it when None)."""
+    return file_hasher(path, algorithm, size).hexdigest()
 
 
 def human(n: float) -> str:

@@ -27,6 +27,15 @@ def add_config_flags(p: argparse.ArgumentParser) -> None:
                    help="override any config key, e.g. --set train.lr=3e-4 (repeatable)")
 
 
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """Where the commands that run a trained model (sample, eval) run it."""
+    p.add_argument("--backend", choices=["torch", "mlx"], default=None,
+                   help="framework to run on (default: mlx on Apple silicon, else torch)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="compute dtype (default: the one the weights were trained in)")
+
+
 def overrides(data: str | None = None, extra: list[str] | tuple[str, ...] = (), **flags: object) -> list[str]:
     """The overrides for the flags given (None: not given), then the `--set` ones in `extra`."""
     out = []

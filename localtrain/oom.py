@@ -12,7 +12,7 @@ import numpy as np
 from localtrain import events as ev
 from localtrain.backends.base import OutOfMemory, StepResult
 from localtrain.errors import LocaltrainError
-from localtrain.planner import next_smaller_micro
+from localtrain.batch import next_smaller_micro
 
 class Backoff:
     """The OOM-safe step of a Trainer (the method takes the trainer as `self`)."""

@@ -131,10 +131,5 @@ class RunPlan:
     def choice(self) -> Choice:
         return Choice(self.dtype, self.compile, self.micro_batch_size, self.activation_checkpointing)
 
-    def backed_off(self, micro_batch_size: int) -> RunPlan:
-        """The same plan at a smaller micro-batch and more accumulation (the OOM back-off)."""
-        return dataclasses.replace(self, micro_batch_size=micro_batch_size,
-                                   grad_accum_steps=self.rank_batch // micro_batch_size)
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

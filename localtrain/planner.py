@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from localtrain.batch import check_world, micro_batch_candidates, tokens_per_step, total_steps
 from localtrain.config import Config
 from localtrain.errors import LocaltrainError
 from localtrain.files import human, parse_size
@@ -99,18 +100,6 @@ def budget(config: Config, machine: Machine, device: str, local_world_size: int 
     return b, f"available RAM minus {headroom / GB:.1f} GiB headroom{share}"
 
 
-def micro_batch_candidates(batch_size: int) -> list[int]:
-    """Divisors of the batch, largest first: the effective batch stays exactly batch_size."""
-    small = [m for m in range(1, math.isqrt(batch_size) + 1) if batch_size % m == 0]
-    return sorted({*small, *(batch_size // m for m in small)}, reverse=True)
-
-
-def next_smaller_micro(batch_size: int, micro: int) -> int | None:
-    """The largest divisor of batch_size at most half of micro (the OOM back-off step)."""
-    smaller = [m for m in micro_batch_candidates(batch_size) if m <= micro // 2]
-    return smaller[0] if smaller else None
-
-
 def estimate_vocab(config: Config) -> int:
     # Before the tokenizer exists: a char vocabulary is the alphabet (a few hundred at most).
     return 256 if config.data.tokenizer == "char" else config.data.vocab_size
@@ -127,36 +116,6 @@ def disk_needed(config: Config, params: int, vocab_size: int) -> dict[str, int]:
     # and best/ holds weights.
     checkpoints = 12 * params * (config.train.keep_checkpoints + 1) + 4 * params
     return {"data": download + token_file, "checkpoints": checkpoints}
-
-
-def tokens_per_step(config: Config) -> int:
-    return config.train.batch_size * config.model.seq_len
-
-
-def total_tokens(config: Config, params: int) -> int:
-    """The token budget: max_steps or max_tokens, else 20 tokens per parameter (whole steps)."""
-    per_step = tokens_per_step(config)
-    if config.train.max_steps:
-        return config.train.max_steps * per_step
-    wanted = config.train.max_tokens or 20 * params
-    return max(1, -(-wanted // per_step)) * per_step
-
-
-def total_steps(config: Config, vocab_size: int) -> int:
-    """The run's optimizer steps: its token budget in whole steps."""
-    rows = config.model.vocab_rows(vocab_size)
-    return total_tokens(config, params_count(config.model, rows)) // tokens_per_step(config)
-
-
-def check_world(config: Config, world_size: int) -> int:
-    """Sequences per process per step; the batch must split evenly over the processes."""
-    if config.train.batch_size % world_size:
-        raise LocaltrainError(
-            f"train.batch_size={config.train.batch_size} cannot be split evenly over {world_size} processes."
-            f" Pick a batch size that {world_size} divides, e.g. --set train.batch_size="
-            f"{-(-config.train.batch_size // world_size) * world_size}."
-        )
-    return config.train.batch_size // world_size
 
 
 @dataclass(frozen=True)

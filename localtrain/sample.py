@@ -19,6 +19,7 @@ from pathlib import Path
 
 from localtrain import sampling
 from localtrain.errors import LocaltrainError
+from localtrain.flags import add_model_flags
 from localtrain.weights import CHECKPOINT_HELP, Source, load_source
 
 
@@ -131,11 +132,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="then among the most likely tokens holding P of the probability (1: all)")
     p.add_argument("--seed", type=int, default=s.seed, help="the same seed gives the same text")
     p.add_argument("--num-samples", type=int, default=s.num_samples, metavar="N", help="samples per prompt")
-    p.add_argument("--backend", choices=["torch", "mlx"], default=None,
-                   help="framework to run on (default: mlx on Apple silicon, else torch)")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="where to run")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="compute dtype (default: the one the weights were trained in)")
+    add_model_flags(p)
     p.add_argument("--json", action="store_true", help="one JSON object per sample instead of plain text")
 
 

@@ -30,7 +30,8 @@ from localtrain.config import Config
 from localtrain.files import write_atomic
 from localtrain.hardware import Machine
 from localtrain.plan import Choice, Measured, Tuned
-from localtrain.planner import budget, candidates, check_world, choose_backend, total_steps
+from localtrain.batch import check_world, total_steps
+from localtrain.planner import budget, candidates, choose_backend
 
 CACHE_FILE = "tuning.json"
 PROBE = ["-m", "localtrain.backends.probe"]

@@ -20,7 +20,7 @@ import numpy as np
 from localtrain import checkpoint, config as cfg, ownership
 from localtrain.config import ModelConfig
 from localtrain.errors import CheckpointError, LocaltrainError
-from localtrain.files import write_synced
+from localtrain.files import file_digest, write_synced
 from localtrain.runfiles import CONFIG_FILE, no_such_run
 
 DTYPES = {"float32": ("F32", 4), "float16": ("F16", 2), "bfloat16": ("BF16", 2)}
@@ -159,17 +159,9 @@ def _verify_export(path: Path) -> None:
         file = path / str(name)
         if "/" in str(name) or not file.is_file():
             raise CheckpointError(f"{file}, part of the export in {path}, is missing. Export the run again.")
-        if file_sha256(file) != digest:
+        if file_digest(file) != digest:
             raise CheckpointError(f"{file} does not match the sha256 recorded when it was exported: it was edited "
                                   f"or is damaged. Export the run again.")
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _load_export(path: Path) -> Source:

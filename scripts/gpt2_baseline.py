@@ -3,7 +3,8 @@
 A GPT-2 block (LayerNorm without bias, learned positions, a 4x GELU MLP, causal SDPA, no
 biases, the output head tied to the token embedding) and nanoGPT's training step:
 forward under autocast, the loss over the full float32 logits, backward, clipping at 1.0,
-AdamW (fused where torch has it), gradients set to None. The benchmarks time it beside
+AdamW (fused on CUDA, torch's default implementation elsewhere, as nanoGPT chooses; or
+fused wherever torch has it, with fused_adamw=True), gradients set to None. The benchmarks time it beside
 localtrain's step on the same shape, the same data and the same device.
 """
 
@@ -18,7 +19,8 @@ class GPT2Baseline:
     """A GPT-2 model of the given shape and its training step on `device`."""
 
     def __init__(self, vocab: int, n_layer: int, n_head: int, n_embd: int, seq_len: int, device: str = "cpu",
-                 dtype: str = "float32", compile: bool = False, compile_mode: str | None = None) -> None:
+                 dtype: str = "float32", compile: bool = False, compile_mode: str | None = None,
+                 fused_adamw: bool | None = None) -> None:
         import torch
         import torch.nn as nn
         import torch.nn.functional as F
@@ -65,7 +67,8 @@ class GPT2Baseline:
         decay = [p for p in self.model.parameters() if p.dim() >= 2]
         rest = [p for p in self.model.parameters() if p.dim() < 2]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": rest, "weight_decay": 0.0}],
-                                     lr=1e-3, betas=(0.9, 0.95), fused=device in ("cpu", "cuda"))
+                                     lr=1e-3, betas=(0.9, 0.95),
+                                     fused=device == "cuda" if fused_adamw is None else fused_adamw)
         self.params = sum(p.numel() for p in self.model.parameters())
         # nanoGPT's MFU counts every parameter but the position table (the head is the tied embedding).
         self.flops_per_token = 6.0 * (self.params - seq_len * n_embd) + 12.0 * n_layer * n_embd * seq_len

@@ -26,7 +26,7 @@ from typing import Any
 from localtrain import ownership
 from localtrain.errors import DataError
 from localtrain.events import Download, Emit, Warning
-from localtrain.files import Appender, make_dir, remove_file, replace, write_atomic
+from localtrain.files import Appender, file_digest, make_dir, remove_file, replace, write_atomic
 
 CHUNK = 1 << 16
 EVENT_SECONDS = 0.5
@@ -39,14 +39,6 @@ class ChecksumError(DataError):
 
 def _digest_name(checksum: str) -> str:
     return {32: "md5", 40: "sha1", 64: "sha256"}.get(len(checksum), "")
-
-
-def file_digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def parse_checksum_list(text: str, filename: str) -> str | None:

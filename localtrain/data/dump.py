@@ -113,11 +113,6 @@ def _pages_from_parser(parser: ET.XMLPullParser) -> Iterator[Page]:
             elem.clear()
 
 
-def open_compressed(path: Path) -> BinaryIO:
-    """The file's bytes, decompressed when its first bytes say bz2 or gzip (every stream of it)."""
-    return formats.open_decompressed(path)
-
-
 def _open_dump(path: Path, compression: str | None) -> tuple[BinaryIO, BinaryIO]:
     """The raw file and the decompressed stream over it ("sniff": the compression its first bytes show)."""
     raw = open(path, "rb")

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from localtrain import ownership
-from localtrain.data.shards import SEEN_FILE, SPLITS, DamagedData, file_sha256, write_manifest
-from localtrain.files import replace
+from localtrain.data.shards import SEEN_FILE, SPLITS, DamagedData, write_manifest
+from localtrain.files import file_digest, replace
 
 TOKENIZER = "tokenizer.model"
 RANGE_BLOCK = 1 << 24
@@ -43,7 +43,7 @@ def verify(directory: Path, manifest: dict[str, Any], threads: int = 0) -> tuple
     if manifest.get("tokenizer_sha256") is not None:
         if not tok.is_file():
             raise DamagedData(f"{tok} is missing.")
-        if file_sha256(tok) != manifest["tokenizer_sha256"]:
+        if file_digest(tok) != manifest["tokenizer_sha256"]:
             raise DamagedData(f"{tok} does not match the sha256 its manifest records: it was replaced or is damaged.")
         total += tok.stat().st_size
     itemsize = np.dtype(manifest["dtype"]).itemsize
@@ -71,7 +71,7 @@ def _check_shard(directory: Path, shard: dict[str, Any], itemsize: int, manifest
     path = directory / shard["file"]
     size = int(shard["tokens"]) * itemsize
     if shard.get("sha256") is not None:
-        if file_sha256(path, size) != shard["sha256"]:
+        if file_digest(path, size=size) != shard["sha256"]:
             raise DamagedData(f"{path} does not match the sha256 its manifest records: it is damaged.")
         return False
     dtype = np.dtype(manifest["dtype"]).newbyteorder("<")
@@ -82,7 +82,7 @@ def _check_shard(directory: Path, shard: dict[str, Any], itemsize: int, manifest
         if top >= vocab:
             raise DamagedData(f"{path} holds token id {top}, outside the vocabulary of {vocab}: it is damaged.")
     del tokens
-    shard["sha256"] = file_sha256(path, size)
+    shard["sha256"] = file_digest(path, size=size)
     return True
 
 
@@ -95,7 +95,7 @@ def _check_seen(directory: Path, manifest: dict[str, Any]) -> int:
     size = int(dedup["count"]) * 8
     if not path.is_file() or path.stat().st_size < size:
         raise DamagedData(f"{path} is shorter than the {size:,} bytes its manifest records: it is damaged.")
-    if file_sha256(path, size) != dedup["sha256"]:
+    if file_digest(path, size=size) != dedup["sha256"]:
         raise DamagedData(f"{path} does not match the sha256 its manifest records: it is damaged.")
     return size
 

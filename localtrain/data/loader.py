@@ -75,9 +75,6 @@ class TrainWindows:
     def phase_of(self, epoch: int) -> int:
         return min(epoch // self.phase_epochs, len(self.phases) - 1)
 
-    def windows_per_epoch(self, epoch: int = 0) -> int:
-        return (len(self.phases.tokens(self.phase_of(epoch))) - 1) // self.seq_len
-
     def _epoch_starts(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
             phase = self.phase_of(epoch)

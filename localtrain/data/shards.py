@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from localtrain.errors import DataError
-from localtrain.files import Appender, fsync_dir, fsync_file, remove_file, truncate, write_atomic
+from localtrain.files import Appender, file_hasher, fsync_dir, fsync_file, remove_file, truncate, write_atomic
 
 MANIFEST = "manifest.json"
 SEEN_FILE = "seen.bin"
@@ -34,7 +34,6 @@ SPLITS = ("train", "val")
 SELF_HASH = "manifest_sha256"
 SHARD_FILE = re.compile(r"(train|val)-\d{5,}\.bin")
 """The names of the shards a preparation writes: the only files it ever deletes."""
-HASH_BLOCK = 8 << 20
 
 
 class DamagedData(DataError):
@@ -73,25 +72,6 @@ def read_manifest(directory: Path) -> dict[str, Any] | None:
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
     manifest[SELF_HASH] = hashlib.sha256(_canonical(manifest)).hexdigest()
     write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
-
-
-def file_sha256(path: Path, size: int | None = None) -> str:
-    """sha256 of the first `size` bytes of `path` (all of it when None), read in blocks."""
-    return _hasher(path, size).hexdigest()
-
-
-def _hasher(path: Path, size: int | None = None) -> Any:
-    h = hashlib.sha256()
-    left = size
-    with open(path, "rb") as f:
-        while left is None or left > 0:
-            block = f.read(HASH_BLOCK if left is None else min(HASH_BLOCK, left))
-            if not block:
-                break
-            h.update(block)
-            if left is not None:
-                left -= len(block)
-    return h
 
 
 class ShardWriter:
@@ -136,7 +116,7 @@ class ShardWriter:
             block = data[pos : pos + take].tobytes()
             if last["file"] not in self._hashes:
                 # The shard's committed bytes, hashed once when a run continues appending to it.
-                self._hashes[last["file"]] = _hasher(path, last["tokens"] * self.dtype.itemsize) \
+                self._hashes[last["file"]] = file_hasher(path, "sha256", last["tokens"] * self.dtype.itemsize) \
                     if last["tokens"] else hashlib.sha256()
             with Appender(path) as f:
                 f.write(block)

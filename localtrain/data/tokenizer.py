@@ -97,10 +97,6 @@ class Tokenizer:
         """Token ids of `text`, without BOS or EOS."""
         return self._sp.encode(text)
 
-    def encode_batch(self, texts: list[str], threads: int = 0) -> list[list[int]]:
-        """Token ids of many texts, encoded on `threads` threads (0: every core)."""
-        return self._sp.encode(list(texts), num_threads=threads or os.cpu_count() or 1)
-
     def decode(self, ids: list[int]) -> str:
         return self._sp.decode([int(i) for i in ids])
 

@@ -78,7 +78,7 @@ def test_every_problem_is_reported_at_once() -> None:
 
 
 def test_the_schedule_length_defaults_to_20_tokens_per_parameter() -> None:
-    from localtrain.planner import total_tokens
+    from localtrain.batch import total_tokens
 
     c = cfg.resolve("python-stdlib", ["train.max_steps=0"])
     # 8 x 256 = 2,048 tokens a step; a 1M-parameter model gets 20M tokens, in whole steps.

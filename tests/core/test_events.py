@@ -67,11 +67,3 @@ def test_non_finite_floats_are_written_as_null() -> None:
                    tokens_per_s=1.0, mfu=0.0, step_time_s=1.0, elapsed_s=1.0, eta_s=0.0, memory_bytes=0).to_json()
     obj = json.loads(line)  # strict JSON
     assert obj["loss"] is None and obj["grad_norm"] is None
-
-
-def test_latest_steps_prefers_the_resumed_run() -> None:
-    def step(n: int, loss: float) -> ev.Step:
-        return ev.Step(step=n, total_steps=3, loss=loss, lr=0.1, grad_norm=1.0, tokens=n, tokens_per_s=1.0,
-                       mfu=0.0, step_time_s=1.0, elapsed_s=1.0, eta_s=0.0, memory_bytes=0)
-    stream = [step(1, 3.0), step(2, 2.0), step(3, 9.9), step(2, 2.0), step(3, 1.5)]
-    assert {k: v.loss for k, v in ev.latest_steps(stream).items()} == {1: 3.0, 2: 2.0, 3: 1.5}

@@ -10,7 +10,8 @@ from localtrain.errors import LocaltrainError
 from localtrain.hardware import GPU, Machine
 from localtrain.memory import GB, memory_estimate
 from localtrain.plan import Choice, Measured, Tuned
-from localtrain.planner import candidates, check_plan, micro_batch_candidates, next_smaller_micro, pick, plan
+from localtrain.batch import micro_batch_candidates, next_smaller_micro
+from localtrain.planner import candidates, check_plan, pick, plan
 from localtrain.files import parse_size
 
 MB = 1024**2

@@ -75,8 +75,6 @@ def test_tokenizer_basics(bpe: Tokenizer, tmp_path: Path) -> None:
     ids = bpe.encode("import os\n")
     assert bpe.bos_id not in ids and bpe.eos_id not in ids
     assert bpe.encode("\n") == [bpe.pieces().index("\n")]
-    texts = ["a = 1\n", "def g():\n    pass\n", ""]
-    assert bpe.encode_batch(texts, threads=2) == [bpe.encode(t) for t in texts]
     path = tmp_path / "tokenizer.model"
     path.write_bytes(bpe.model_bytes)
     again = Tokenizer.load(path)

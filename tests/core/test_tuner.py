@@ -93,6 +93,35 @@ def test_a_compiled_candidate_ahead_even_after_its_cold_compile_is_not_compiled_
         assert measured["status"] == "ok" and "cold compile" not in measured["detail"]
 
 
+# Shapes whose peak something other than the process's own overhead makes: wide layers, a long
+# context, a large vocabulary (as in scripts/bench_planner.py, smaller).
+PEAK_SHAPES = {
+    "wide": (["model.n_layer=2", "model.n_head=8", "model.n_embd=768", "model.seq_len=256"], 256, 8),
+    "long context": (["model.n_layer=2", "model.n_head=4", "model.n_embd=256", "model.seq_len=1024"], 256, 4),
+    "big vocabulary": (["model.n_layer=2", "model.n_head=4", "model.n_embd=256", "model.seq_len=256"], 32768, 8),
+}
+
+
+@pytest.mark.parametrize("shape", PEAK_SHAPES)
+def test_the_memory_model_predicts_the_measured_peak_within_15_percent(shape: str) -> None:
+    from localtrain.memory import memory_estimate
+
+    overrides, vocab, micro = PEAK_SHAPES[shape]
+    c = cfg.resolve("python-stdlib", overrides)
+    spec = {"backend": "torch", "device": "cpu", "threads": 0, "vocab_size": vocab, "timed_steps": 1,
+            "model": dataclasses.asdict(c.model), "rank_batch": micro}
+    probe = tuner.Probe(spec)
+    try:
+        m = probe.measure(Choice("float32", False, micro), None)
+    finally:
+        probe.close()
+    est = memory_estimate(c.model, vocab, micro, "float32", "cpu")
+    assert m.status == "ok", m.detail
+    # The step's own terms are most of the prediction: a dropped or doubled one shows.
+    assert est.total - est.terms["overhead"] > 0.5 * est.total
+    assert abs(est.total - m.peak_bytes) <= 0.15 * m.peak_bytes, (est.terms, m.peak_bytes)
+
+
 def test_out_of_memory_and_a_dead_measuring_process_are_reported_and_skipped(tmp_path, machine, monkeypatch) -> None:
     c = config("model.seq_len=512")
     spec = {"backend": "torch", "device": "cpu", "threads": 1, "vocab_size": 32768, "rank_batch": 8,
