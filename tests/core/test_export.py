@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,13 @@ def test_transformers_loads_the_export_with_the_same_logits(trained_run, tmp_pat
         mine = ours.model.logits(ours.model.hidden(x))[0, :, :600].numpy()
     assert theirs.shape == (len(ids), 600)
     assert np.abs(theirs - mine).max() < 1e-4
+    # The comparison sees the positions: the same weights read with another rope_theta disagree.
+    moved = tmp_path / "another-rope"
+    shutil.copytree(out, moved)
+    (moved / "config.json").write_text(json.dumps({**config, "rope_theta": 2 * config["rope_theta"]}))
+    other = transformers.LlamaForCausalLM.from_pretrained(moved)
+    with torch.no_grad():
+        assert np.abs(other(x).logits[0].numpy() - mine).max() > 1e-2
 
 
 def test_both_tokenizer_classes_give_localtrains_ids(trained_run, tmp_path, cache_dir, code_corpus) -> None:
