@@ -5,7 +5,10 @@ PyTorch's scaled_dot_product_attention has several fused kernels on an NVIDIA GP
 order. Which one is fastest depends on the card, the head size and the library
 versions, so the backend times each that accepts the shape (forward and backward, on
 random data from its own generator) once per shape, checks that it agrees with the
-others, and puts the fastest first for the training step.
+others, and puts the fastest first for the training step. For a 16-bit step it also
+times each kernel in float32 (q, k and v cast up, the output cast back): on a CPU torch's
+16-bit attention can be several times slower than its float32 one, and then the step
+runs attention in float32.
 """
 
 from __future__ import annotations
@@ -35,6 +38,15 @@ class AttentionChoice:
     """Forward + backward milliseconds of each kernel that ran."""
     refused: dict[str, str] = field(default_factory=dict)
     """Kernels that could not run the shape, or disagreed with the others, and why."""
+    upcast: bool = False
+    """Attention in float32 (inputs cast up, output cast back): the fastest way measured."""
+
+    def to_dict(self) -> dict:
+        return {"order": self.order, "ms": self.ms, "refused": self.refused, "upcast": self.upcast}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AttentionChoice:
+        return cls(list(d["order"]), dict(d["ms"]), dict(d["refused"]), bool(d["upcast"]))
 
     def context(self) -> contextlib.AbstractContextManager:
         """Run attention with the measured order (the rest as fallbacks) inside this block."""
@@ -57,7 +69,8 @@ def _make(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, gen
 
 def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = "cuda",
             repeats: int = 10) -> AttentionChoice:
-    """Time causal attention forward + backward on (B, heads, T, hs) with each fused kernel."""
+    """Time causal attention forward + backward on (B, heads, T, hs) with each fused kernel, and
+    for a 16-bit dtype with each in float32 too (its label ends in "/float32")."""
     choice = AttentionChoice()
     if sdpa_kernel is None:
         return choice
@@ -66,13 +79,16 @@ def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = 
     q, k, v = _make(shape, dtype, device, gen)
     grad = torch.randn(q.shape, device=device, dtype=dtype, generator=gen)
     outputs: dict[str, torch.Tensor] = {}
-    for name in FUSED:
+    ways = [(n, False) for n in FUSED] + ([(n, True) for n in FUSED] if dtype != torch.float32 else [])
+    for name, upcast in ways:
+        label = name + ("/float32" if upcast else "")
         if not hasattr(SDPBackend, name):
             continue
         try:
             with sdpa_kernel([getattr(SDPBackend, name)]):
                 def run() -> torch.Tensor:
-                    out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+                    ins = (q.float(), k.float(), v.float()) if upcast else (q, k, v)
+                    out = F.scaled_dot_product_attention(*ins, is_causal=True).to(dtype)
                     out.backward(grad)
                     return out
 
@@ -85,19 +101,22 @@ def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = 
                     run()
                 sync()
         except RuntimeError as exc:
-            choice.refused[name] = str(exc).strip().splitlines()[0][:200]
+            choice.refused[label] = str(exc).strip().splitlines()[0][:200]
             continue
-        choice.ms[name] = (time.perf_counter() - start) * 1000 / repeats
-        outputs[name] = out[:1].detach().float()
+        choice.ms[label] = (time.perf_counter() - start) * 1000 / repeats
+        outputs[label] = out[:1].detach().float()
     q.grad = k.grad = v.grad = None
     # A kernel whose output strays from float32 arithmetic on the first sequence is left out
     # (16-bit rounding gives ~4e-3).
     with torch.no_grad(), sdpa_kernel([SDPBackend.MATH]):
         ref = F.scaled_dot_product_attention(*(t[:1].float() for t in (q, k, v)), is_causal=True)
-    for name, out in outputs.items():
+    for label, out in outputs.items():
         err = float((out - ref).norm() / ref.norm())
         if not err <= 2e-2:
-            choice.refused[name] = f"output differs from float32 arithmetic by {err:.1e} (relative)"
-            del choice.ms[name]
-    choice.order = sorted(choice.ms, key=choice.ms.get)
+            choice.refused[label] = f"output differs from float32 arithmetic by {err:.1e} (relative)"
+            del choice.ms[label]
+    fastest = sorted(choice.ms, key=choice.ms.get)
+    choice.upcast = bool(fastest) and fastest[0].endswith("/float32")
+    # The kernels as the step runs them (in its dtype, or all in float32), fastest first.
+    choice.order = [label.split("/")[0] for label in fastest if label.endswith("/float32") == choice.upcast]
     return choice

@@ -32,7 +32,7 @@ class TorchBackend:
         self.compile = compile
         # torch.compile's mode ("max-autotune-no-cudagraphs", "reduce-overhead"); None: its default.
         self.compile_mode = compile_mode
-        # The measured attention kernel order per (micro-batch, dtype) on CUDA.
+        # The measured attention kernel order per (micro-batch, dtype) on CUDA, and on a CPU in 16 bits.
         self.attention: dict[tuple[int, str], torch_attention.AttentionChoice] = {}
         if threads:
             torch.set_num_threads(threads)
@@ -169,16 +169,21 @@ class TorchBackend:
         return t.to(self.device)
 
     def _attention(self, micro_batch_size: int) -> contextlib.AbstractContextManager:
-        """On CUDA, the fastest attention kernel for this micro-batch, measured the first time."""
+        """The fastest way to run attention for this micro-batch, measured the first time: on CUDA
+        the fused kernel; on a CPU in 16 bits, whether attention runs in float32."""
         model = self.model
-        if self.device != "cuda" or model.cfg.dropout:
+        measured = self.device == "cuda" or (self.device == "cpu" and self.dtype != "float32")
+        if not measured or model.cfg.dropout:
             return contextlib.nullcontext()
         key = (micro_batch_size, self.dtype)
         if key not in self.attention:
             cfg = model.cfg
             shape = (micro_batch_size, cfg.n_head, cfg.seq_len, cfg.head_dim)
             self.attention[key] = torch_attention.measure(shape, TORCH_DTYPES[self.dtype], self.device)
-        return self.attention[key].context()
+        choice = self.attention[key]
+        for layer in model.model.layers:
+            layer.self_attn.upcast = choice.upcast
+        return choice.context()
 
     # -- training and evaluation --------------------------------------------------------
 
@@ -326,11 +331,16 @@ class TorchBackend:
             torch.mps.set_rng_state(_decode_bytes(state["torch_mps"]))
 
     def extra_state(self) -> dict[str, Any]:
-        return {"grad_scaler": self.scaler.state_dict()} if self.scaler else {}
+        # The attention measured: a resumed run computes the same way, whatever its own timing says.
+        state: dict[str, Any] = {"attention": {f"{m}/{d}": c.to_dict() for (m, d), c in self.attention.items()}}
+        return {**state, "grad_scaler": self.scaler.state_dict()} if self.scaler else state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         if self.scaler and state.get("grad_scaler"):
             self.scaler.load_state_dict(state["grad_scaler"])
+        for key, choice in state.get("attention", {}).items():
+            micro, dtype = key.split("/")
+            self.attention[(int(micro), dtype)] = torch_attention.AttentionChoice.from_dict(choice)
 
     # -- speed --------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -187,3 +188,44 @@ def test_the_chunked_loss_holds_one_chunk_of_logits_at_the_bytes_the_planner_cou
     rest = 5 * 4 * (v * d + n * d)
     # A temporary of the chunk's size (torch.logsumexp's), or a second chunk kept, breaks the bound.
     assert logits <= live_peak(step) <= logits + rest
+
+
+def test_a_16_bit_step_on_this_cpu_times_attention_in_float32_too_and_a_resumed_backend_keeps_the_choice(
+        monkeypatch) -> None:
+    """On a CPU torch's 16-bit attention can be several times slower than its float32 one: a
+    bfloat16 step times both ways on its own shape, runs the faster, and the checkpoint keeps it."""
+
+    def made() -> TorchBackend:
+        b = TorchBackend("cpu", "bfloat16")
+        b.build(MODEL, VOCAB, 0)
+        b.configure_optimizer(TrainConfig())
+        return b
+
+    data = np.random.default_rng(0).integers(0, VOCAB, (4, MODEL.seq_len + 1))
+    batch = [(data[:, :-1], data[:, 1:])]
+    first = made()
+    first.train_step(batch, 1e-3)
+    ((key, choice),) = first.attention.items()
+    assert key == (4, "bfloat16") and {"FLASH_ATTENTION", "FLASH_ATTENTION/float32"} <= set(choice.ms)
+    assert choice.upcast == (min(choice.ms, key=choice.ms.get) == "FLASH_ATTENTION/float32")
+    assert [layer.self_attn.upcast for layer in first.model.model.layers] == [choice.upcast] * MODEL.n_layer
+    # Each way is what the step then runs: the attention kernel's inputs in float32, or in bfloat16.
+    seen: list[torch.dtype] = []
+    real = F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append(q.dtype)
+        return real(q, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    for upcast in (True, False):
+        first.attention[key], seen[:] = dataclasses.replace(choice, upcast=upcast), []
+        first.train_step(batch, 1e-3)
+        assert set(seen) == {torch.float32 if upcast else torch.bfloat16} and len(seen) == MODEL.n_layer
+    monkeypatch.undo()
+    first.attention[key] = choice
+    resumed = made()
+    resumed.set_extra_state(json.loads(json.dumps(first.extra_state())))
+    resumed.train_step(batch, 1e-3)
+    assert resumed.attention == first.attention  # taken from the checkpoint, not timed again
+    assert [layer.self_attn.upcast for layer in resumed.model.model.layers] == [choice.upcast] * MODEL.n_layer
