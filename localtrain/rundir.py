@@ -21,8 +21,7 @@ from typing import Any
 from localtrain import checkpoint, config as cfg, events as ev, ownership
 from localtrain.errors import CheckpointError, LocaltrainError
 from localtrain.files import checked, remove_file
-from localtrain.runfiles import (CONFIG_FILE, CONSOLE_LOG, CONTROL_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE, RUNS_ROOT,
-                                 no_such_run)
+from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, CONTROL_FILE, EVENTS_FILE, LOCK_FILE, PLAN_FILE, RUNS_ROOT
 
 READIED_BY_TOOLS = (CONTROL_FILE, CONSOLE_LOG)
 ADVICE = ("Choose a new or empty directory with --run-dir (e.g. a folder inside it), or leave --run-dir out for "

@@ -21,8 +21,8 @@ from localtrain import checkpoint, config as cfg, events as ev, rundir, stages
 from localtrain.errors import CheckpointError, DataError, LocaltrainError
 from localtrain.files import checked, disk_error, write_atomic
 from localtrain.parallel import Dist, Single
-from localtrain.rundir import RUNS_ROOT, new_run_dir, no_such_run, remove_unstarted, run_name
-from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE
+from localtrain.rundir import RUNS_ROOT, new_run_dir, remove_unstarted, run_name
+from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE, no_such_run
 from localtrain.stages import Setup, preflight
 
 

@@ -15,7 +15,6 @@ never used. Progress goes out as `Download` events with bytes, bytes/s and ETA.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import urllib.error

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import SHARED_DATA, TINY, last_step, localtrain, read_jsonl, sets, start_localtrain, wait_for
+from conftest import SHARED_DATA, TINY, last_step, localtrain, sets, start_localtrain, wait_for
 from localtrain import checkpoint, events as ev, files, hardware
 from localtrain.cli import main
 from localtrain.config import DataConfig
@@ -27,7 +27,6 @@ from localtrain.control import CONTROL_FILE, ControlFile, send
 from localtrain.data.download import download
 from localtrain.data.prepare import prepare
 from localtrain.data.shards import read_manifest
-from localtrain.jsonl import JsonlTail
 from localtrain.tui.runs import EventTail
 
 SHORT = TINY + ["train.sample_every=0", "run.threads=1"]
@@ -67,12 +66,6 @@ def events_of(run_dir: Path) -> list[ev.Event]:
 
 def warnings(run_dir: Path, code: str) -> list[str]:
     return [e.message for e in events_of(run_dir) if isinstance(e, ev.Warning) and e.code == code]
-
-
-@pytest.fixture
-def in_tmp(tmp_path, monkeypatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 # -- 1. a run into a folder localtrain did not create --------------------------------------------

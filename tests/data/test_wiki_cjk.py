@@ -20,7 +20,7 @@ from localtrain.data.local import open_local, read_file_task
 from localtrain.data.stream import run_tasks
 from localtrain.data.tokenizer import train_tokenizer
 from localtrain.events import Prepare
-from wikidumps import LANGUAGES, LEAKS, corpus_pages, write_dump
+from wikidumps import LEAKS, corpus_pages, write_dump
 
 # A model small enough that a step takes milliseconds, on the bpe preset's own tokenizer settings.
 SMALL = ["model.n_layer=2", "model.n_head=2", "model.n_embd=64", "model.seq_len=64", "train.batch_size=8",
