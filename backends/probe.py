@@ -78,17 +78,18 @@ def measure(spec: dict, cand: dict) -> dict:
     peak = backend.peak_memory_bytes()
     warmup = max(0.0, first - step_s)
     detail = f"first step {first:.2f} s, {len(times)} timed"
-    steps = spec.get("steps") or 0
-    if cand["compile"] and status == "ok" and best and steps and warmup + steps * step_s < steps * best:
-        # Ahead of the fastest so far even after a cold compile: a warm one changes no choice.
-        detail += "; warm-up is this cold compile (a compile that finds its kernels cached is shorter)"
-    elif cand["compile"] and status == "ok":
-        # A new process compiles again; the kernels generated above sit in the on-disk cache by now.
-        backend.clear_compile_cache()
-        del backend
-        gc.collect()
-        again = _build(spec, cand)
-        warmup = max(0.0, _timed(lambda: again.train_step(batches, 1e-4)) - step_s)
+    if cand["compile"] and status == "ok":
+        steps = spec.get("steps") or 0
+        if best and steps and warmup + steps * step_s < steps * best:
+            # Ahead of the fastest so far even after a cold compile: a warm one changes no choice.
+            detail += "; warm-up is this cold compile (a compile that finds its kernels cached is shorter)"
+        else:
+            # A new process compiles again; the kernels generated above sit in the on-disk cache by now.
+            backend.clear_compile_cache()
+            del backend
+            gc.collect()
+            again = _build(spec, cand)
+            warmup = max(0.0, _timed(lambda: again.train_step(batches, 1e-4)) - step_s)
     return {"status": status, "step_s": step_s, "peak_bytes": int(peak), "warmup_s": warmup, "detail": detail}
 
 

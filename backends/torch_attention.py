@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +42,11 @@ class AttentionChoice:
     """Attention in float32 (inputs cast up, output cast back): the fastest way measured."""
 
     def to_dict(self) -> dict:
-        return {"order": self.order, "ms": self.ms, "refused": self.refused, "upcast": self.upcast}
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> AttentionChoice:
-        return cls(list(d["order"]), dict(d["ms"]), dict(d["refused"]), bool(d["upcast"]))
+        return cls(**d)
 
     def context(self) -> contextlib.AbstractContextManager:
         """Run attention with the measured order (the rest as fallbacks) inside this block."""

@@ -190,11 +190,13 @@ def tune(config: Config, machine: Machine, vocab_size: int, cache_dir: Path, emi
     start = time.perf_counter()
     probe = Probe(spec)
     tokens = rank_batch * config.model.seq_len
+    preloading: list[threading.Thread] = []
 
     def measure(choice: Choice, best_step_s: float | None) -> Measured:
-        if choice.compile and not any(t.name == "preload" for t in threading.enumerate()):
+        if choice.compile and not preloading:
             # The run's own framework loads here while the measuring process compiles.
-            threading.Thread(target=preload, args=(backend,), name="preload", daemon=True).start()
+            preloading.append(threading.Thread(target=preload, args=(backend,), daemon=True))
+            preloading[0].start()
         m = probe.measure(choice, best_step_s)
         emit(ev.Tune(stage="measured", candidate=choice.label, status=m.status, step_s=m.step_s
                      if m.status in ("ok", "slower") else 0.0,

@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from localtrain.jsonl import JsonlTail
+
 TARGET_S = 60.0
 
 
@@ -36,13 +38,17 @@ def disk_bytes(root: Path) -> int:
 def interrupt_at(proc: subprocess.Popen, runs: Path, step: int) -> None:
     """Press Ctrl-C (SIGINT) once the run has logged `step`: the run keeps the default schedule and
     stops with a checkpoint."""
+    tail: JsonlTail | None = None
     while proc.poll() is None:
-        logs = list(runs.glob("*/events.jsonl")) if runs.is_dir() else []
-        lines = logs[0].read_text().splitlines() if logs else []
-        if any('"type": "step"' in x and json.loads(x)["step"] >= step for x in lines):
+        if tail is None:
+            logs = list(runs.glob("*/events.jsonl")) if runs.is_dir() else []
+            tail = JsonlTail(logs[0]) if logs else None
+        batch = tail.read() if tail is not None else None
+        if batch is not None and any(e.get("type") == "step" and e["step"] >= step for e in batch.items):
             proc.send_signal(signal.SIGINT)
             return
-        time.sleep(0.2)
+        if batch is None or not batch.more:
+            time.sleep(0.2)
 
 
 def main() -> None:

@@ -56,16 +56,24 @@ def damaged_runs(runs: Path) -> None:
             os.utime(f, (1_800_000_000 - i, 1_800_000_000 - i))
 
 
+def opened(status: str, what: str = "the recorded events", settle: float = 0.0):
+    """Before the snapshot: the run screen has read the whole events file and, `settle` seconds
+    later, shows `status`."""
+
+    async def check(pilot) -> None:
+        await until(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and pilot.app.screen.caught_up.is_set(),
+                    what=what)
+        if settle:
+            await pilot.pause(settle)
+        assert pilot.app.screen.status == status
+
+    return check
+
+
 def test_the_dashboard_of_a_recorded_run(snap_compare, frozen: Path) -> None:
     copy_fixture(frozen)
     app = LocaltrainApp("runs", cursor_blink=False, open_run=Path("runs/code-model"))
-
-    async def loaded(pilot) -> None:
-        await until(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and pilot.app.screen.caught_up.is_set(),
-                    what="the recorded events")
-        assert pilot.app.screen.status == "stopped"
-
-    assert snap_compare(app, terminal_size=SIZE, run_before=loaded)
+    assert snap_compare(app, terminal_size=SIZE, run_before=opened("stopped"))
 
 
 def test_the_home_screen_shows_each_state(snap_compare, frozen: Path) -> None:
@@ -87,11 +95,8 @@ def test_a_run_that_died_mid_line_opens_with_its_warnings(snap_compare, frozen: 
     app = LocaltrainApp("runs", cursor_blink=False, open_run=Path("runs/half-written"))
 
     async def loaded(pilot) -> None:
-        await until(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and pilot.app.screen.caught_up.is_set(),
-                    what="the events")
-        await pilot.pause(0.3)
+        await opened("died", "the events", settle=0.3)(pilot)
         screen = pilot.app.screen
-        assert screen.status == "died"
         texts = [m[2] for m in screen.state.messages]
         assert any("not a valid event" in t for t in texts)
         assert any("last line of events.jsonl is incomplete" in t for t in texts)
@@ -104,10 +109,4 @@ def test_a_local_run_with_a_sample_asked_for(snap_compare, frozen: Path) -> None
     # for the stop.
     local_run_with_a_sample_asked_for(frozen)
     app = LocaltrainApp("runs", cursor_blink=False, open_run=Path("runs/local-notes"))
-
-    async def loaded(pilot) -> None:
-        await until(pilot, lambda: isinstance(pilot.app.screen, RunScreen) and pilot.app.screen.caught_up.is_set(),
-                    what="the recorded events")
-        assert pilot.app.screen.status == "stopped"
-
-    assert snap_compare(app, terminal_size=SIZE, run_before=loaded)
+    assert snap_compare(app, terminal_size=SIZE, run_before=opened("stopped"))
