@@ -89,7 +89,10 @@ class TorchBackend:
         # Only the training forward (and with it the backward) is compiled, for the one
         # micro-batch shape a run trains with; evaluation and generation (whose shapes change
         # token by token) run the same module eagerly.
-        return torch.compile(train_model, dynamic=False, mode=self.compile_mode) if self.compile else train_model
+        if not self.compile:
+            return train_model
+        torch_attention.cache_upcast_graphs()
+        return torch.compile(train_model, dynamic=False, mode=self.compile_mode)
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Around one micro-batch's backward: under DDP gradients are averaged once, after the last."""

@@ -229,3 +229,23 @@ def test_a_16_bit_step_on_this_cpu_times_attention_in_float32_too_and_a_resumed_
     resumed.train_step(batch, 1e-3)
     assert resumed.attention == first.attention  # taken from the checkpoint, not timed again
     assert [layer.self_attn.upcast for layer in resumed.model.model.layers] == [choice.upcast] * MODEL.n_layer
+
+
+def test_a_compiled_step_with_float32_attention_is_kept_in_the_compilers_step_cache() -> None:
+    """Attention in float32 turns autocast off around itself; the compiled step must still be one
+    the compiler's step cache keeps, or every new process traces and optimises it again."""
+    from torch._dynamo.utils import counters
+
+    data = np.random.default_rng(3).integers(0, VOCAB, (4, MODEL.seq_len + 1))
+    batch = [(data[:, :-1], data[:, 1:])]
+    losses = []
+    for compiled in (False, True):
+        b = TorchBackend("cpu", "bfloat16", compile=compiled)
+        b.build(MODEL, VOCAB, 0)
+        b.configure_optimizer(TrainConfig())
+        b.attention[(4, "bfloat16")] = torch_attention.AttentionChoice(order=["FLASH_ATTENTION"], upcast=True)
+        counters.clear()
+        losses.append([b.train_step(batch, 1e-3).loss for _ in range(2)])
+    aot = counters["aot_autograd"]
+    assert aot["autograd_cache_bypass"] == 0 and aot["autograd_cache_saved"] + aot["autograd_cache_hit"] == 1, aot
+    assert losses[1] == pytest.approx(losses[0], rel=2e-2)
