@@ -15,7 +15,7 @@ from localtrain.backends.base import (
     matmul_peak,
 )
 from localtrain.backends.torch_device import (
-    TORCH_DTYPES, _decode_bytes, _encode_bytes, _peak_rss, _reset_peak_rss, _to_numpy, check_dtype,
+    TORCH_DTYPES, _decode_bytes, _encode_bytes, _peak_rss, _reset_peak_rss, _to_numpy, cap_memory, check_dtype,
     fresh_adamw_state, resolve_device,
 )
 from localtrain.backends.torch_model import LayerCaches, LlamaLM, shared_layout
@@ -138,27 +138,8 @@ class TorchBackend:
         self.model.checkpointing = on
 
     def set_memory_limit(self, limit_bytes: int) -> None:
-        """Cap the memory training may take: allocations beyond it fail as out-of-memory.
-
-        CUDA and MPS cap their caching allocators. On a CPU the process's address space
-        is capped at what it maps now plus what the budget leaves beyond its resident
-        memory, so the run backs off (or stops) instead of swapping the machine.
-        """
-        if self.device == "cpu":
-            import resource
-
-            import psutil
-
-            info = psutil.Process().memory_info()
-            _, hard = resource.getrlimit(resource.RLIMIT_AS)
-            soft = info.vms + max(0, limit_bytes - info.rss)
-            resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-        elif self.device == "cuda":
-            total = torch.cuda.get_device_properties(0).total_memory
-            torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total))
-        elif self.device == "mps":
-            total = torch.mps.recommended_max_memory()
-            torch.mps.set_per_process_memory_fraction(min(2.0, limit_bytes / total))
+        """Cap the memory training may take (torch_device.cap_memory)."""
+        cap_memory(self.device, limit_bytes)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.dtype == "float32":

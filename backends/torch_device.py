@@ -1,7 +1,8 @@
-"""The torch backend's device, dtype and host-memory helpers, and its tensor encodings.
+"""The torch backend's device, dtype and memory helpers, and its tensor encodings.
 
-Which device torch can train on here, the dtypes it trains in, the process's resident
-peak (read and reset through /proc on Linux), and tensors to numpy or text and back.
+Which device torch can train on here, the dtypes it trains in, the cap on what training may
+allocate, the process's resident peak (read and reset through /proc on Linux), and tensors
+to numpy or text and back.
 """
 
 from __future__ import annotations
@@ -101,3 +102,27 @@ def fresh_adamw_state(opt: torch.optim.Optimizer, opt_step: int) -> None:
                 "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
                 "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
             }
+
+
+def cap_memory(device: str, limit_bytes: int) -> None:
+    """Cap what training may allocate on `device`: allocations beyond it fail as out-of-memory.
+
+    CUDA and MPS cap their caching allocators. On a CPU the process's address space is
+    capped at what it maps now plus what the budget leaves beyond its resident memory, so
+    the run backs off (or stops) instead of swapping the machine.
+    """
+    if device == "cpu":
+        import resource
+
+        import psutil
+
+        info = psutil.Process().memory_info()
+        _, hard = resource.getrlimit(resource.RLIMIT_AS)
+        soft = info.vms + max(0, limit_bytes - info.rss)
+        resource.setrlimit(resource.RLIMIT_AS, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    elif device == "cuda":
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, limit_bytes / total))
+    elif device == "mps":
+        total = torch.mps.recommended_max_memory()
+        torch.mps.set_per_process_memory_fraction(min(2.0, limit_bytes / total))

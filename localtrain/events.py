@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Iterator
+from typing import Any, Callable, ClassVar
 
 from localtrain.files import Appender, ends_with_newline
 from localtrain.jsonl import JsonlTail
@@ -297,7 +297,3 @@ def read_new(path: Path, offset: int = 0) -> tuple[list[Event], int]:
 def read_events(path: Path) -> list[Event]:
     """Every event of a JSONL file; damaged, foreign and over-long lines are skipped."""
     return read_new(path)[0]
-
-
-def iter_kind(events: list[Event], kind: type[Event]) -> Iterator[Any]:
-    return (e for e in events if isinstance(e, kind))

@@ -9,7 +9,7 @@ encoder with 1 and 2 worker processes and its ratio to that, and the peak RSS of
 repeated `--repeat` times with a distinct title and a distinct last line, so nothing is
 dropped as a duplicate). Then the markup left in the cleaned articles of each dump in
 `--residue` (default: every dump of the shared data, the multistream one included), in
-the measure of `wiki.residue`, with the first leaks found.
+the measure of `residue.residue`, with the first leaks found.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from localtrain.data import dump, wiki
+from localtrain.data import dump, residue, wiki
 from localtrain.data.encode import Encoder
 from localtrain.data.dumpsource import MultistreamSource, clean_pages
 from localtrain.data.local import open_local
@@ -51,12 +51,12 @@ def parse_and_clean(xml: bytes) -> tuple[int, list[str]]:
     return result.articles, [d.text for d in result.docs]
 
 
-def residue_of(path: Path) -> tuple[int, wiki.Residue]:
+def residue_of(path: Path) -> tuple[int, residue.Residue]:
     """(articles, residue) of a dump read as `localtrain prepare` reads it (its index too, if any)."""
     source = open_local(path, [], [], 1 << 16)
     texts = [d.text for result, _ in run_tasks(source.tasks(None), 1) for d in result.docs]
     site = source.site if isinstance(source, MultistreamSource) else source.report.site
-    return len(texts), wiki.residue(texts, site or wiki.DEFAULT_SITE)
+    return len(texts), residue.residue(texts, site or wiki.DEFAULT_SITE)
 
 
 def best_of(n: int, fn):
@@ -151,7 +151,7 @@ def main() -> None:
     dumps = args.residue if args.residue is not None else sorted(
         p for p in SHARED.rglob("*.bz2") if not p.name.endswith("-index.txt.bz2"))
     if dumps:
-        print("\nmarkup residue of the cleaned articles (wiki.residue: brackets, image parameters, file and category"
+        print("\nmarkup residue of the cleaned articles (residue.residue: brackets, image parameters, file and category"
               " prefixes, entities, tags, table and template remnants)")
     for path in dumps:
         articles, found = residue_of(path)

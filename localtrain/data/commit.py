@@ -83,6 +83,24 @@ def phase_event(manifest: dict[str, Any], phase: int) -> Prepare:
     )
 
 
+def progress_event(manifest: dict[str, Any], filters: Filters, session: dict[str, int], seconds: float) -> Prepare:
+    """The progress of the second pass: what is written, and how fast this session reads."""
+    docs = documents(manifest)
+    return Prepare(
+        stage="encode",
+        message=f"{counts_text(manifest)}; {session['documents'] / max(seconds, 1e-9):,.0f} documents/s, "
+        f"{session['bytes'] / 1e6 / max(seconds, 1e-9):.1f} MB/s of input.",
+        documents=docs,
+        bytes=manifest["input_bytes"],
+        tokens=tokens(manifest),
+        seconds=seconds,
+        documents_per_s=session["documents"] / max(seconds, 1e-9),
+        mb_per_s=session["bytes"] / 1e6 / max(seconds, 1e-9),
+        dropped=dict(filters.dropped),
+        skipped=sum(filters.dropped.values()),
+    )
+
+
 class Batch:
     """The documents kept since the last commit, and the commit that writes them."""
 

@@ -43,7 +43,7 @@ from typing import Any, Protocol
 
 from localtrain.config import DataConfig
 from localtrain.data import preparedir
-from localtrain.data.commit import Batch, Filters, counts_text, documents, phase_event, tokens
+from localtrain.data.commit import Batch, Filters, counts_text, documents, phase_event, progress_event, tokens
 from localtrain.data.encode import Encoder
 from localtrain.data.paths import prepared_root
 from localtrain.data.prepared import PreparedData, text_per_token, token_dtype
@@ -270,7 +270,7 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
         emit(Warning(message=problem, code="source_problem"))
     _warn_skipped(batch.filters.dropped, batch.problems, emit)
     _check_splits(manifest, source)
-    emit(_progress(manifest, batch.filters, session, time.perf_counter() - started))
+    emit(progress_event(manifest, batch.filters, session, time.perf_counter() - started))
     _finish_phases(batch, source, emit)
 
 
@@ -305,7 +305,7 @@ def _read_and_commit(batch: Batch, encoder: Encoder, source: Source, emit: Emit,
             now = time.perf_counter()
             if now - last_event >= progress_seconds:
                 last_event = now
-                emit(_progress(manifest, batch.filters, session, now - started))
+                emit(progress_event(manifest, batch.filters, session, now - started))
     return cursor
 
 
@@ -344,23 +344,6 @@ def _warn_skipped(dropped: dict[str, int], problems: list[str], emit: Emit) -> N
         names = [p for p in problems if "not UTF-8" in p]
         emit(Warning(message=f"Skipped {dropped['not_utf8']} file(s) that are not UTF-8 text or contain NUL "
                      f"bytes: {', '.join(names[:SHOWN])}.", code="skipped_files"))
-
-
-def _progress(manifest: dict[str, Any], filters: Filters, session: dict[str, int], seconds: float) -> Prepare:
-    docs = documents(manifest)
-    return Prepare(
-        stage="encode",
-        message=f"{counts_text(manifest)}; {session['documents'] / max(seconds, 1e-9):,.0f} documents/s, "
-        f"{session['bytes'] / 1e6 / max(seconds, 1e-9):.1f} MB/s of input.",
-        documents=docs,
-        bytes=manifest["input_bytes"],
-        tokens=tokens(manifest),
-        seconds=seconds,
-        documents_per_s=session["documents"] / max(seconds, 1e-9),
-        mb_per_s=session["bytes"] / 1e6 / max(seconds, 1e-9),
-        dropped=dict(filters.dropped),
-        skipped=sum(filters.dropped.values()),
-    )
 
 
 def _emit_done(emit: Emit, prepared: PreparedData, seconds: float, cached: bool, note: str = "") -> None:

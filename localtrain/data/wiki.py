@@ -10,8 +10,8 @@ media and category namespaces: the dump's own names (`<siteinfo>`) with the cano
 English ones and the aliases of `wikilang`.
 
 `page_drop_reason(page)` says why a page is not an article (another namespace, a
-redirect, a disambiguation page), or None for an article; `residue(texts, site)` measures
-the markup left in cleaned text.
+redirect, a disambiguation page), or None for an article (`residue.py` measures the markup
+clean() leaves).
 """
 
 from __future__ import annotations
@@ -61,13 +61,13 @@ _EMPTY_PARENS = re.compile(r"\(\s*[,;:.]?\s*\)")
 _SPLIT_ARGS = re.compile(r"\|(?![^\[]*\]\])")
 
 
-def _names(names: Iterable[str]) -> str:
+def name_pattern(names: Iterable[str]) -> str:
     """An alternation of names, longest first, where a space also matches `_`."""
     return "|".join("[ _]+".join(map(re.escape, n.split())) for n in sorted(set(names), key=len, reverse=True))
 
 
 _DISAMBIGUATION = re.compile(
-    rf"\{{\{{\s*(?:{_names(wikilang.DISAMBIGUATION_TEMPLATES)}|(?![^{{}}|]*needed)[^{{}}|]*"
+    rf"\{{\{{\s*(?:{name_pattern(wikilang.DISAMBIGUATION_TEMPLATES)}|(?![^{{}}|]*needed)[^{{}}|]*"
     rf"{wikilang.DISAMBIGUATION_WORD}[^{{}}|]*)\s*(?:\|[^{{}}]*)?\}}\}}",
     re.I,
 )
@@ -344,58 +344,3 @@ def clean(markup: str, site: Site = DEFAULT_SITE) -> str:
         text = text.replace("  ", " ")
     text = text.replace(" ,", ",").replace(" . ", ". ").replace(" .\n", ".\n")
     return _lines(text).strip()
-
-
-# ---- residue: markup left in cleaned text ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Residue:
-    """How much of a cleaned text is markup: the share of its characters, and the first leaks seen."""
-
-    fraction: float
-    chars: int
-    total: int
-    examples: list[str]
-
-
-@functools.lru_cache(maxsize=16)
-def _residue_pattern(names: tuple[str, ...]) -> re.Pattern[str]:
-    words, keys = _names(wikilang.IMAGE_WORDS), _names(wikilang.IMAGE_KEYS)
-    pixels = _names(wikilang.PIXELS)
-    return re.compile("|".join((
-        r"\[\[|\]\]|\{\{|\}\}|\{\||\|\}|\|\||\[(?:https?:|ftp:|mailto:)?//",  # links, templates, tables
-        r"'{2,}",  # bold and italic quotes
-        r"<!--|-->|</?[A-Za-z][A-Za-z0-9]*(?:\s[^<>\n]*)?/?>",  # comments and HTML tags
-        r"&(?:[A-Za-z][A-Za-z0-9]{1,31}|#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6});",  # HTML entities
-        r"(?-i:__[^\W_a-z]+(?:_[^\W_a-z]+)*__)",  # behaviour switches
-        r"^[ \t]*[|!].*$",  # a table row or cell
-        rf"(?:^|\|)[ \t]*(?:{words})[ \t]*\|",  # image parameters: thumb|, |right|
-        rf"\b\d+(?:x\d+)?[ \t]*(?:{pixels})[ \t]*\|",  # 220px|
-        rf"(?<![^\s|])(?:{keys})[ \t]*=",  # upright=, alt=, 代替文=
-        # File:, Kategori:, Thể loại: before a name, at a line start or inside a line (Category:社会言語学),
-        # not "subcategory:x"; Chinese and Japanese prose writes its colon "："
-        rf"(?<![A-Za-z\u00C0-\u024F\u0400-\u04FF])(?:{_names(names)})[ \t]*:(?=[^\s:])",
-    )), re.M | re.I)
-
-
-def residue(texts: Iterable[str], site: Site = DEFAULT_SITE) -> Residue:
-    """The markup left in cleaned texts, as a share of their characters.
-
-    Counted: link, template and table brackets and cells (`[[ ]] {{ }} {| |} ||`, a line
-    starting with `|` or `!`), external-link openings, bold/italic quotes, comments, HTML
-    tags and entities, behaviour switches, image parameters (`thumb|`, `220px|`, `upright=`,
-    `alt=` and their spellings in `wikilang`) and the names of the file, media and category
-    namespaces in `site`'s languages followed by a colon and a name. `examples` are the
-    first matches.
-    """
-    pattern = _residue_pattern(tuple(sorted(site.names_of(wikilang.DROPPED_NAMESPACES))))
-    chars = total = 0
-    examples: list[str] = []
-    for text in texts:
-        total += len(text)
-        for m in pattern.finditer(text):
-            chars += len(m.group())
-            if len(examples) < 20:
-                examples.append(m.group())
-    return Residue(chars / total if total else 0.0, chars, total, examples)

@@ -11,13 +11,14 @@ from localtrain.data import dump, wiki
 from localtrain.data.dumpsource import DumpSource, MultistreamSource, clean_pages
 from localtrain.data.local import open_local
 from localtrain.data.stream import run_tasks
-from localtrain.data.wiki import clean, page_drop_reason, residue
+from localtrain.data.residue import residue
+from localtrain.data.wiki import clean, page_drop_reason
 
 WIKI = SHARED_DATA / "wikipedia"
 ENWIKI = WIKI / "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 TABLES = WIKI / "enwiki-table-markup.xml.bz2"
 MULTI = WIKI / "multistream" / "enwiktionary-20150224-pages-articles-multistream.xml.bz2"
-# Markup that must never survive cleaning, counted as plain substrings (independently of wiki.residue).
+# Markup that must never survive cleaning, counted as plain substrings (independently of residue.residue).
 MARKERS = ("{{", "}}", "[[", "]]", "<ref", "{|", "|}", "'''", "<!--", "&amp;", "&nbsp;", "[http", "Category:",
            "File:", "Image:", "thumb|", "px|", "upright=", "__TOC__")
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import FORCED, localtrain, read_jsonl, sets
 from localtrain.config import DataConfig
-from localtrain.data import wiki
+from localtrain.data import residue
 from localtrain.data.commit import Filters
 from localtrain.data.prepared import PreparedData
 from localtrain.data.local import open_local, read_file_task
@@ -111,7 +111,7 @@ def test_a_japanese_wiki_trains_end_to_end_with_the_bpe_preset(tmp_path: Path, c
             tokens += int(end - start)
     assert ready["chars_per_token"] == pytest.approx(chars / tokens, rel=1e-9) and 0.5 < chars / tokens < 8
     assert prepared.meta["tokenizer"]["character_coverage"] == 0.9999  # the preset's own value
-    assert wiki.residue(texts).chars == 0 and not [s for s in LEAKS["ja"] if any(s in t for t in texts)]
+    assert residue.residue(texts).chars == 0 and not [s for s in LEAKS["ja"] if any(s in t for t in texts)]
 
     evals = [e for e in events if e["type"] == "eval"]
     assert len(evals) >= 2 and all(math.isfinite(e["val_bpb"]) and e["val_bpb"] > 0 for e in evals)

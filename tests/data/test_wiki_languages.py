@@ -16,7 +16,8 @@ from localtrain.data import dump, wiki
 from localtrain.data.dumpsource import MultistreamSource
 from localtrain.data.local import open_local
 from localtrain.data.stream import run_tasks
-from localtrain.data.wiki import Page, page_drop_reason, residue
+from localtrain.data.residue import residue
+from localtrain.data.wiki import Page, page_drop_reason
 from wikidumps import KINDS, LANGUAGES, LEAKS, PAGES, PROSE, header_xml, write_dump, write_multistream
 
 
