@@ -20,7 +20,10 @@ write = checkpoint.write_synced
 def write_then_pause(path: Path, data: bytes) -> None:
     write(path, data)
     if step_dir in path.parent.name:  # its temporary directory, or wherever it is written
-        Path(os.environ["PAUSE_MARKER"]).write_text(str(path))
+        # Renamed into place whole: the test reads it as soon as it exists.
+        marker = Path(os.environ["PAUSE_MARKER"])
+        marker.with_name(marker.name + ".tmp").write_text(str(path))
+        os.replace(marker.with_name(marker.name + ".tmp"), marker)
         time.sleep(3600)
 
 
