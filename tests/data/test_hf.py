@@ -19,8 +19,17 @@ pytest.importorskip("datasets")
 
 @pytest.fixture(autouse=True)
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Offline as HF_DATASETS_OFFLINE=1 makes it. The libraries read the variables once, when first
+    imported (here at collection, or by an earlier test), so their flags are set too: otherwise the
+    hub client retries the network with backoff (23 s) before it fails."""
+    import datasets.config
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for module, name in ((datasets.config, "HF_HUB_OFFLINE"), (datasets.config, "HF_DATASETS_OFFLINE"),
+                         (huggingface_hub.constants, "HF_HUB_OFFLINE")):
+        monkeypatch.setattr(module, name, True, raising=False)
 
 
 def test_names() -> None:
