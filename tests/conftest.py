@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -137,6 +138,15 @@ def last_step(run_dir: Path) -> int:
 
 def sets(overrides: list[str]) -> list[str]:
     return [arg for o in overrides for arg in ("--set", o)]
+
+
+def torchrun_failure(stderr: str, rank: int) -> str:
+    """torchrun's closing summary of one rank's failure ("" if it has none). The summary lists every
+    failed rank; the one it calls the root cause is the earliest by a timestamp in whole seconds, so a
+    rank that fails in the same second because its peer died can take that place."""
+    starts = [stderr.find(title) for title in ("Failures:", "Root Cause") if title in stderr]
+    blocks = re.split(r"\n\s*\[\d+\]:\n", stderr[min(starts):]) if starts else []
+    return next((b for b in blocks if re.search(rf"^\s*rank\s*:\s*{rank}\b", b, re.M)), "")
 
 
 # A bpe vocabulary and grouped-query attention: the shapes an export must carry over.

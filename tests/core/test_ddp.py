@@ -11,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FP32, TINY, cli_env, last_step, localtrain, read_jsonl, sets, start_localtrain, step_losses, wait_for
+from conftest import (
+    FP32, TINY, cli_env, last_step, localtrain, read_jsonl, sets, start_localtrain, step_losses, torchrun_failure,
+    wait_for,
+)
 from localtrain.checkpoint import complete_checkpoints, load
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="torchrun's gloo workers need a POSIX host")
@@ -82,9 +85,8 @@ def test_a_failing_rank_brings_the_job_down_and_keeps_the_last_checkpoint(tmp_pa
     )
     assert proc.returncode != 0
     assert "injected failure on rank 1 at step 6" in proc.stderr
-    # torchrun's summary names the failing rank as the root cause, with its error.
-    root = proc.stderr[proc.stderr.index("Root Cause"):]
-    assert "rank      : 1" in root and "injected failure on rank 1 at step 6" in root
+    # torchrun's summary names the failing rank with its error.
+    assert "injected failure on rank 1 at step 6" in torchrun_failure(proc.stderr, 1)
     (last,) = complete_checkpoints(tmp_path / "r")[-1:]
     assert last.name == "step-00000005"
     load(last)  # every file verifies
