@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -193,3 +195,23 @@ def test_a_value_means_the_same_from_a_preset_and_from_the_command_line(tmp_path
     assert prepared_dir(preset.data) == prepared_dir(typed.data)
     exact = cfg.resolve("tiny-shakespeare", [f"data.cache_dir={tmp_path}", "data.vocab_fit=exact"])
     assert prepared_dir(exact.data) != prepared_dir(preset.data)
+
+
+def test_a_killed_writes_temporary_is_removed_when_the_directory_is_next_opened(
+        corpus_dir: Path, tmp_path: Path) -> None:
+    """A SIGKILL between a temporary and its rename leaves `.manifest.json.tmpPID`; the next preparation
+    removes it once that process is gone, and leaves a living writer's temporary and other names alone."""
+    data = config(corpus_dir, tmp_path / "cache")
+    first = prepare(data, lambda e: None, threads=1)
+    before = {p.name: p.read_bytes() for p in first.dir.iterdir() if p.is_file()}
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = int(gone.stdout)
+    planted = {f".manifest.json.tmp{dead}": False, f".tokenizer.model.tmp{dead}": False,
+               f".manifest.json.tmp{os.getpid()}": True, ".manifest.json.tmp": True}
+    for name in planted:
+        (first.dir / name).write_text("{}")
+    events: list = []
+    again = prepare(data, events.append, threads=1)
+    assert stages(events) == [("done", True)] and again.dir == first.dir
+    assert {name: (first.dir / name).exists() for name in planted} == planted
+    assert {p.name: p.read_bytes() for p in first.dir.iterdir() if p.is_file() and p.name not in planted} == before
