@@ -15,12 +15,13 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
 from localtrain import __version__
 from localtrain.errors import LocaltrainError
-from localtrain.files import make_dir, write_atomic
+from localtrain.files import make_dir, remove_file, write_atomic
 
 MARKER = ".localtrain"
 KINDS = {
@@ -139,3 +140,14 @@ def pid_alive(pid: int | None) -> bool:
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def remove_dead_temporaries(directory: Path, names: tuple[str, ...]) -> None:
+    """Remove what writes of these files killed between their temporary and its rename left
+    (`.NAME.tmpPID`, files.write_atomic), where that process is gone; call it with the directory's
+    lock, or as its only writer."""
+    pattern = re.compile(rf"\.({'|'.join(map(re.escape, names))})\.tmp(\d+)")
+    for path in Path(directory).iterdir():
+        m = pattern.fullmatch(path.name)
+        if m and path.is_file() and not pid_alive(int(m.group(2))):
+            remove_file(path)

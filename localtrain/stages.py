@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, planner, rundir, tuner
+from localtrain import checkpoint, config as cfg, events as ev, hardware, metrics, ownership, planner, rundir, tuner
 from localtrain.backends import backend_class, make_backend
 from localtrain.backends.base import Backend
 from localtrain.data.paths import cache_root
@@ -100,6 +100,7 @@ def resume_state(ctx: RunContext) -> None:
         emit(ev.Warning(message=f"Resuming with {key} changed from {old!r} to {new!r}.", code="config_changed"))
     if dist.is_main:
         checkpoint.remove_stale_temps(s.run_dir)
+        ownership.remove_dead_temporaries(s.run_dir, ("tokenizer.model", PLAN_FILE, CONFIG_FILE, ownership.MARKER))
     ctx.loaded = _load_resume(s, emit)
     if s.plan is None or s.machine is None:
         ctx.setup = s = preflight(s, dist.world_size, dist.local_world_size)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from localtrain.data.sources import SourceSpec
 from localtrain.data.shards import MANIFEST, SEEN_FILE, SHARD_FILE, DamagedData, read_manifest
 from localtrain.errors import DataError
 from localtrain.events import Emit, Warning
-from localtrain.files import checked, remove_file
+from localtrain.files import checked
 
 
 @contextlib.contextmanager
@@ -41,18 +40,6 @@ def locked(directory: Path) -> Iterator[None]:
                 fcntl.flock(f, fcntl.LOCK_UN)
         # The directory was moved aside (damaged) while this process waited: lock the new one.
         ownership.claim(directory, "prepared", None, str(directory), "")
-
-
-# What a write killed between its temporary and the rename leaves (files.write_atomic).
-_TEMPORARY = re.compile(rf"\.({re.escape(MANIFEST)}|tokenizer\.model)\.tmp(\d+)")
-
-
-def remove_dead_temporaries(directory: Path) -> None:
-    """Remove the temporaries of prepare's own files whose writing process is gone (run with the lock held)."""
-    for path in directory.iterdir():
-        m = _TEMPORARY.fullmatch(path.name)
-        if m and not ownership.pid_alive(int(m.group(2))):
-            remove_file(path)
 
 
 def looks_prepared(in_cache: bool) -> ownership.Recognise:
@@ -99,7 +86,7 @@ def opened(directory: Path, key: str, out_dir: Path | str | None, spec: SourceSp
     for attempt in range(3):
         claim(directory, out_dir, spec)
         with locked(directory):
-            remove_dead_temporaries(directory)
+            ownership.remove_dead_temporaries(directory, (MANIFEST, "tokenizer.model", ownership.MARKER))
             try:
                 manifest = read_manifest(directory)
                 if manifest is not None and manifest.get("cache_key") != key:

@@ -86,11 +86,19 @@ def test_a_kill_during_a_checkpoint_write_leaves_it_ignored(tmp_path, code_corpu
     assert len(temps) == 1 and (temps[0] / "model.safetensors").exists() and not (temps[0] / "COMPLETE").exists()
     assert sorted(p.name for p in ckpts.iterdir() if not p.name.startswith(".")) == ["step-00000002"]
 
+    # What the killed process would leave had it died inside an atomic write of the run's own files;
+    # a temporary of a process still alive (this test's) is not the resume's to remove.
+    dead = [f".plan.json.tmp{proc.pid}", f".config.toml.tmp{proc.pid}", f".tokenizer.model.tmp{proc.pid}"]
+    living = run_dir / f".plan.json.tmp{os.getpid()}"
+    for name in dead:
+        (run_dir / name).write_text("{}")
+    living.write_text("{}")
     resumed = localtrain(["run", "--resume", "--run-dir", "killed"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr
     plan = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "plan"][-1]
     assert plan["resumed_from"] == 2
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
+    assert not any((run_dir / name).exists() for name in dead) and living.exists()
     final = "checkpoints/step-00000006/model.safetensors"
     assert (tmp_path / "straight" / final).read_bytes() == (run_dir / final).read_bytes()
 
