@@ -142,10 +142,11 @@ def pid_alive(pid: int | None) -> bool:
         return True
 
 
-def remove_dead_temporaries(directory: Path, names: tuple[str, ...]) -> None:
+def remove_dead_temporaries(directory: Path, kind: str, names: tuple[str, ...]) -> None:
     """Remove what writes of these files killed between their temporary and its rename left
-    (`.NAME.tmpPID`, files.write_atomic), where that process is gone; call it with the directory's
-    lock, or as its only writer."""
+    (`.NAME.tmpPID`, files.write_atomic), where that process is gone, inside a directory carrying
+    the `kind` marker; call it with the directory's lock, or as its only writer."""
+    require(directory, kind)
     pattern = re.compile(rf"\.({'|'.join(map(re.escape, names))})\.tmp(\d+)")
     for path in Path(directory).iterdir():
         m = pattern.fullmatch(path.name)

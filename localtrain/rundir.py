@@ -54,6 +54,8 @@ STARTED_FILE = PLAN_FILE
 """Written once the data is prepared and the model built: from then on a failed run keeps its directory."""
 UNSTARTED_FILES = (CONFIG_FILE, EVENTS_FILE, LOCK_FILE, "tokenizer.model", ownership.MARKER)
 """What a run writes before training starts (its marker last: removed last)."""
+ATOMIC_FILES = (CONFIG_FILE, PLAN_FILE, "tokenizer.model", ownership.MARKER)
+"""The files a run replaces whole (files.write_atomic), through a temporary beside each."""
 
 
 def remove_unstarted(run_dir: Path, created: list[Path]) -> None:

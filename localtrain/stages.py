@@ -100,7 +100,7 @@ def resume_state(ctx: RunContext) -> None:
         emit(ev.Warning(message=f"Resuming with {key} changed from {old!r} to {new!r}.", code="config_changed"))
     if dist.is_main:
         checkpoint.remove_stale_temps(s.run_dir)
-        ownership.remove_dead_temporaries(s.run_dir, ("tokenizer.model", PLAN_FILE, CONFIG_FILE, ownership.MARKER))
+        ownership.remove_dead_temporaries(s.run_dir, "run", rundir.ATOMIC_FILES)
     ctx.loaded = _load_resume(s, emit)
     if s.plan is None or s.machine is None:
         ctx.setup = s = preflight(s, dist.world_size, dist.local_world_size)

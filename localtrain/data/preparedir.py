@@ -42,13 +42,17 @@ def locked(directory: Path) -> Iterator[None]:
         ownership.claim(directory, "prepared", None, str(directory), "")
 
 
+ATOMIC_FILES = (MANIFEST, "tokenizer.model")
+"""The files a preparation replaces whole (files.write_atomic), through a temporary beside each."""
+
+
 def looks_prepared(in_cache: bool) -> ownership.Recognise:
     """A prepared directory from before markers: it holds a manifest (in the cache: or only prepare's files)."""
     names = {MANIFEST, "tokenizer.model", SEEN_FILE, ".lock"}
 
     def ours(name: str) -> bool:
         return name in names or SHARD_FILE.fullmatch(name) is not None or name.startswith(
-            (f".{MANIFEST}.tmp", ".tokenizer.model.tmp"))
+            tuple(f".{n}.tmp" for n in ATOMIC_FILES))
 
     def recognise(directory: Path) -> bool:
         try:
@@ -86,7 +90,7 @@ def opened(directory: Path, key: str, out_dir: Path | str | None, spec: SourceSp
     for attempt in range(3):
         claim(directory, out_dir, spec)
         with locked(directory):
-            ownership.remove_dead_temporaries(directory, (MANIFEST, "tokenizer.model", ownership.MARKER))
+            ownership.remove_dead_temporaries(directory, "prepared", (*ATOMIC_FILES, ownership.MARKER))
             try:
                 manifest = read_manifest(directory)
                 if manifest is not None and manifest.get("cache_key") != key:

@@ -93,12 +93,16 @@ def test_a_kill_during_a_checkpoint_write_leaves_it_ignored(tmp_path, code_corpu
     for name in dead:
         (run_dir / name).write_text("{}")
     living.write_text("{}")
+    users = {"notes.txt": "mine", f".notes.txt.tmp{proc.pid}": "mine too"}  # a user's files beside them
+    for name, text in users.items():
+        (run_dir / name).write_text(text)
     resumed = localtrain(["run", "--resume", "--run-dir", "killed"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr
     plan = [e for e in read_jsonl(run_dir / "events.jsonl") if e["type"] == "plan"][-1]
     assert plan["resumed_from"] == 2
     assert not any(p.name.startswith(".tmp-") for p in ckpts.iterdir())
     assert not any((run_dir / name).exists() for name in dead) and living.exists()
+    assert {name: (run_dir / name).read_text() for name in users} == users
     final = "checkpoints/step-00000006/model.safetensors"
     assert (tmp_path / "straight" / final).read_bytes() == (run_dir / final).read_bytes()
 

@@ -13,6 +13,8 @@ import hashlib
 import http.server
 import json
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -554,3 +556,25 @@ def test_13_a_dump_a_jsonl_and_compressed_text_are_read_by_content(tmp_path) -> 
         len(d["text"].encode()) for d in docs))
     assert prepared_from("text.gz")[:3] == prepared_from("text.txt")[:3]
     assert snapshot(src) == before
+
+
+def test_dead_temporaries_are_removed_only_inside_a_directory_marked_as_that_kind(tmp_path: Path) -> None:
+    from localtrain import ownership
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    leftover = f".plan.json.tmp{int(gone.stdout)}"
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / leftover).write_text("a user's file")
+    with pytest.raises(ownership.NotOurs):
+        ownership.remove_dead_temporaries(user, "run", ("plan.json",))
+    assert (user / leftover).read_text() == "a user's file"
+    run = tmp_path / "run"
+    ownership.claim(run, "run", None, "--run-dir run", "")
+    for name in (leftover, "notes.txt", f".notes.txt.tmp{int(gone.stdout)}"):
+        (run / name).write_text("x")
+    with pytest.raises(ownership.NotOurs):  # a run directory is not prepared data
+        ownership.remove_dead_temporaries(run, "prepared", ("plan.json",))
+    ownership.remove_dead_temporaries(run, "run", ("plan.json",))
+    kept = [ownership.MARKER, "notes.txt", f".notes.txt.tmp{int(gone.stdout)}"]
+    assert sorted(p.name for p in run.iterdir()) == sorted(kept)
