@@ -137,10 +137,8 @@ def complete_checkpoints(run_dir: Path) -> list[Path]:
     root = run_dir / "checkpoints"
     if not root.is_dir():
         return []
-    found = []
-    for p in root.iterdir():
-        if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and (p / MARKER).is_file():
-            found.append(p)
+    found = [p for p in root.iterdir()
+             if p.name.startswith(PREFIX) and p.name[len(PREFIX):].isdigit() and (p / MARKER).is_file()]
     return sorted(found, key=step_of)
 
 

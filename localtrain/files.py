@@ -186,13 +186,8 @@ def write_synced(path: Path, data: bytes, shown: Path | None = None) -> None:
 
 
 def fsync_dir(path: Path) -> None:
-    if sys.platform == "win32":
-        return  # directories cannot be opened for fsync there
-    fd = checked("open", path, os.open, path, os.O_RDONLY)
-    try:
-        checked("fsync", path, os.fsync, fd)
-    finally:
-        os.close(fd)
+    if sys.platform != "win32":  # directories cannot be opened for fsync there
+        fsync_file(path)
 
 
 def write_atomic(path: Path, data: bytes | str) -> None:

@@ -213,14 +213,15 @@ class Config:
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes the trained model (model, data and train sections)."""
-        d = _fingerprinted(self.to_dict())
-        payload = json.dumps({k: d[k] for k in ("model", "data", "train")}, sort_keys=True)
-        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+        return self._hash("model", "data", "train")
 
     def model_fingerprint(self) -> str:
         """Hash of what a checkpoint's tensors depend on: the model shape and the data/tokenizer."""
+        return self._hash("model", "data")
+
+    def _hash(self, *sections: str) -> str:
         d = _fingerprinted(self.to_dict())
-        payload = json.dumps({k: d[k] for k in ("model", "data")}, sort_keys=True)
+        payload = json.dumps({k: d[k] for k in sections}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
