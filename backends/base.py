@@ -191,8 +191,9 @@ class Backend(Protocol):
     def token_losses(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         """Per-token negative log-likelihood (nats), shape of `y`, in eval mode, no gradients."""
 
-    def decoder(self) -> Decoder:
-        """A decoder over the current weights, in eval mode (`localtrain.sampling` samples from it)."""
+    def decoder(self, dtype: str | None = None) -> Decoder:
+        """A decoder over the current weights, in eval mode (`localtrain.sampling` samples from it),
+        computing in `dtype` (None: the backend's training dtype)."""
 
     def memory_bytes(self) -> int:
         """Memory the backend holds now (device memory, or process RSS on CPU)."""

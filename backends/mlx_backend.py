@@ -236,9 +236,9 @@ class MLXBackend:
         h = mlx_model.hidden(self.params, mx.array(x.astype(np.int32)), self.cfg, dtype)
         return np.array(mlx_model.logits(self.params, h, dtype)[..., : self.vocab_size])
 
-    def decoder(self) -> MLXDecoder:
+    def decoder(self, dtype: str | None = None) -> MLXDecoder:
         assert self.cfg is not None
-        return MLXDecoder(self)
+        return MLXDecoder(self, dtype)
 
     def memory_bytes(self) -> int:
         """MLX's peak allocation during the latest step (or since start), in bytes."""
@@ -309,9 +309,9 @@ class MLXBackend:
 class MLXDecoder:
     """The MLX model's scores for the next token, from its key/value cache (see base.Decoder)."""
 
-    def __init__(self, backend: MLXBackend) -> None:
+    def __init__(self, backend: MLXBackend, dtype: str | None = None) -> None:
         self.backend, self.cfg = backend, backend.cfg
-        self.dtype = MX_DTYPES[backend.dtype]
+        self.dtype = MX_DTYPES[check_dtype(dtype or backend.dtype)]
         self.window, self.length = self.cfg.seq_len, 0
         self.caches: list = []
 

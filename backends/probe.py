@@ -4,7 +4,8 @@
 dtype, compile, micro-batch and checkpointing, as JSON) and answers each with one JSON
 line on stdout as soon as it is measured. For each it builds the backend and model, runs
 warm-up and timed optimizer steps over the per-process batch of random tokens, and
-reports the median step time, the peak memory of those steps and the warm-up a new
+reports the median step time, the peak memory of those steps, the seconds a token of a
+live sample takes in the candidate's dtype (timed once per dtype), and the warm-up a new
 process would pay (for a compiled step: a compile that finds its kernels already in the
 compiler's on-disk cache; that second compile is skipped, and the cold one reported, when
 the candidate is ahead of the fastest so far over the run's `steps` even after it). The
@@ -32,6 +33,8 @@ TIMED_STEPS = 3
 STEP_BUDGET_S = 2.0
 SLOWER = 1.25
 """A candidate whose first timed step is this much slower than the best so far stops there."""
+DECODE_TOKENS = 32
+"""Tokens decoded to time a live sample's generation in a candidate's dtype (once per dtype)."""
 
 
 def _build(spec: dict, cand: dict):  # -> Backend
@@ -51,8 +54,24 @@ def _timed(step: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def measure(spec: dict, cand: dict) -> dict:
-    """One candidate's median step seconds, peak bytes and warm-up seconds."""
+def decode_seconds(backend) -> float:  # backend: Backend
+    """Seconds per token of generating from a one-token prompt, after one untimed token (0 where
+    the context window is too short to time any)."""
+    decoder = backend.decoder()
+    tokens = min(DECODE_TOKENS, decoder.window - 2)
+    if tokens < 1:
+        return 0.0
+    decoder.start([0])
+    decoder.extend(0)
+    start = time.perf_counter()
+    for _ in range(tokens):
+        decoder.extend(0)
+    return (time.perf_counter() - start) / tokens
+
+
+def measure(spec: dict, cand: dict, decode: bool = False) -> dict:
+    """One candidate's median step seconds, peak bytes and warm-up seconds (and, with `decode`,
+    the seconds per token of a live sample in its dtype)."""
     micro, rank_batch, seq_len = cand["micro_batch_size"], spec["rank_batch"], spec["model"]["seq_len"]
     data = np.random.default_rng(0).integers(0, spec["vocab_size"], (rank_batch, seq_len + 1)).astype(np.int64)
     batches = [(data[i:i + micro, :-1], data[i:i + micro, 1:]) for i in range(0, rank_batch, micro)]
@@ -78,6 +97,7 @@ def measure(spec: dict, cand: dict) -> dict:
     peak = backend.peak_memory_bytes()
     warmup = max(0.0, first - step_s)
     detail = f"first step {first:.2f} s, {len(times)} timed"
+    decode_s = decode_seconds(backend) if decode else 0.0
     if cand["compile"] and status == "ok":
         steps = spec.get("steps") or 0
         if best and steps and warmup + steps * step_s < steps * best:
@@ -90,15 +110,19 @@ def measure(spec: dict, cand: dict) -> dict:
             gc.collect()
             again = _build(spec, cand)
             warmup = max(0.0, _timed(lambda: again.train_step(batches, 1e-4)) - step_s)
-    return {"status": status, "step_s": step_s, "peak_bytes": int(peak), "warmup_s": warmup, "detail": detail}
+    return {"status": status, "step_s": step_s, "peak_bytes": int(peak), "warmup_s": warmup, "detail": detail,
+            "decode_s": decode_s}
 
 
 def main(spec: dict) -> None:
+    decoded: set[str] = set()  # the dtypes whose decoding is timed already
     for line in sys.stdin:
         cand = json.loads(line)
         spec["best_step_s"] = cand.pop("best_step_s", None)
         try:
-            result = measure(spec, cand)
+            result = measure(spec, cand, decode=cand["dtype"] not in decoded)
+            if result["decode_s"]:
+                decoded.add(cand["dtype"])
         except Exception as exc:  # noqa: BLE001 - every failure is reported, the next candidate runs
             status = "oom" if is_out_of_memory(exc) or exc.__class__.__name__ == "OutOfMemory" else "crashed"
             result = {"status": status, "detail": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"}

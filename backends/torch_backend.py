@@ -141,10 +141,11 @@ class TorchBackend:
         """Cap the memory training may take (torch_device.cap_memory)."""
         cap_memory(self.device, limit_bytes)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.dtype == "float32":
+    def _autocast(self, dtype: str | None = None) -> contextlib.AbstractContextManager:
+        dtype = dtype or self.dtype
+        if dtype == "float32":
             return contextlib.nullcontext()
-        return torch.autocast(self.device, dtype=TORCH_DTYPES[self.dtype])
+        return torch.autocast(self.device, dtype=TORCH_DTYPES[dtype])
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
@@ -230,9 +231,9 @@ class TorchBackend:
             losses = self.model.token_losses(self._tensor(x), self._tensor(y))
         return losses.float().cpu().numpy()
 
-    def decoder(self) -> TorchDecoder:
+    def decoder(self, dtype: str | None = None) -> TorchDecoder:
         assert self.model is not None
-        return TorchDecoder(self)
+        return TorchDecoder(self, dtype)
 
     def reset_peak_memory(self) -> None:
         if self.device == "cuda":
@@ -363,8 +364,8 @@ class TorchBackend:
 class TorchDecoder:
     """The torch model's scores for the next token, from its key/value cache (see base.Decoder)."""
 
-    def __init__(self, backend: TorchBackend) -> None:
-        self.backend, self.model = backend, backend.model
+    def __init__(self, backend: TorchBackend, dtype: str | None = None) -> None:
+        self.backend, self.model, self.dtype = backend, backend.model, dtype
         self.model.eval()
         self.window, self.length = self.model.cfg.seq_len, 0
         self.caches = LayerCaches(0)
@@ -381,7 +382,7 @@ class TorchDecoder:
         return self._scores(torch.tensor([[token]], device=self.backend.device), self.length - 1)
 
     def _scores(self, ids: torch.Tensor, start: int) -> np.ndarray:
-        with self.backend._autocast():
+        with self.backend._autocast(self.dtype):
             h = self.model.hidden(ids, start, self.caches)[:, -1]
             logits = self.model.logits(h)[0, : self.model.vocab_size]
         return logits.float().cpu().numpy()

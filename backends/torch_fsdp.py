@@ -138,9 +138,9 @@ class FSDPBackend(TorchBackend):
         with torch.no_grad():
             return TorchBackend.token_losses.__wrapped__(self, x, y)
 
-    def decoder(self) -> TorchDecoder:
+    def decoder(self, dtype: str | None = None) -> TorchDecoder:
         assert self.model is not None
-        return _ShardedDecoder(self)
+        return _ShardedDecoder(self, dtype)
 
     # -- state --------------------------------------------------------------------------
 

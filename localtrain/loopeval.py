@@ -81,7 +81,8 @@ class Evaluation:
         for i, prompt in enumerate(t.sample_prompts):
             ids = self.data.encode(prompt) or [self.data.eos_id]
             drawn = base + i
-            out = sampling.generate(self.backend, ids, t.sample_tokens, t.temperature, t.top_k, drawn)
+            out = sampling.generate(self.backend, ids, t.sample_tokens, t.temperature, t.top_k, drawn,
+                                    dtype=self.plan.sample_dtype or None)
             if self.data.eos_id in out:
                 out = out[: out.index(self.data.eos_id)]
             text = self.data.decode(out)

@@ -41,6 +41,9 @@ class Measured:
     warmup_s: float = 0.0
     """What a new process pays before its first step runs at speed: a warm compile, first-step set-up."""
     detail: str = ""
+    decode_s: float = 0.0
+    """Seconds per token of a live sample decoded in this dtype (0: not timed, as in a second
+    candidate of a dtype already timed)."""
 
     def wall_s(self, steps: int) -> float:
         """The predicted wall time of `steps` optimizer steps: warm-up, then steps at the measured rate."""
@@ -117,6 +120,9 @@ class RunPlan:
     accumulate_unsharded: bool = False
     """Under FSDP with accumulation: gradients accumulate unsharded and are reduce-scattered once a
     step (they fit the budget), rather than after every micro-batch."""
+    sample_dtype: str = ""
+    """The dtype live samples decode in where the tuner measured another one faster than `dtype`
+    (empty: `dtype`)."""
 
     @property
     def rank_batch(self) -> int:

@@ -34,12 +34,13 @@ def sample_token(logits: np.ndarray, temperature: float, top_k: int, top_p: floa
 
 
 def generate(backend: Backend, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int,
-             seed: int, top_p: float = 1.0) -> list[int]:
-    """Continue `prompt` by sampling; the same seed gives the same tokens. top_k=1 is greedy."""
+             seed: int, top_p: float = 1.0, dtype: str | None = None) -> list[int]:
+    """Continue `prompt` by sampling, computing in `dtype` (None: the backend's); the same seed
+    gives the same tokens. top_k=1 is greedy."""
     if not prompt:
         raise ValueError("generation needs at least one prompt token")
     rng = np.random.default_rng(seed)
-    decoder = backend.decoder()
+    decoder = backend.decoder(dtype)
     out = list(prompt)
     scores = decoder.start(out[-decoder.window:])
     for i in range(max_new_tokens):

@@ -136,7 +136,8 @@ class Trainer(Evaluation, Backoff):
             # a resumed run keeps these unless the user sets them.
             "plan": {"backend": b.name, "dtype": b.dtype, "compile": b.compile, "micro_batch_size": self.micro_batch_size,
                      "activation_checkpointing": self.plan.activation_checkpointing,
-                     "parallel": self.plan.parallel, "world_size": self.dist.world_size},
+                     "parallel": self.plan.parallel, "world_size": self.dist.world_size,
+                     "sample_dtype": self.plan.sample_dtype},
             "world_size": self.dist.world_size,
             "data_split": "each step takes the next batch_size windows from the cursor; rank r trains on"
             " windows [r * batch_size / world_size, (r + 1) * batch_size / world_size) of them",

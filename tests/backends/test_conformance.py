@@ -361,6 +361,20 @@ def test_generation_with_the_kv_cache_equals_full_recomputation(backend: Factory
     assert generate(b, prompt, 30, temperature=1.0, top_k=0, seed=3, top_p=1e-6) == out
 
 
+def test_a_decoder_computes_in_the_dtype_asked_for(backend: Factory) -> None:
+    # A 16-bit run's live samples decode in float32 where the tuner timed that faster: the scores
+    # are then those of a float32 backend holding the same weights, not the 16-bit ones.
+    f32 = backend.make(seed=4)
+    weights, _ = f32.state_arrays()
+    b16 = backend_class(backend.name)("cpu", "bfloat16", 0, False)
+    b16.build(MODEL, VOCAB, 0)
+    b16.load_state_arrays(weights, None, 0)
+    prompt = [3, 1, 4, 1, 5]
+    want = f32.decoder().start(prompt)
+    np.testing.assert_allclose(b16.decoder("float32").start(prompt), want, rtol=0, atol=1e-5)
+    assert np.abs(b16.decoder().start(prompt) - want).max() > 1e-4  # its own dtype really is another
+
+
 def test_sampling_is_seeded_and_leaves_the_training_rng_alone(backend: Factory) -> None:
     b = backend.make(dataclasses.replace(MODEL, dropout=0.1))
     state = b.rng_state()

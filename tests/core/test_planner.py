@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 
 import pytest
 
@@ -158,6 +159,28 @@ def test_precedence_explicit_then_resumed_then_measured_then_defaults() -> None:
     assert p.compile
     p = plan(config, m, 68, resumed={**resumed, "micro_batch_size": 12}, world_size=2)
     assert p.micro_batch_size == 6 and p.grad_accum_steps == 1
+
+
+def test_live_samples_decode_in_the_dtype_timed_fastest_a_token() -> None:
+    config = cfg.resolve("tiny-shakespeare")
+    bf16 = dataclasses.replace(measured("bfloat16", True, 12, 0.02, 0.3), decode_s=0.003)
+    fp32 = dataclasses.replace(measured("float32", False, 12, 0.05, 0.4), decode_s=0.0013)
+    p = plan(config, machine(), 68, tuned=Tuned((bf16, fp32)))
+    assert p.dtype == "bfloat16" and p.sample_dtype == "float32"
+    assert "live samples decode in float32: 1.3 ms a token against 3.0 ms in bfloat16" in p.why
+    # Within 3%, timed in one dtype only, or not timed: the training dtype ("").
+    close = dataclasses.replace(fp32, decode_s=0.00295)
+    assert plan(config, machine(), 68, tuned=Tuned((bf16, close))).sample_dtype == ""
+    assert plan(config, machine(), 68, tuned=Tuned((bf16,))).sample_dtype == ""
+    untimed = dataclasses.replace(bf16, decode_s=0.0)
+    assert plan(config, machine(), 68, tuned=Tuned((untimed, fp32))).sample_dtype == ""
+    # Where float32 trains fastest, a slower 16-bit decode is not taken either.
+    slow = dataclasses.replace(measured("bfloat16", False, 12, 0.09, 0.3), decode_s=0.003)
+    assert plan(config, machine(), 68, tuned=Tuned((slow, fp32))).sample_dtype == ""
+    # A resumed run keeps the dtype its checkpoint records (none: the training dtype), whatever was timed.
+    resumed = {"backend": "torch", "dtype": "bfloat16", "compile": True, "micro_batch_size": 12}
+    assert plan(config, machine(), 68, tuned=Tuned((bf16, fp32)), resumed=resumed).sample_dtype == ""
+    assert plan(config, machine(), 68, resumed={**resumed, "sample_dtype": "float32"}).sample_dtype == "float32"
 
 
 def test_the_largest_micro_batch_that_fits_is_chosen() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ from loop_helpers import make_trainer
 from localtrain import events as ev
 from localtrain.backends.torch_backend import TorchBackend
 from localtrain.cli import main
+from localtrain.sampling import generate
 from localtrain.console import ConsoleView, describe
 
 
@@ -154,6 +156,25 @@ def test_a_sample_asked_for_at_a_scheduled_step_draws_new_text_and_says_its_seed
     assert [s.text for s in found] != [s.text for s in scheduled]
     # The console says it was asked for, and with which seed.
     assert f"sample step 10 (asked for, seed {found[0].seed})" in describe(found[0])
+
+
+def test_live_samples_decode_in_the_dtype_the_plan_names(tmp_path, code_corpus) -> None:
+    # Bug caught: the plan's sample_dtype (float32 where the tuner timed it faster a token) not
+    # reaching the decoder, so a bfloat16 run's live samples stay in bfloat16.
+    found: list[ev.Sample] = []
+    trainer = make_trainer(code_corpus, tmp_path / "run", lambda e: found.append(e) if isinstance(e, ev.Sample)
+                           else None, TorchBackend("cpu", "bfloat16"), ["train.sample_tokens=64", "train.temperature=1.5"])
+    trainer.plan = dataclasses.replace(trainer.plan, sample_dtype="float32")
+    trainer.sample()
+    t, data = trainer.config.train, trainer.data
+
+    def drawn(sample: ev.Sample, dtype: str | None) -> str:
+        out = generate(trainer.backend, data.encode(sample.prompt) or [data.eos_id], t.sample_tokens,
+                       t.temperature, t.top_k, sample.seed, dtype=dtype)
+        return data.decode(out[: out.index(data.eos_id)] if data.eos_id in out else out)
+
+    assert [s.text for s in found] == [drawn(s, "float32") for s in found]
+    assert [s.text for s in found] != [drawn(s, None) for s in found]  # bfloat16 draws other text here
 
 
 def test_a_sample_asked_for_in_a_sharded_run_is_taken_at_the_next_agreement_with_its_seed(tmp_path,

@@ -46,6 +46,8 @@ def test_a_second_tuning_reads_the_cache_and_a_new_version_or_shape_measures_aga
     assert {m.choice.dtype for m in first.measured} == {"float32", "bfloat16"}
     assert sorted(m.choice.micro_batch_size for m in first.measured) == [2, 4, 8, 8]
     assert all(m.status in ("ok", "slower") and m.step_s > 0 and m.peak_bytes > 0 for m in first.measured)
+    # A live sample's decoding is timed once per dtype, in the first candidate of it measured.
+    assert sorted(m.choice.dtype for m in first.measured if m.decode_s > 0) == ["bfloat16", "float32"]
     table = json.loads((tmp_path / tuner.CACHE_FILE).read_text())
     assert len(table) == 1
 
@@ -171,7 +173,9 @@ def test_a_run_tunes_once_and_its_resume_keeps_the_choices(tmp_path, code_corpus
     events = read_jsonl(tmp_path / "r" / "events.jsonl")
     plan_a = next(e for e in events if e["type"] == "plan")
     assert plan_a["decided_by"] in ("measured", "measured (cached)")
-    assert json.loads((tmp_path / "r" / "plan.json").read_text())["candidates"]
+    first_plan = json.loads((tmp_path / "r" / "plan.json").read_text())
+    assert first_plan["candidates"]
+    first_sample_dtype = first_plan["sample_dtype"]
     resumed = localtrain(["run", "--resume", "--run-dir", "r", "--max-steps", "12", "--plain"], tmp_path, cache_dir)
     assert resumed.returncode == 0, resumed.stderr
     later = read_jsonl(tmp_path / "r" / "events.jsonl")[len(events):]
@@ -180,3 +184,5 @@ def test_a_run_tunes_once_and_its_resume_keeps_the_choices(tmp_path, code_corpus
     assert plan_b["decided_by"] == "resumed"
     assert [plan_b[k] for k in ("dtype", "compiled", "micro_batch_size")] == [
         plan_a[k] for k in ("dtype", "compiled", "micro_batch_size")]
+    # The live samples' dtype too: plan.json of the resumed run repeats the first run's.
+    assert json.loads((tmp_path / "r" / "plan.json").read_text())["sample_dtype"] == first_sample_dtype
