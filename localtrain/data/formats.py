@@ -16,11 +16,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 SNIFF_BYTES = 1 << 16
 _BZ2 = re.compile(rb"BZh[1-9]")
 _GZIP = b"\x1f\x8b"
+_OPENERS = {"bz2": bz2.open, "gzip": gzip.open}
+_DECOMPRESSORS = {"bz2": bz2.decompress, "gzip": gzip.decompress}
 _MEDIAWIKI = re.compile(rb"^\s*(<\?xml[^>]*\?>\s*)?(<!--.*?-->\s*)*<mediawiki[\s>]", re.S)
 
 
@@ -40,26 +41,10 @@ def compression_of(head: bytes) -> str | None:
     return None
 
 
-def open_decompressed(path: Path, compression: str | None = None) -> BinaryIO:
-    """The file's bytes, decompressed as its magic bytes say (every stream of a multi-stream file)."""
-    if compression is None:
-        with open(path, "rb") as f:
-            compression = compression_of(f.read(4))
-    if compression == "bz2":
-        return bz2.open(path, "rb")  # type: ignore[return-value]
-    if compression == "gzip":
-        return gzip.open(path, "rb")  # type: ignore[return-value]
-    return open(path, "rb")
-
-
 def decompress(raw: bytes) -> bytes:
     """`raw` decompressed when its magic bytes say bz2 or gzip, else as it is; raises OSError/EOFError if corrupt."""
-    kind = compression_of(raw)
-    if kind == "bz2":
-        return bz2.decompress(raw)
-    if kind == "gzip":
-        return gzip.decompress(raw)
-    return raw
+    undo = _DECOMPRESSORS.get(compression_of(raw))
+    return undo(raw) if undo else raw
 
 
 def kind_of_text(head: bytes, name: str) -> str:
@@ -89,7 +74,8 @@ def sniff(path: Path) -> Format:
     with open(path, "rb") as f:
         compression = compression_of(f.read(4))
     try:
-        with open_decompressed(path, compression) as f:
+        # Every stream of a multi-stream file is decompressed.
+        with _OPENERS.get(compression, open)(path, "rb") as f:  # type: ignore[arg-type]
             head = f.read(SNIFF_BYTES)
     except (OSError, EOFError, ValueError):
         head = b""  # corrupt from the start: the readers report it
