@@ -49,7 +49,5 @@ def origin(name: str) -> str | None:
 
 def known_bytes(source: str) -> tuple[int, int] | None:
     """(text bytes, download bytes) of a corpus known by this exact name, or None."""
-    for corpus in CORPORA:
-        if corpus.name == source:
-            return corpus.text_bytes, corpus.download_bytes
-    return None
+    found = next((c for c in CORPORA if c.name == source), None)
+    return (found.text_bytes, found.download_bytes) if found else None

@@ -92,18 +92,11 @@ def source_spec(data: DataConfig) -> SourceSpec:
 
         return SourceSpec(name, {"kind": "url", "url": url}, open_url)
     if glob.has_magic(name) and not Path(name).expanduser().exists():
-        root, pattern = _glob_root(name)
+        root, _ = _glob_root(name)
         if not root.is_dir():
             raise DataError(f"The data source `{name}` is a glob whose folder `{root}` does not exist. Check the path.")
-        source = open_local(root, [pattern] + list(data.include), list(data.exclude), data.document_bytes,
-                            data.val_fraction)
-        return SourceSpec(name, source.fingerprint(), lambda emit: source)
+    # A named corpus, an hf: dataset and a URL were handled above: what is left is a path that exists.
     root, include, exclude = resolve_source(data)
-    if not root.exists():
-        raise DataError(
-            f"The data source `{name}` is not a named source ({', '.join(['python-stdlib', *corpora.NAMED])}), a URL, "
-            f"an hf:NAME dataset, or an existing path. Check the path, or pass --data PATH."
-        )
     source = open_local(root, include, exclude, data.document_bytes, data.val_fraction)
     return SourceSpec(name, source.fingerprint(), lambda emit: source)
 
@@ -174,12 +167,9 @@ def source_bytes(data: DataConfig) -> tuple[int, int, str]:
     """(text bytes, download bytes, how known) of the configured data source."""
     known = corpora.known_bytes(data.source)
     if known is not None:
-        text, download = known
-        return text, download, "estimate for the named source"
+        return (*known, "estimate for the named source")
     try:
         root, include, exclude = resolve_source(data)
     except LocaltrainError:
         return 0, 0, "unknown until downloaded"
-    if Path(root).is_file():
-        return Path(root).stat().st_size, 0, "measured"
     return sum(f.size for f in list_files(root, include, exclude)), 0, "measured"
