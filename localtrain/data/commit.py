@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from localtrain.config import DataConfig
-from localtrain.data import integrity
 from localtrain.data.encode import Encoder
 from localtrain.data.shards import SEEN_FILE, SPLITS, ShardWriter
 from localtrain.data.stream import Doc
@@ -112,7 +111,7 @@ class Batch:
         if self.seen_path.stat().st_size != count * 8:
             truncate(self.seen_path, count * 8)  # hashes appended after the last commit
         raw = np.fromfile(self.seen_path, dtype="S8", count=count) if count else np.empty(0, dtype="S8")
-        self.seen_hash = integrity.seen_hasher(directory, count)
+        self.seen_hash = hashlib.sha256(raw.tobytes())  # a running sha256, continued at each commit
         self.filters = Filters(data, set(raw.tolist()), manifest["dropped"])
         self.problems: list[str] = list(manifest.get("problems", []))
         self.pending: dict[str, list[str]] = {s: [] for s in SPLITS}

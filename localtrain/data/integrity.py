@@ -14,7 +14,6 @@ deleted, and prepared again.
 from __future__ import annotations
 
 import datetime
-import hashlib
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -111,11 +110,3 @@ def set_aside(directory: Path) -> Path:
         aside = directory.with_name(f"{directory.name}.damaged-{stamp}-{n}")
     replace(directory, aside)
     return aside
-
-
-def seen_hasher(directory: Path, count: int) -> Any:
-    """A running sha256 of the first `count` duplicate hashes of seen.bin (to continue appending)."""
-    h = hashlib.sha256()
-    if count:
-        h.update(np.fromfile(directory / SEEN_FILE, dtype="S8", count=count).tobytes())
-    return h
