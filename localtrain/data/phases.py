@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from localtrain.config import DataConfig
+from localtrain.data.commit import documents
 from localtrain.data.loader import POLL_SECONDS
 from localtrain.data.prepare import Cancelled, prepare
 from localtrain.data.prepared import PreparedData
@@ -65,8 +66,7 @@ class GrowingPhases:
     def describe(self, phase: int) -> str:
         """What a run waiting for `phase` waits for, with how far the preparation has come."""
         ph = self.prepared.phases[phase]
-        meta = self.prepared.meta
-        docs = sum(meta["splits"][s]["documents"] for s in ("train", "val"))
+        docs = documents(self.prepared.meta)
         what = "every document" if ph["documents"] is None else f"the first {ph['documents']:,} documents"
         return (f"Waiting for phase {phase + 1} of {len(self)} ({what}) to be prepared: {docs:,} documents "
                 f"written so far. Training continues when it is ready.")

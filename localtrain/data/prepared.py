@@ -78,11 +78,6 @@ class PreparedData:
         """The progressive phases the manifest records (empty without data.phases)."""
         return self.meta.get("phases", [])
 
-    @property
-    def chars_per_token(self) -> float | None:
-        """Characters of text per token (see `text_per_token`)."""
-        return text_per_token(self.meta)[0]
-
 
 def text_per_token(meta: dict[str, Any]) -> tuple[float | None, float | None]:
     """(characters, UTF-8 bytes) of text per token of a manifest's splits, leaving out the eos that
