@@ -102,14 +102,8 @@ class Site:
     @classmethod
     def from_namespaces(cls, local: dict[int, list[str]] | None = None) -> Site:
         """The dump's own namespace names (`local`, from `<siteinfo>`) over the table's canonical names and aliases."""
-        names: dict[str, int] = {}
-        for key, aliases in wikilang.namespace_aliases().items():
-            for name in aliases:
-                names[_fold(name)] = key
-        for key, own in (local or {}).items():
-            for name in own:
-                if name.strip():
-                    names[_fold(name)] = key
+        names = {_fold(name): key for key, aliases in wikilang.namespace_aliases().items() for name in aliases}
+        names.update({_fold(name): key for key, own in (local or {}).items() for name in own if name.strip()})
         return cls(names)
 
     def namespace(self, prefix: str) -> int | None:
@@ -158,13 +152,10 @@ def _template_text(raw: str) -> str:
     head = inner.split("|", 1)[0].strip().lower().replace("_", " ")
     if head in _FIXED:
         return _FIXED[head]
-    if head == "convert" or head == "cvt":
+    if head in ("convert", "cvt"):
         args = _split_args(strip_templates(inner))
-        if len(args) >= 3:
-            return f"{args[1]} {args[2]}"
-        return ""
-    keep = head in _KEEP_FIRST_ARG or head.startswith("lang-")
-    if not keep:
+        return f"{args[1]} {args[2]}" if len(args) >= 3 else ""
+    if not (head in _KEEP_FIRST_ARG or head.startswith("lang-")):
         return ""
     args = [a for a in _split_args(strip_templates(inner))[1:] if "=" not in a.split("[[", 1)[0]]
     if not args:
@@ -219,10 +210,6 @@ def strip_tables(text: str) -> str:
     if not depth:
         out.append(text[last:])
     return "".join(out)
-
-
-def _external(m: re.Match[str]) -> str:
-    return m.group(1) or ""
 
 
 def _link(site: Site, m: re.Match[str]) -> str:
@@ -328,7 +315,7 @@ def clean(markup: str, site: Site = DEFAULT_SITE) -> str:
                 break
         text = text.replace("[[", "").replace("]]", "")
         # After the links: an external link's label may hold one, [http://... talk at [[UC Berkeley]]].
-        text = _EXTERNAL.sub(_external, text)
+        text = _EXTERNAL.sub(lambda m: m.group(1) or "", text)
     if "<" in text:
         text = _BREAK.sub(" ", text)
         text = _TAG.sub("", text)
