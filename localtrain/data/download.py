@@ -36,10 +36,6 @@ class ChecksumError(DataError):
     """A downloaded file does not match its published checksum."""
 
 
-def _digest_name(checksum: str) -> str:
-    return {32: "md5", 40: "sha1", 64: "sha256"}.get(len(checksum), "")
-
-
 def parse_checksum_list(text: str, filename: str) -> str | None:
     """The checksum of `filename` in a `HASH  NAME` list (md5sum/sha1sum output, as Wikimedia publishes)."""
     for line in text.splitlines():
@@ -60,12 +56,8 @@ def _open(url: str, start: int, timeout: float, if_range: str | None = None):
 
 def validators(headers: Any) -> dict[str, str]:
     """The response's ETag and Last-Modified: what identifies the version of the file served."""
-    out = {}
-    for name, key in (("ETag", "etag"), ("Last-Modified", "last_modified")):
-        value = headers.get(name)
-        if value:
-            out[key] = value
-    return out
+    return {key: headers.get(name) for name, key in (("ETag", "etag"), ("Last-Modified", "last_modified"))
+            if headers.get(name)}
 
 
 def if_range(known: dict[str, str]) -> str | None:
@@ -235,7 +227,7 @@ class _Transfer:
     def finish(self, dest: Path, checksum: str | None) -> None:
         """Verify the checksum (a mismatch is moved aside to .bad) and rename the part into place."""
         if checksum:
-            algorithm = _digest_name(checksum)
+            algorithm = {32: "md5", 40: "sha1", 64: "sha256"}.get(len(checksum), "")
             got_sum = file_digest(self.part, algorithm)
             if got_sum != checksum.lower():
                 bad = dest.with_name(dest.name + ".bad")

@@ -47,12 +47,11 @@ def published_checksum(url: str, emit: Emit) -> str | None:
     return None
 
 
-def fetch_url(data: DataConfig, url: str, emit: Emit, checksum: str | None = None) -> Path:
+def fetch_url(data: DataConfig, url: str, emit: Emit) -> Path:
     """Download `url` (and a multistream dump's index) into the cache; the local path."""
     dest = download_path(data, url)
     if not dest.is_file():
-        checksum = checksum or published_checksum(url, emit)
-        dl.download(url, dest, emit, checksum=checksum)
+        dl.download(url, dest, emit, checksum=published_checksum(url, emit))
     if dest.name.endswith("-multistream.xml.bz2"):
         index_name = dest.name[: -len(".xml.bz2")] + "-index.txt.bz2"
         index_url = url[: url.rfind("/") + 1] + index_name
