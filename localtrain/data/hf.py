@@ -31,7 +31,7 @@ def parse_name(spec: str) -> tuple[str, str | None]:
         raise DataError(f"The data source `{spec}` names no dataset. Write it hf:NAME or hf:OWNER/NAME/CONFIG.")
     if len(parts) >= 3:
         return "/".join(parts[:2]), "/".join(parts[2:])
-    if len(parts) == 2 and not Path(body).expanduser().exists():
+    if len(parts) == 2:
         return "/".join(parts), None
     return body, None
 
@@ -107,20 +107,18 @@ class HFSource(Source):
                                 f"{sorted(row) if isinstance(row, dict) else type(row).__name__}).")
             nbytes += len(text.encode("utf-8"))
             if self.wikitext:
-                if _WIKITEXT_TITLE.match(text) and article:
-                    rows.append((f"{self.name}#{start_row}", title, "".join(article)))
-                    article, start_row = [], n - 1
                 if _WIKITEXT_TITLE.match(text):
+                    if article:
+                        rows.append((f"{self.name}#{start_row}", title, "".join(article)))
+                        article, start_row = [], n - 1
                     title = text.strip(" =\n")
                 article.append(text)
-                # A task ends only at an article boundary, so the cursor never splits one.
-                if len(rows) >= ROWS_PER_TASK:
-                    yield rows_task, (rows, nbytes), {"rows": n - 1}
-                    rows, nbytes = [], 0
-                continue
-            rows.append((f"{self.name}#{n - 1}", str(row.get("title", "")), text))
+            else:
+                rows.append((f"{self.name}#{n - 1}", str(row.get("title", "")), text))
             if len(rows) >= ROWS_PER_TASK:
-                yield rows_task, (rows, nbytes), {"rows": n}
+                # WikiText rows grow only at an article's title row, which the cursor leaves unread: a task
+                # ends only at an article boundary, so the cursor never splits one.
+                yield rows_task, (rows, nbytes), {"rows": n - 1 if self.wikitext else n}
                 rows, nbytes = [], 0
         if article:
             rows.append((f"{self.name}#{start_row}", title, "".join(article)))
