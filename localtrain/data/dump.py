@@ -142,7 +142,6 @@ def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0,
     """
     parser = ET.XMLPullParser(events=("end",))
     raw, stream = _open_dump(path, compression)
-    closed = False
     header = b""
     try:
         while True:
@@ -155,20 +154,18 @@ def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0,
             report.compressed_bytes = raw.tell()
             if report.site is None:
                 header = _read_header(header + chunk, not chunk, report)
-            if not chunk:
-                try:
-                    parser.close()
-                    closed = True
-                except ET.ParseError:
-                    report.problem = (f"the file ends in the middle of a page after {report.pages} complete "
-                                      f"pages (a cut-off download?); every complete page was kept")
-                break
+            error = None
             try:
-                parser.feed(chunk)
+                if chunk:
+                    parser.feed(chunk)
+                else:
+                    parser.close()  # the end of the file: the pages it completes are handed on below
             except ET.ParseError as exc:
                 error = exc
-            else:
-                error = None
+            if error is not None and not chunk:
+                report.problem = (f"the file ends in the middle of a page after {report.pages} complete "
+                                  f"pages (a cut-off download?); every complete page was kept")
+                break
             # Pages finished before a parse error are still queued: they are kept.
             for page in _pages_from_parser(parser):
                 report.pages += 1
@@ -178,11 +175,8 @@ def iter_pages(path: Path, report: DumpReport, skip_pages: int = 0,
                 report.problem = (f"the XML is malformed ({error}); the {report.pages} complete pages before "
                                   f"that point were kept")
                 break
-        if closed:
-            for page in _pages_from_parser(parser):
-                report.pages += 1
-                if report.pages > skip_pages:
-                    yield page
+            if not chunk:
+                break
     finally:
         stream.close()
         raw.close()
@@ -251,8 +245,7 @@ def stream_pages(path: str, offset: int, length: int) -> tuple[list[Page], str |
         f.seek(offset)
         data = f.read(length)
     try:
-        dec = bz2.BZ2Decompressor()
-        xml = dec.decompress(data)
+        xml = bz2.BZ2Decompressor().decompress(data)
     except (OSError, EOFError, ValueError) as exc:
         return [], f"the bz2 stream at byte offset {offset:,} is corrupt ({exc})"
     first, last = xml.find(b"<page>"), xml.rfind(b"</page>")

@@ -4,6 +4,7 @@ read one bz2 stream at a time (see `dump` for the parsing and `wiki` for the cle
 from __future__ import annotations
 
 import collections
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -63,17 +64,12 @@ class DumpSource(Source):
     def tasks(self, cursor: dict[str, Any] | None) -> Iterator[Task]:
         skip = (cursor or {}).get("pages", 0)
         self.report = dump.DumpReport()
-        batch: list[wiki.Page] = []
+        pages = dump.iter_pages(self.path, self.report, skip_pages=skip, compression=self.compression)
         last = 0
-        for page in dump.iter_pages(self.path, self.report, skip_pages=skip, compression=self.compression):
-            batch.append(page)
-            if len(batch) == PAGES_PER_TASK:
-                nbytes, last = self.report.compressed_bytes - last, self.report.compressed_bytes
-                yield clean_pages, (batch, nbytes, self.report.site), {
-                    "pages": self.report.pages, "compressed_offset": self.report.compressed_bytes}
-                batch = []
-        if batch:
-            yield clean_pages, (batch, self.report.compressed_bytes - last, self.report.site), {
+        # The report stands just after the last page taken: the task's cursor.
+        while batch := list(itertools.islice(pages, PAGES_PER_TASK)):
+            nbytes, last = self.report.compressed_bytes - last, self.report.compressed_bytes
+            yield clean_pages, (batch, nbytes, self.report.site), {
                 "pages": self.report.pages, "compressed_offset": self.report.compressed_bytes}
 
     def problems(self) -> list[str]:
