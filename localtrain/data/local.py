@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -55,16 +56,13 @@ def matches(relpath: str, pattern: str) -> bool:
         return False
     parts = relpath.split("/")
     plain = "/" not in pattern
-    for i in range(1, len(parts) + 1):
-        if fnmatchcase("/".join(parts[:i]), pattern) or (plain and fnmatchcase(parts[i - 1], pattern)):
-            return True
-    return False
+    return any(fnmatchcase("/".join(parts[:i]), pattern) or (plain and fnmatchcase(parts[i - 1], pattern))
+               for i in range(1, len(parts) + 1))
 
 
 def _selected(relpath: str, include: list[str], exclude: list[str]) -> bool:
-    if include and not any(matches(relpath, p) for p in include):
-        return False
-    return not any(matches(relpath, p) for p in exclude)
+    included = not include or any(matches(relpath, p) for p in include)
+    return included and not any(matches(relpath, p) for p in exclude)
 
 
 def _pruned(reldir: str, exclude: list[str]) -> bool:
@@ -136,10 +134,8 @@ def decode_text(raw: bytes) -> str | None:
 
 
 def _generated(relpath: str, head: str) -> bool:
-    if any(matches(relpath, p) for p in GENERATED_NAMES):
-        return True
     lowered = head[:HEAD_BYTES].lower()
-    return any(m in lowered for m in GENERATED_MARKERS)
+    return any(matches(relpath, p) for p in GENERATED_NAMES) or any(m in lowered for m in GENERATED_MARKERS)
 
 
 def file_text(raw: bytes, relpath: str) -> str | None:
@@ -183,8 +179,6 @@ def read_file_task(path: str, relpath: str, document_bytes: int, code_tree: bool
     docs: list[Doc] = []
     dropped: collections.Counter[str] = collections.Counter()
     if formats.kind_of_text(raw[: formats.SNIFF_BYTES], relpath) == "jsonl":
-        import json
-
         for n, line in enumerate(text.split("\n")):
             if not line.strip():
                 continue
@@ -277,8 +271,6 @@ class FileSource(Source):
 
 def include_hint(files: list[SourceFile]) -> str:
     """How to read these files: the exact --set that includes their kinds, or the text preset."""
-    import json
-
     suffixes = sorted({f"*{Path(f.relpath).suffix}" for f in files if Path(f.relpath).suffix})[:6]
     if not suffixes:
         return "Pass --preset text to read every kind of text file."
@@ -301,6 +293,3 @@ def open_local(path: Path, include: list[str], exclude: list[str], document_byte
                 return MultistreamSource(path, index)
             return DumpSource(path, found.compression)
     return FileSource(path, include, exclude, document_bytes, val_fraction)
-
-
-# ---- running tasks -------------------------------------------------------------------------
