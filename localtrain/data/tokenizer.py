@@ -15,6 +15,7 @@ import collections
 import dataclasses
 import hashlib
 import io
+import itertools
 import os
 import re
 import time
@@ -116,10 +117,8 @@ class Tokenizer:
         for i in range(self.vocab_size):
             if self._sp.is_control(i) or self._sp.is_unknown(i):
                 continue
-            if self._sp.is_byte(i):
-                out[i] = 1
-            else:
-                out[i] = len(self._sp.id_to_piece(i).replace(SPACE_PIECE, " ").encode("utf-8"))
+            piece = self._sp.id_to_piece(i).replace(SPACE_PIECE, " ")
+            out[i] = 1 if self._sp.is_byte(i) else len(piece.encode("utf-8"))
         return out
 
 
@@ -162,9 +161,7 @@ def required_chars(sentences: list[str], coverage: float) -> list[str]:
     The same rule as sentencepiece's trainer: sort by count (then code point) and take
     the shortest prefix whose count reaches the coverage, compared in float32 as it does.
     """
-    counts: collections.Counter[str] = collections.Counter()
-    for s in sentences:
-        counts.update(s)
+    counts = collections.Counter(itertools.chain.from_iterable(sentences))
     if " " in counts:
         counts[SPACE_PIECE] += counts.pop(" ")
     total = sum(counts.values())
@@ -205,10 +202,8 @@ def _settings(data: DataConfig, vocab_size: int) -> dict[str, Any]:
 
 def tokenizer_settings(data: DataConfig) -> dict[str, Any]:
     """The trainer settings recorded in the prepared data's meta.json (vocab size apart)."""
-    s = _settings(data, data.vocab_size)
-    for key in ("vocab_size", "num_threads", "minloglevel"):
-        s.pop(key)
-    return s
+    dropped = ("vocab_size", "num_threads", "minloglevel")
+    return {k: v for k, v in _settings(data, data.vocab_size).items() if k not in dropped}
 
 
 def _train(sentences: list[str], settings: dict[str, Any]) -> bytes:
