@@ -24,7 +24,7 @@ from localtrain.data.shards import SEEN_FILE, SPLITS, ShardWriter
 from localtrain.data.stream import Doc
 from localtrain.data.text import is_val
 from localtrain.events import Prepare
-from localtrain.files import Appender, fsync_file, truncate
+from localtrain.files import append, fsync_file, truncate
 
 
 def text_hash(text: str) -> bytes:
@@ -84,12 +84,11 @@ def phase_event(manifest: dict[str, Any], phase: int) -> Prepare:
 
 def progress_event(manifest: dict[str, Any], filters: Filters, session: dict[str, int], seconds: float) -> Prepare:
     """The progress of the second pass: what is written, and how fast this session reads."""
-    docs = documents(manifest)
     return Prepare(
         stage="encode",
         message=f"{counts_text(manifest)}; {session['documents'] / max(seconds, 1e-9):,.0f} documents/s, "
         f"{session['bytes'] / 1e6 / max(seconds, 1e-9):.1f} MB/s of input.",
-        documents=docs,
+        documents=documents(manifest),
         bytes=manifest["input_bytes"],
         tokens=tokens(manifest),
         seconds=seconds,
@@ -170,8 +169,7 @@ class Batch:
         self.bytes = 0
         filters = self.filters
         added = b"".join(filters.new_hashes)
-        with Appender(self.seen_path) as f:
-            f.write(added)
+        append(self.seen_path, added)
         fsync_file(self.seen_path)
         self.seen_hash.update(added)
         self.manifest["dedup"]["sha256"] = self.seen_hash.hexdigest()

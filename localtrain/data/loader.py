@@ -110,8 +110,7 @@ class TrainWindows:
         starts: list[int] = []
         while len(starts) < count:
             order = self._epoch_starts(epoch)
-            need = count - len(starts)
-            chunk = order[index : index + need]
+            chunk = order[index : index + count - len(starts)]
             starts.extend(int(s) for s in chunk)
             index += len(chunk)
             if index >= len(order):

@@ -187,7 +187,7 @@ def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source
         "shard_tokens": data.shard_tokens,
         "split": {"rule": SPLIT_RULE, "val_fraction": data.val_fraction, "document_bytes": data.document_bytes},
         "splits": {s: {"shards": [], "tokens": 0, "documents": 0, "bytes": 0, "chars": 0} for s in SPLITS},
-        "dedup": {"file": SEEN_FILE, "count": 0},
+        "dedup": {"file": SEEN_FILE, "count": 0, "sha256": hashlib.sha256(b"").hexdigest()},
         "dropped": {},
         "problems": [],
         "input_bytes": 0,
@@ -197,7 +197,6 @@ def _start(data: DataConfig, directory: Path, key: str, spec: SourceSpec, source
         manifest["phases"] = [{"documents": n, "ready": False, "train_tokens": 0, "val_tokens": 0}
                               for n in [*data.phases, None]]
     Appender(directory / SEEN_FILE, truncate=True).close()
-    manifest["dedup"]["sha256"] = hashlib.sha256(b"").hexdigest()
     write_manifest(directory, manifest)
     return manifest
 
