@@ -31,6 +31,11 @@ def text_hash(text: str) -> bytes:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
 
 
+def seen_hashes(raw: bytes) -> set[bytes]:
+    """The 8-byte hashes of seen.bin, each whole (as numpy S8 items they would lose trailing zero bytes)."""
+    return {raw[i:i + 8] for i in range(0, len(raw), 8)}
+
+
 class Filters:
     """Minimum length and exact-duplicate removal, with drops counted by reason."""
 
@@ -109,9 +114,9 @@ class Batch:
         count = manifest["dedup"]["count"]
         if self.seen_path.stat().st_size != count * 8:
             truncate(self.seen_path, count * 8)  # hashes appended after the last commit
-        raw = np.fromfile(self.seen_path, dtype="S8", count=count) if count else np.empty(0, dtype="S8")
-        self.seen_hash = hashlib.sha256(raw.tobytes())  # a running sha256, continued at each commit
-        self.filters = Filters(data, set(raw.tolist()), manifest["dropped"])
+        raw = self.seen_path.read_bytes()[: count * 8]
+        self.seen_hash = hashlib.sha256(raw)  # a running sha256, continued at each commit
+        self.filters = Filters(data, seen_hashes(raw), manifest["dropped"])
         self.problems: list[str] = list(manifest.get("problems", []))
         self.pending: dict[str, list[str]] = {s: [] for s in SPLITS}
         self.bytes = 0
