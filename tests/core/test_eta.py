@@ -11,7 +11,8 @@ from loop_helpers import make_trainer
 
 from localtrain import config as cfg, events as ev
 from localtrain.backends.torch_backend import TorchBackend
-from localtrain.train import Eta, Trainer, occurrences
+from localtrain.schedule import Eta, occurrences
+from localtrain.train import Trainer
 
 SLOW_STEPS, SLOW_S, STEP_S = 30, 10.0, 1.0
 EVAL_BATCH_S, SAMPLE_S, SAVE_S = 5.0, 0.5, 2.0
@@ -42,9 +43,9 @@ class TimedBackend(TorchBackend):
         self.clock.now += EVAL_BATCH_S
         return super().token_losses(x, y)
 
-    def decoder(self):
+    def decoder(self, dtype=None):
         self.clock.now += SAMPLE_S  # one live sample
-        return super().decoder()
+        return super().decoder(dtype)
 
     def state_arrays(self):
         self.clock.now += SAVE_S  # every checkpoint and every new best/
