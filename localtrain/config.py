@@ -140,11 +140,10 @@ def _apply(
 def _flatten_toml(doc: dict[str, Any], where: str, problems: list[str]) -> list[tuple[str, Any]]:
     items: list[tuple[str, Any]] = []
     for section, table in doc.items():
-        if not isinstance(table, dict):
+        if isinstance(table, dict):
+            items += [(f"{section}.{name}", value) for name, value in table.items()]
+        else:
             problems.append(_unknown_key_problem(section, where))
-            continue
-        for name, value in table.items():
-            items.append((f"{section}.{name}", value))
     return items
 
 

@@ -84,13 +84,18 @@ def parse_size(text: str) -> int:
     return int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2) or " "))
 
 
-def free_bytes(path: Path) -> int | None:
-    """Free bytes on the filesystem of `path` (or of its nearest existing parent)."""
+def nearest_existing(path: Path) -> Path:
+    """`path` if it exists, else its nearest existing parent (where its filesystem is)."""
     p = Path(path).absolute()
     while not p.exists() and p != p.parent:
         p = p.parent
+    return p
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free bytes on the filesystem of `path` (or of its nearest existing parent)."""
     try:
-        return shutil.disk_usage(p).free
+        return shutil.disk_usage(nearest_existing(path)).free
     except OSError:
         return None
 

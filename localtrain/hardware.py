@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from localtrain.files import nearest_existing
+
 
 @dataclass
 class GPU:
@@ -102,9 +104,7 @@ def disk_usage(paths: dict[str, Path]) -> dict[str, dict[str, int]]:
     """Free/total bytes where each path lives (its nearest existing parent)."""
     out = {}
     for name, path in paths.items():
-        p = Path(path).expanduser().resolve()
-        while not p.exists() and p != p.parent:
-            p = p.parent
+        p = nearest_existing(Path(path).expanduser().resolve())
         usage = shutil.disk_usage(p)
         out[name] = {"free": usage.free, "total": usage.total, "device": p.stat().st_dev}
     return out

@@ -26,10 +26,7 @@ from localtrain.loopstate import Control, LoopState, StopFlag, TrainData, Traini
 from localtrain.oom import Backoff
 from localtrain.parallel import Dist, Single
 from localtrain.plan import RunPlan
-from localtrain.schedule import ETA_WINDOW, ETA_WORK_KEPT, Clock, Eta, lr_at, occurrences
-
-__all__ = ["Trainer", "TrainData", "StopFlag", "Control", "LoopState", "TrainingDiverged", "Clock", "Eta",
-           "ETA_WINDOW", "ETA_WORK_KEPT", "lr_at", "occurrences"]
+from localtrain.schedule import Clock, Eta, lr_at
 
 WAIT = "waiting"
 """What `_agree` returns while the next batch's data is not prepared yet."""

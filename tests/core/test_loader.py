@@ -8,7 +8,7 @@ import pytest
 from localtrain.config import TrainConfig
 from localtrain.data.loader import TrainWindows, check_train_size, eval_windows
 from localtrain.errors import DataError
-from localtrain.train import lr_at
+from localtrain.schedule import lr_at
 
 
 def tokens(n: int) -> np.ndarray:
