@@ -18,7 +18,7 @@ from localtrain.backends.torch_device import (
     TORCH_DTYPES, _decode_bytes, _encode_bytes, _peak_rss, _reset_peak_rss, _to_numpy, cap_memory, check_dtype,
     fresh_adamw_state, resolve_device,
 )
-from localtrain.backends.torch_model import LayerCaches, LlamaLM, shared_layout
+from localtrain.backends.torch_model import LayerCaches, LlamaLM, grouped_layout, rows_shape, shared_layout
 from localtrain.config import ModelConfig, TrainConfig
 
 
@@ -269,35 +269,55 @@ class TorchBackend:
     # -- state --------------------------------------------------------------------------
 
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Float32 copies under the shared names."""
+        """Float32 copies under the shared names, taken one parameter (then each of its moments)
+        at a time."""
         weights: dict[str, np.ndarray] = {}
         moments: dict[str, np.ndarray] = {}
         state = self.optimizer.state if self.optimizer else {}
-        for name, (p, rows) in self.layout.items():
-            weights[name] = _to_numpy(p.detach()[rows])
-            if p in state and "exp_avg" in state[p]:
-                for suffix in MOMENT_SUFFIXES:
-                    moments[f"{name}.{suffix}"] = _to_numpy(state[p][suffix][rows])
+        with torch.no_grad():
+            for p, entries in grouped_layout(self.layout):
+                tensors = {"": p}
+                if p in state and "exp_avg" in state[p]:
+                    tensors.update({f".{s}": state[p][s] for s in MOMENT_SUFFIXES})
+                for suffix, t in tensors.items():
+                    full = self._whole(t)
+                    if full is not None:
+                        out = moments if suffix else weights
+                        for name, rows in entries:
+                            out[name + suffix] = _to_numpy(full[rows])
+                    del full  # before the next one is taken
         return weights, moments
+
+    def _whole(self, t: torch.Tensor) -> torch.Tensor | None:
+        """The whole of a parameter or moment, for `state_arrays` to copy out (None: this process
+        returns no arrays)."""
+        return t
 
     def load_state_arrays(
         self, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray] | None, opt_step: int
     ) -> None:
-        shapes = {name: tuple(p.detach()[rows].shape) for name, (p, rows) in self.layout.items()}
+        shapes = {name: rows_shape(p.shape, rows) for name, (p, rows) in self.layout.items()}
         check_weights(shapes, weights)
         opt = self.optimizer
-        if opt is not None and moments:
+        restore = opt is not None and bool(moments)
+        if restore:
             check_moments(shapes, moments)  # before anything is replaced
-        with torch.no_grad():
-            for name, (p, rows) in self.layout.items():
-                p[rows] = torch.from_numpy(np.asarray(weights[name], dtype=np.float32)).to(p.device, p.dtype)
-            if opt is None or not moments:
-                return
             fresh_adamw_state(opt, opt_step)
-            for name, (p, rows) in self.layout.items():
-                for suffix in MOMENT_SUFFIXES:
-                    value = torch.from_numpy(np.asarray(moments[f"{name}.{suffix}"], dtype=np.float32))
-                    opt.state[p][suffix][rows] = value.to(p.device, p.dtype)
+        with torch.no_grad():
+            for p, entries in grouped_layout(self.layout):
+                targets = {"": (p, weights)}
+                if restore:
+                    targets.update({f".{s}": (opt.state[p][s], moments) for s in MOMENT_SUFFIXES})
+                for suffix, (t, arrays) in targets.items():
+                    full = torch.empty(p.shape, dtype=torch.float32)
+                    for name, rows in entries:
+                        full[rows] = torch.from_numpy(np.asarray(arrays[name + suffix], dtype=np.float32))
+                    self._assign(t, full)
+                    del full
+
+    def _assign(self, t: torch.Tensor, full: torch.Tensor) -> None:
+        """Set a parameter or moment from its whole float32 array (on the host)."""
+        t.copy_(full)
 
     def rng_state(self) -> dict[str, Any]:
         state: dict[str, Any] = {"torch_cpu": _encode_bytes(torch.get_rng_state())}

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import sys
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,10 +25,8 @@ from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from localtrain.backends.base import MOMENT_SUFFIXES, check_moments, check_weights
 from localtrain.backends.torch_backend import TorchBackend, TorchDecoder
-from localtrain.backends.torch_device import TORCH_DTYPES, _to_numpy, fresh_adamw_state
-from localtrain.backends.torch_model import Layout
+from localtrain.backends.torch_device import TORCH_DTYPES
 
 
 # glibc serves allocations from the heap below a threshold that it raises to the size of
@@ -46,20 +43,6 @@ def _return_freed_blocks() -> None:
             ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
         except (OSError, AttributeError):
             pass  # not glibc: its allocator has its own policy
-
-
-def _grouped(layout: Layout) -> list[tuple[torch.nn.Parameter, list[tuple[str, Any]]]]:
-    """The layout as (parameter, [(shared name, rows)]): q, k and v share one matrix."""
-    groups: dict[int, tuple[torch.nn.Parameter, list[tuple[str, Any]]]] = {}
-    for name, (p, rows) in layout.items():
-        groups.setdefault(id(p), (p, []))[1].append((name, rows))
-    return list(groups.values())
-
-
-def _rows_shape(shape: torch.Size, rows: Any) -> tuple[int, ...]:
-    """The shape of `full[rows]` for a full tensor of `shape`, without the tensor."""
-    count = len(range(shape[0])[rows]) if isinstance(rows, slice) else len(rows)
-    return (count, *shape[1:])
 
 
 class FSDPBackend(TorchBackend):
@@ -142,58 +125,22 @@ class FSDPBackend(TorchBackend):
         assert self.model is not None
         return _ShardedDecoder(self, dtype)
 
-    # -- state --------------------------------------------------------------------------
+    # -- state: every rank must call state_arrays and load_state_arrays ---------------
 
-    def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Full float32 arrays on rank 0 (empty dicts elsewhere); every rank must call this.
+    def _whole(self, t: torch.Tensor) -> torch.Tensor | None:
+        """Gathered from every rank, copied out on rank 0 only (the others return empty dicts).
 
-        One parameter (then each of its moments) is gathered at a time, copied out as
-        numpy and dropped: beyond the arrays rank 0 returns, a rank holds at most one full
-        parameter (the largest is the embedding or a block's gate/up matrix).
+        Beyond the arrays rank 0 returns, a rank holds at most one full parameter at a time
+        (the largest is the embedding or a block's gate/up matrix).
         """
-        assert self.dist is not None
-        main = self.dist.is_main
-        weights: dict[str, np.ndarray] = {}
-        moments: dict[str, np.ndarray] = {}
-        state = self.optimizer.state if self.optimizer else {}
-        with torch.no_grad():
-            for p, entries in _grouped(self.layout):
-                tensors = {"": p}
-                if p in state and "exp_avg" in state[p]:
-                    tensors.update({f".{s}": state[p][s] for s in MOMENT_SUFFIXES})
-                for suffix, t in tensors.items():
-                    full = t.full_tensor() if isinstance(t, DTensor) else t
-                    if main:
-                        out = weights if not suffix else moments
-                        for name, rows in entries:
-                            out[name + suffix] = _to_numpy(full[rows])
-                    del full
-        return weights, moments
+        full = t.full_tensor() if isinstance(t, DTensor) else t
+        return full if self.dist.is_main else None
 
-    def load_state_arrays(
-        self, weights: dict[str, np.ndarray], moments: dict[str, np.ndarray] | None, opt_step: int
-    ) -> None:
-        """Keep this rank's rows of each full array (every rank is handed the full arrays)."""
-        shapes = {name: _rows_shape(p.shape, rows) for name, (p, rows) in self.layout.items()}
-        check_weights(shapes, weights)
-        opt = self.optimizer
-        restore = opt is not None and bool(moments)
-        if restore:
-            check_moments(shapes, moments)
-            fresh_adamw_state(opt, opt_step)
-        with torch.no_grad():
-            for p, entries in _grouped(self.layout):
-                targets = {"": (p, weights)}
-                if restore:
-                    targets.update({f".{s}": (opt.state[p][s], moments) for s in MOMENT_SUFFIXES})
-                for suffix, (t, arrays) in targets.items():
-                    full = torch.empty(p.shape, dtype=torch.float32)
-                    for name, rows in entries:
-                        full[rows] = torch.from_numpy(np.asarray(arrays[name + suffix], dtype=np.float32))
-                    # Each rank slices its own rows out of the full array: no communication.
-                    mine = distribute_tensor(full, t.device_mesh, t.placements, src_data_rank=None)
-                    t.to_local().copy_(mine.to_local())
-                    del full, mine
+    def _assign(self, t: torch.Tensor, full: torch.Tensor) -> None:
+        """Keep this rank's rows of the full array (every rank is handed the full arrays)."""
+        # Each rank slices its own rows out of the full array: no communication.
+        mine = distribute_tensor(full, t.device_mesh, t.placements, src_data_rank=None)
+        t.to_local().copy_(mine.to_local())
 
 
 class _ShardedDecoder(TorchDecoder):

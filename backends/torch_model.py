@@ -221,7 +221,8 @@ class LlamaLM(nn.Module):
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="none").view(targets.shape)
 
 
-Layout = dict[str, tuple[nn.Parameter, torch.Tensor | slice]]
+Rows = torch.Tensor | slice
+Layout = dict[str, tuple[nn.Parameter, Rows]]
 
 
 def shared_layout(model: LlamaLM) -> Layout:
@@ -250,3 +251,17 @@ def shared_layout(model: LlamaLM) -> Layout:
         layout[pre + "post_attention_layernorm.weight"] = (layer.post_attention_layernorm.weight, whole)
     layout["model.norm.weight"] = (model.model.norm.weight, whole)
     return layout
+
+
+def grouped_layout(layout: Layout) -> list[tuple[nn.Parameter, list[tuple[str, Rows]]]]:
+    """The layout as (parameter, [(shared name, rows)]): q, k and v share one matrix."""
+    groups: dict[int, tuple[nn.Parameter, list[tuple[str, Rows]]]] = {}
+    for name, (p, rows) in layout.items():
+        groups.setdefault(id(p), (p, []))[1].append((name, rows))
+    return list(groups.values())
+
+
+def rows_shape(shape: torch.Size, rows: Rows) -> tuple[int, ...]:
+    """The shape of `full[rows]` for a full tensor of `shape`, without the tensor."""
+    count = len(range(shape[0])[rows]) if isinstance(rows, slice) else len(rows)
+    return (count, *shape[1:])
