@@ -17,17 +17,11 @@ from localtrain.errors import LocaltrainError
 TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def available_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
-    if torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def resolve_device(device: str) -> str:
     if device == "auto":
-        return available_device()
+        if torch.cuda.is_available():
+            return "cuda"
+        return "mps" if torch.backends.mps.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise LocaltrainError(
             f"--device cuda: PyTorch {torch.__version__} sees no CUDA GPU on this machine"

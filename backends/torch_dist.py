@@ -24,10 +24,6 @@ TIMEOUT = datetime.timedelta(hours=24)
 T = TypeVar("T")
 
 
-def under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def launch(nproc: int, torchrun_args: list[str], argv: list[str]) -> None:
     """Replace this process with torchrun running `python -m localtrain <argv>` N times."""
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--max-restarts=0",
