@@ -6,21 +6,10 @@ reach a backend by name here and never import a framework themselves.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 from localtrain.backends.base import Backend
+from localtrain.plan import RunPlan
 
 NAMES = ("torch", "mlx")
-
-
-class Chosen(Protocol):
-    """What a backend is built from: the planner's RunPlan has these fields."""
-
-    backend: str
-    device: str
-    dtype: str
-    threads: int
-    compile: bool
 
 
 def backend_class(name: str) -> type[Backend]:
@@ -47,11 +36,11 @@ def preload(name: str) -> None:
         pass
 
 
-def make_backend(plan: Chosen) -> Backend:
+def make_backend(plan: RunPlan) -> Backend:
     """The backend a plan chose, with its device, dtype, threads and compile (sharded by FSDP
     when the plan says so)."""
     cls = backend_class(plan.backend)
-    if getattr(plan, "parallel", "none") == "fsdp":
+    if plan.parallel == "fsdp":
         from localtrain.backends.torch_fsdp import FSDPBackend
 
         cls = FSDPBackend
