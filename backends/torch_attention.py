@@ -15,15 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-
-try:
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-except ImportError:  # torch before 2.3: its default order, unmeasured
-    SDPBackend = sdpa_kernel = None
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # The fused kernels a GPU may have; the math fallback writes out the T x T scores.
 FUSED = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
@@ -58,16 +54,9 @@ class AttentionChoice:
     upcast: bool = False
     """Attention in float32 (inputs cast up, output cast back): the fastest way measured."""
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> AttentionChoice:
-        return cls(**d)
-
     def context(self) -> contextlib.AbstractContextManager:
         """Run attention with the measured order (the rest as fallbacks) inside this block."""
-        if not self.order or sdpa_kernel is None:
+        if not self.order:
             return contextlib.nullcontext()
         order = [getattr(SDPBackend, name) for name in self.order]
         rest = [getattr(SDPBackend, n) for n in (*FUSED, "MATH") if n not in self.order and hasattr(SDPBackend, n)]
@@ -89,8 +78,6 @@ def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = 
     """Time causal attention forward + backward on (B, heads, T, hs) with each fused kernel, and
     for a 16-bit dtype with each in float32 too (its label ends in "/float32")."""
     choice = AttentionChoice()
-    if sdpa_kernel is None:
-        return choice
     gen = torch.Generator(device=device).manual_seed(0)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     q, k, v = _make(shape, dtype, device, gen)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -57,10 +58,8 @@ class TorchBackend:
         self.threads = torch.get_num_threads()
 
     def build(self, model: ModelConfig, vocab_size: int, seed: int) -> None:
-        generator = torch.Generator().manual_seed(seed)
-        net = LlamaLM(model, vocab_size)
-        net.init_weights(generator)
-        self.model = net
+        self.model = LlamaLM(model, vocab_size)
+        self.model.init_weights(torch.Generator().manual_seed(seed))
         self.train_model = self._training_module()
         # On a GPU the output head's loss runs in chunks (torch_loss): the full logits would
         # be the largest tensor of the step.
@@ -337,7 +336,7 @@ class TorchBackend:
 
     def extra_state(self) -> dict[str, Any]:
         # The attention measured: a resumed run computes the same way, whatever its own timing says.
-        state: dict[str, Any] = {"attention": {f"{m}/{d}": c.to_dict() for (m, d), c in self.attention.items()}}
+        state: dict[str, Any] = {"attention": {f"{m}/{d}": asdict(c) for (m, d), c in self.attention.items()}}
         return {**state, "grad_scaler": self.scaler.state_dict()} if self.scaler else state
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
@@ -345,7 +344,7 @@ class TorchBackend:
             self.scaler.load_state_dict(state["grad_scaler"])
         for key, choice in state.get("attention", {}).items():
             micro, dtype = key.split("/")
-            self.attention[(int(micro), dtype)] = torch_attention.AttentionChoice.from_dict(choice)
+            self.attention[(int(micro), dtype)] = torch_attention.AttentionChoice(**choice)
 
     # -- speed --------------------------------------------------------------------------
 
