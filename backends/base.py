@@ -32,13 +32,10 @@ def check_weights(expected: dict[str, tuple[int, ...]], weights: dict[str, np.nd
     unknown or of another shape (with both shapes)."""
     from localtrain.errors import CheckpointError
 
-    problems = []
     missing = [f"{k} {expected[k]}" for k in expected if k not in weights]
     unknown = [f"{k} {tuple(weights[k].shape)}" for k in weights if k not in expected]
-    if missing:
-        problems.append(f"{len(missing)} missing ({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    if unknown:
-        problems.append(f"{len(unknown)} unknown ({', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''})")
+    problems = [f"{len(names)} {kind} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})"
+                for kind, names in (("missing", missing), ("unknown", unknown)) if names]
     for name, want in expected.items():
         if name in weights and tuple(weights[name].shape) != tuple(want):
             problems.append(f"{name} has shape {tuple(weights[name].shape)}, the model needs {tuple(want)}")

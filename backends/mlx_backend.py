@@ -248,11 +248,10 @@ class MLXBackend:
 
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         weights = {k: np.array(v, dtype=np.float32) for k, v in self.params.items()}
-        moments: dict[str, np.ndarray] = {}
-        if self.moments is not None:
-            for name in self.params:
-                for suffix in MOMENT_SUFFIXES:
-                    moments[f"{name}.{suffix}"] = np.array(self.moments[suffix][name], dtype=np.float32)
+        if self.moments is None:
+            return weights, {}
+        moments = {f"{name}.{suffix}": np.array(self.moments[suffix][name], dtype=np.float32)
+                   for name in self.params for suffix in MOMENT_SUFFIXES}
         return weights, moments
 
     def load_state_arrays(
