@@ -81,15 +81,7 @@ class TorchDist:
 
     def broadcast_text(self, text: str) -> str:
         """Rank 0's text on every rank (a run directory chosen by the clock, say)."""
-        data = torch.zeros(4096, dtype=torch.uint8)
-        raw = text.encode()[:4096] if self.is_main else b""
-        data[: len(raw)] = torch.tensor(list(raw), dtype=torch.uint8)
-        length = torch.tensor([len(raw)])
-        if self.device == "cuda":
-            data, length = data.cuda(), length.cuda()
-        dist.broadcast(length, 0)
-        dist.broadcast(data, 0)
-        return bytes(data[: int(length.item())].cpu().tolist()).decode()
+        return self.gather_text(text if self.is_main else "")[0]
 
     def gather_text(self, text: str) -> list[str]:
         """Every rank's text (its RNG state, say), in rank order, on every rank."""
