@@ -74,7 +74,6 @@ class TorchBackend:
 
     def _training_module(self) -> torch.nn.Module:
         """Move the model to the device; the module the training forward runs."""
-        assert self.model is not None
         self.model.to(self.device)
         train_model: torch.nn.Module = self.model
         if self.dist is not None and self.dist.world_size > 1:
@@ -178,7 +177,6 @@ class TorchBackend:
             if not is_out_of_memory(exc):
                 raise
             # Drop what the failed step accumulated so a retry starts clean.
-            assert self.optimizer is not None
             self.optimizer.zero_grad(set_to_none=True)
             if self.device == "cuda":
                 torch.cuda.empty_cache()
@@ -244,10 +242,8 @@ class TorchBackend:
     def peak_memory_bytes(self) -> int:
         if self.device == "cuda":
             return int(torch.cuda.max_memory_allocated())
-        if self.device == "cpu":
-            peak = _peak_rss()
-            if peak:
-                return peak
+        if self.device == "cpu" and (peak := _peak_rss()):
+            return peak
         # MPS (and a CPU without /proc): the most seen after a step.
         return max(getattr(self, "_peak_sampled", 0), self.memory_bytes())
 
@@ -268,8 +264,7 @@ class TorchBackend:
     # -- state --------------------------------------------------------------------------
 
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Float32 copies under the shared names, taken one parameter (then each of its moments)
-        at a time."""
+        """Float32 copies under the shared names, one parameter (then its moments) at a time."""
         weights: dict[str, np.ndarray] = {}
         moments: dict[str, np.ndarray] = {}
         state = self.optimizer.state if self.optimizer else {}
@@ -288,8 +283,7 @@ class TorchBackend:
         return weights, moments
 
     def _whole(self, t: torch.Tensor) -> torch.Tensor | None:
-        """The whole of a parameter or moment, for `state_arrays` to copy out (None: this process
-        returns no arrays)."""
+        """A parameter or moment whole, for `state_arrays` to copy out (None: none kept here)."""
         return t
 
     def load_state_arrays(

@@ -67,7 +67,6 @@ class FSDPBackend(TorchBackend):
         # The runner refuses run.parallel = fsdp outside a torchrun job, with the reason.
         assert self.dist is not None, "set_distributed() comes before build()"
         model = self.model
-        assert model is not None
         mesh = init_device_mesh(self.device, (self.dist.world_size,))
         policy = MixedPrecisionPolicy()
         if self.device == "cuda" and self.dtype != "float32":
