@@ -290,8 +290,7 @@ class MLXBackend:
         key = mx.random.key(0)  # never the training key
 
         def operands(n: int) -> tuple[mx.array, mx.array]:
-            ka, kb = mx.random.split(key)
-            return mx.random.normal((n, n), key=ka).astype(dtype), mx.random.normal((n, n), key=kb).astype(dtype)
+            return tuple(mx.random.normal((n, n), key=k).astype(dtype) for k in mx.random.split(key))
 
         def run(a: mx.array, b: mx.array, times: int) -> None:
             for _ in range(times):

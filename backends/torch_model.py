@@ -68,8 +68,7 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.kv_heads, self.head_dim = cfg.n_head, cfg.kv_heads, cfg.head_dim
         self.q_size = cfg.n_head * cfg.head_dim
-        self.kv_size = cfg.kv_heads * cfg.head_dim
-        self.qkv_proj = nn.Linear(cfg.n_embd, self.q_size + 2 * self.kv_size, bias=False)
+        self.qkv_proj = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.kv_heads) * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(self.q_size, cfg.n_embd, bias=False)
         self.dropout = cfg.dropout
         # Attention in float32 under a 16-bit autocast, where that was measured faster (torch_attention).
