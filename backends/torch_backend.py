@@ -342,16 +342,11 @@ class TorchBackend:
 
     # -- speed --------------------------------------------------------------------------
 
-    def _sync(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-        elif self.device == "mps":
-            torch.mps.synchronize()
-
     def measure_peak_flops(self) -> float:
         dtype = TORCH_DTYPES[self.dtype]
         # A private generator: the default one drives dropout and is part of the run's state.
         gen = torch.Generator().manual_seed(0)
+        sync = {"cuda": torch.cuda.synchronize, "mps": torch.mps.synchronize}.get(self.device, lambda: None)
 
         def operands(n: int) -> tuple[torch.Tensor, torch.Tensor]:
             return tuple(torch.randn(n, n, generator=gen).to(self.device, dtype) for _ in range(2))
@@ -359,7 +354,7 @@ class TorchBackend:
         def run(a: torch.Tensor, b: torch.Tensor, times: int) -> None:
             for _ in range(times):
                 a @ b
-            self._sync()
+            sync()
 
         sizes = (512, 1024, 2048) if self.device == "cpu" else (2048, 4096, 8192)
         return matmul_peak(sizes, operands, run)
