@@ -6,6 +6,8 @@ reach a backend by name here and never import a framework themselves.
 
 from __future__ import annotations
 
+import contextlib
+
 from localtrain.backends.base import Backend
 from localtrain.plan import RunPlan
 
@@ -28,12 +30,10 @@ def backend_class(name: str) -> type[Backend]:
 def preload(name: str) -> None:
     """Import a backend's framework, and what its first training step imports, ahead of use (the
     run does it while the tuner's measuring process compiles); a failure is left to that use."""
-    try:
+    with contextlib.suppress(Exception):  # the run's own import reports it
         backend_class(name)
         if name == "torch":
             import torch._dynamo  # noqa: F401 - torch's optimizers import it when first built
-    except Exception:  # noqa: BLE001 - the run's own import reports it
-        pass
 
 
 def make_backend(plan: RunPlan) -> Backend:

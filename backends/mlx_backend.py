@@ -12,6 +12,7 @@ the compiled step, so the key is the whole random state a checkpoint needs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from functools import partial
 from typing import Any
@@ -135,10 +136,8 @@ class MLXBackend:
         if mx.metal.is_available():
             info = mx.device_info() if hasattr(mx, "device_info") else mx.metal.device_info()
             wired = min(int(limit_bytes), int(info.get("max_recommended_working_set_size", limit_bytes)))
-            try:
+            with contextlib.suppress(RuntimeError, ValueError):  # above the system's wired limit: MLX keeps its default
                 mx.set_wired_limit(wired)
-            except (RuntimeError, ValueError):
-                pass  # above the system's wired limit: MLX keeps its default
 
     def _compile(self) -> None:
         if self.cfg is None:

@@ -8,6 +8,7 @@ to numpy or text and back.
 from __future__ import annotations
 
 import base64
+import contextlib
 
 import numpy as np
 import torch
@@ -49,26 +50,18 @@ def _reset_peak_rss() -> None:
     """Start the process's resident high-water mark (VmHWM) afresh, where Linux allows it."""
     import ctypes
 
-    try:
+    with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6").malloc_trim(0)  # give freed heap back first
-    except (OSError, AttributeError):
-        pass
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def _peak_rss() -> int:
     """The resident high-water mark since the last reset (0 where /proc is unavailable)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
     return 0
 
 

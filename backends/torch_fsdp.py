@@ -38,11 +38,9 @@ MMAP_THRESHOLD = 4 << 20
 
 def _return_freed_blocks() -> None:
     if sys.platform.startswith("linux"):
-        try:
+        with contextlib.suppress(OSError, AttributeError):  # not glibc: its allocator has its own policy
             M_MMAP_THRESHOLD = -3
             ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
-        except (OSError, AttributeError):
-            pass  # not glibc: its allocator has its own policy
 
 
 class FSDPBackend(TorchBackend):
