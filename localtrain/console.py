@@ -137,11 +137,8 @@ class ConsoleView:
         self.live: Live | None = None
         self.last_step: ev.Step | None = None
         self.last_eval: ev.Eval | None = None
-        self.plan: ev.Plan | None = None
 
     def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Plan):
-            self.plan = event
         if isinstance(event, ev.Eval):
             self.last_eval = event
         if not self.live_mode:
@@ -178,10 +175,7 @@ class ConsoleView:
             if self.live is None:
                 self.live = Live(self._status(), console=self.console, refresh_per_second=4, transient=True)
                 self.live.start()
-            else:
-                self.live.update(self._status())
-            return
-        if isinstance(event, ev.Sample):
+        elif isinstance(event, ev.Sample):
             self.console.print(Panel(
                 Text(event.prompt, style="bold") + Text(event.text),
                 title=f"sample at step {event.step}{sample_origin(event)}", title_align="left", expand=False,
@@ -189,7 +183,6 @@ class ConsoleView:
         elif isinstance(event, ev.Done):
             self.close()
             self.console.print(describe(event) or "")
-            return
         else:
             line = describe(event)
             if line is not None:
