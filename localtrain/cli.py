@@ -106,7 +106,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from localtrain import runner
     from localtrain.console import ConsoleView
 
-    if under_torchrun():
+    worker = under_torchrun()
+    if worker:
         world = int(os.environ["WORLD_SIZE"])
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
     else:
@@ -116,17 +117,16 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         world_size=world, local_world_size=local_world,
     )
     setup = runner.setup(request)
-    if not under_torchrun():  # the launcher says it once, not every worker
-        for note in setup.notes:
-            print(note)
-    if args.nproc and not under_torchrun():
+    if worker:
+        return run_worker(setup)
+    for note in setup.notes:  # the launcher says it once, not every worker
+        print(note)
+    if args.nproc:
         from localtrain.backends.torch_dist import launch
 
-        passthrough = [f"{flag}={getattr(args, flag[2:].replace('-', '_'))}" for flag in TORCHRUN_FLAGS
-                       if getattr(args, flag[2:].replace("-", "_")) is not None]
-        launch(args.nproc, passthrough, worker_argv(argv, setup.run_dir))
-    if under_torchrun():
-        return run_worker(args, setup)
+        values = {flag: getattr(args, flag[2:].replace("-", "_")) for flag in TORCHRUN_FLAGS}
+        passthrough = [f"{flag}={value}" for flag, value in values.items() if value is not None]
+        launch(args.nproc, passthrough, worker_argv(argv, setup.run_dir))  # replaces this process
     view = ConsoleView(log_every=setup.config.train.log_every, live=False if args.plain else None)
     try:
         done = runner.execute(setup, console=view)
@@ -145,7 +145,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     return 0
 
 
-def run_worker(args: argparse.Namespace, setup) -> int:
+def run_worker(setup) -> int:
     """One rank of a torchrun job: join the group, agree on the run directory, train."""
     import dataclasses
 
@@ -176,14 +176,25 @@ def run_worker(args: argparse.Namespace, setup) -> int:
         dist.close()
 
 
+def preset_rows() -> list[tuple[str, str]]:
+    """(name, first sentence of its header comment) for every preset, as `config --presets`
+    and the dashboard list them."""
+    from localtrain import config as cfg
+
+    rows = []
+    for name in cfg.preset_names():
+        lines = (cfg.presets_dir() / f"{name}.toml").read_text().splitlines()
+        intro = " ".join(x.lstrip("# ") for x in lines if x.startswith("#"))
+        rows.append((name, intro.split(". ")[0].rstrip(".") + "."))
+    return rows
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from localtrain import config as cfg
 
     if args.presets:
-        for name in cfg.preset_names():
-            lines = (cfg.presets_dir() / f"{name}.toml").read_text().splitlines()
-            intro = " ".join(x.lstrip("# ") for x in lines if x.startswith("#"))
-            print(f"{name:18} {intro.split('. ')[0].rstrip('.')}.")
+        for name, intro in preset_rows():
+            print(f"{name:18} {intro}")
         return 0
     if args.keys:
         for section, cls in cfg.SECTIONS.items():

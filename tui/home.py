@@ -12,6 +12,7 @@ from textual.containers import Vertical
 from textual.widgets import DataTable, Footer, Static
 
 from localtrain import config as cfg
+from localtrain.cli import preset_rows
 
 from localtrain.tui.runs import RunSummary, describe_status, find_runs, summarize
 from localtrain.tui.widgets import stamp
@@ -20,16 +21,6 @@ from localtrain.tui.messages import HostedScreen
 
 RESUMABLE = ("stopped", "died", "failed", "finished")
 SCAN_SECONDS = 2.0
-
-
-def preset_rows() -> list[tuple[str, str]]:
-    """(name, first sentence of its header comment) for every preset."""
-    rows = []
-    for name in cfg.preset_names():
-        lines = (cfg.presets_dir() / f"{name}.toml").read_text().splitlines()
-        intro = " ".join(x.lstrip("# ") for x in lines if x.startswith("#"))
-        rows.append((name, intro.split(". ")[0].rstrip(".") + "."))
-    return rows
 
 
 def scan(runs_dir: Path) -> list[RunSummary]:
