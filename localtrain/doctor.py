@@ -27,6 +27,7 @@ from localtrain.plan import RunPlan
 from localtrain.planner import estimate_vocab, plan
 
 REQUIRED = ("torch", "sentencepiece", "safetensors", "numpy")
+STATUS_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
 
 
 @dataclass
@@ -123,13 +124,9 @@ def capacity(machine: Machine, names: list[str], overrides: list[str], probe_run
     """A plan per preset: measured (or cached from an earlier run or probe) where it can be, else
     the defaults with no speed figure."""
     from localtrain import tuner
-    from localtrain.console import describe
+    from localtrain.console import ConsoleView
 
-    def progress(event) -> None:
-        line = describe(event)
-        if line:
-            print(line, file=sys.stderr, flush=True)
-
+    progress = ConsoleView(sys.stderr, live=False)  # the tuner's plain lines, apart from the report
     rows = []
     for name in names:
         try:
@@ -180,10 +177,9 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
     console = Console(width=None if sys.stdout.isatty() else 132)
     console.print(f"[bold]localtrain doctor[/]: {machine.cpu_model}, {machine.physical_cores} cores,"
                   f" {machine.ram_total_bytes / GB:.1f} GiB RAM, {machine.os}")
-    colour = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
     table = Table("check", "status", "detail", box=None)
     for c in checks:
-        table.add_row(c.name, f"[{colour[c.status]}]{c.status}[/]", c.detail)
+        table.add_row(c.name, f"[{STATUS_COLOURS[c.status]}]{c.status}[/]", c.detail)
     console.print(table)
     cap = Table("preset", "fits", "devices", "backend", "dtype", "micro x accum", "peak / budget", "tokens/s",
                 "time to budget", "disk", title="Capacity: a plan per preset (speed and peak measured by"

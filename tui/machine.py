@@ -18,12 +18,10 @@ from textual.widgets import DataTable, Footer, Static
 
 from localtrain import config as cfg
 from localtrain.console import human, plan_batch, plan_choices, size
-from localtrain.doctor import Check, capacity, human_time, run_checks
+from localtrain.doctor import STATUS_COLOURS, Check, capacity, human_time, run_checks
 
 from localtrain.tui.widgets import MemoryBar
 from localtrain.tui.messages import HostedScreen
-
-STATUS_COLOURS = {"ok": "green", "warn": "yellow", "fail": "red", "skip": "dim"}
 
 
 def doctor_report(runs_dir: Path) -> tuple[Any, list[Check], list[dict[str, Any]]]:
