@@ -16,7 +16,7 @@ from textual.app import App
 from localtrain.tui import messages as msg
 from localtrain.tui.dashboard import RunScreen
 from localtrain.tui.home import HomeScreen
-from localtrain.tui.launch import resume_args, start_run
+from localtrain.tui.launch import start_run
 from localtrain.tui.machine import MachineScreen
 from localtrain.tui.newrun import NewRunScreen
 
@@ -41,15 +41,10 @@ class LocaltrainApp(App):
         if self.open_on_start is not None:
             self.open_run(self.open_on_start)
 
-    def track(self, process: subprocess.Popen) -> None:
-        self.children_started.append(process)
-
     def process_for(self, run_dir: Path) -> subprocess.Popen | None:
         """The live child this app started for `run_dir`, if any."""
-        for proc in self.children_started:
-            if proc.poll() is None and str(run_dir) in proc.args:
-                return proc
-        return None
+        live = (proc for proc in self.children_started if proc.poll() is None and str(run_dir) in proc.args)
+        return next(live, None)
 
     def open_run(self, run_dir: Path) -> None:
         self.push_screen(RunScreen(run_dir, self.process_for(run_dir)))
@@ -60,12 +55,12 @@ class LocaltrainApp(App):
         self.open_run(message.run_dir)
 
     def on_resume_run(self, message: msg.ResumeRun) -> None:
-        process = start_run(resume_args(), message.run_dir)
-        self.track(process)
+        process = start_run(["--resume"], message.run_dir)
+        self.children_started.append(process)
         self.push_screen(RunScreen(message.run_dir, process))
 
     def on_run_started(self, message: msg.RunStarted) -> None:
-        self.track(message.process)
+        self.children_started.append(message.process)
         self.switch_screen(RunScreen(message.run_dir, message.process))
 
     def on_open_new_run(self, message: msg.OpenNewRun) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from localtrain import config as cfg, flags
-from localtrain.errors import ConfigError, LocaltrainError
+from localtrain.errors import LocaltrainError
 
 from localtrain.runfiles import CONFIG_FILE, CONSOLE_LOG, EVENTS_FILE
 
@@ -75,8 +75,6 @@ def check_form(form: RunForm) -> Checked:
     try:
         config = cfg.resolve(form.preset or "python-stdlib", overrides)
         check_source(config)
-    except ConfigError as exc:
-        return Checked(None, overrides, f"error: {exc}")
     except LocaltrainError as exc:
         return Checked(None, overrides, f"error: {exc}")
     return Checked(config, overrides)
@@ -118,10 +116,6 @@ def start_run(run_args: list[str], run_dir: Path, cwd: Path | None = None) -> su
 def new_run_args(preset: str, overrides: list[str]) -> list[str]:
     """The arguments of `localtrain run` for a new run: the preset and every override."""
     return ["--preset", preset, *[a for o in overrides for a in ("--set", o)]]
-
-
-def resume_args() -> list[str]:
-    return ["--resume"]
 
 
 def console_tail(run_dir: Path, lines: int = 6) -> str:

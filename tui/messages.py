@@ -11,33 +11,32 @@ import subprocess
 from pathlib import Path
 from typing import Protocol, cast
 
-from textual.app import App
 from textual.message import Message
 from textual.screen import Screen
 
 
-class OpenRun(Message):
+class RunMessage(Message):
+    """A message about one run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__()
+        self.run_dir = run_dir
+
+
+class OpenRun(RunMessage):
     """Show a run's dashboard (the app finds the live process it started for it, if any)."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__()
-        self.run_dir = run_dir
 
-
-class ResumeRun(Message):
+class ResumeRun(RunMessage):
     """Start `localtrain run --resume` in a run directory and show its dashboard."""
 
-    def __init__(self, run_dir: Path) -> None:
-        super().__init__()
-        self.run_dir = run_dir
 
-
-class RunStarted(Message):
+class RunStarted(RunMessage):
     """A new run's process was started: track it and show its dashboard in place of the form."""
 
     def __init__(self, run_dir: Path, process: subprocess.Popen) -> None:
-        super().__init__()
-        self.run_dir, self.process = run_dir, process
+        super().__init__(run_dir)
+        self.process = process
 
 
 class OpenNewRun(Message):
@@ -69,5 +68,4 @@ class HostedScreen(Screen):
 
     @property
     def host(self) -> Host:
-        app: App = self.app
-        return cast(Host, app)
+        return cast(Host, self.app)
