@@ -24,13 +24,13 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Footer, Static
 
 from localtrain import control
-from localtrain.console import human, plan_batch, plan_choices, size
+from localtrain.console import duration, human, plan_batch, plan_choices, size
 from localtrain.runfiles import EVENTS_FILE, PLAN_FILE
 
 from localtrain.tui.dialogs import QuitDialog
 from localtrain.tui.launch import console_tail
 from localtrain.tui.runs import EventTail, RunState, describe_status, lock_pid, pid_alive, run_status
-from localtrain.tui.widgets import Curves, MemoryBar, Meter, eta_text, stamp
+from localtrain.tui.widgets import Curves, MemoryBar, Meter, stamp
 from localtrain.tui import messages as msg
 from localtrain.tui.messages import HostedScreen
 
@@ -127,8 +127,6 @@ class RunScreen(HostedScreen):
                 if not chunk.more:
                     break
                 await asyncio.sleep(0)
-            else:
-                chunk = None
             self.alive = await asyncio.to_thread(self._check_alive)
             self.state.truncated_bytes = len(self.tail.pending)
             self._note_ended_states()
@@ -139,7 +137,7 @@ class RunScreen(HostedScreen):
                 self.redraw()
             else:
                 self.draw_plots_if_due()
-            if chunk is not None and not chunk.more:
+            if not chunk.more:  # else MAX_CHUNKS_PER_POLL chunks were read and more waits
                 self.caught_up.set()
         finally:
             self._reading = False
@@ -206,7 +204,7 @@ class RunScreen(HostedScreen):
         if d is not None:
             frac = d.bytes / d.total if d.total else None
             total = f" of {size(d.total)}" if d.total else ""
-            download.set(frac, f"{size(d.bytes)}{total} | {size(d.bytes_per_s)}/s | ETA {eta_text(d.eta_s)}\n{d.url}")
+            download.set(frac, f"{size(d.bytes)}{total} | {size(d.bytes_per_s)}/s | ETA {duration(d.eta_s)}\n{d.url}")
         prep = self.query_one("#prepare", Meter)
         p = s.prepare
         if p is None:
@@ -234,7 +232,7 @@ class RunScreen(HostedScreen):
             colour = {"paused": "yellow", "waiting": "yellow", "failed": "red", "died": "red"}.get(self.status, "green")
             progress.set(st.step / st.total_steps if st.total_steps else None,
                          f"step {st.step:,} of {st.total_steps:,} | {human(st.tokens)} tokens |"
-                         f" elapsed {eta_text(st.elapsed_s)}" + (f" | ETA {eta_text(st.eta_s)}" if self.alive else ""),
+                         f" elapsed {duration(st.elapsed_s)}" + (f" | ETA {duration(st.eta_s)}" if self.alive else ""),
                          colour)
             ev_ = s.evals[max(s.evals)] if s.evals else None
             val = (f" | val loss {ev_.val_loss:.4f} ppl {ev_.val_ppl:,.2f} bpb {ev_.val_bpb:.3f}"
@@ -245,11 +243,10 @@ class RunScreen(HostedScreen):
                 f" {st.step_time_s * 1000:,.0f} ms/step", "\n",
                 ("lr ", "bold"), f"{st.lr:.3g} | grad norm {st.grad_norm:.3g}",
             ))
-        mem = self.query_one("#memory", MemoryBar)
         if plan is not None:
             terms = self._plan_terms(plan.predicted_peak_bytes)
-            mem.set(terms, plan.budget_bytes, st.memory_bytes if st is not None else None,
-                    title="memory")
+            used = st.memory_bytes if st is not None else None
+            self.query_one("#memory", MemoryBar).set(terms, plan.budget_bytes, used)
 
     def _plan_terms(self, predicted: int) -> dict[str, int]:
         if self._memory_terms is None:
@@ -291,31 +288,28 @@ class RunScreen(HostedScreen):
 
     # -- keys ---------------------------------------------------------------------------------
 
-    def _controllable(self) -> bool:
+    def _send(self, command: str, note: str) -> None:
+        """Send `command` through the run's control file and say `note`, or say why nothing can take it."""
         if not self.alive:
             self.notify(f"The run is {self.status}: there is no process to control.", severity="warning")
-            return False
-        if self.state.status is None:
+        elif self.state.status is None:
             self.notify("The run takes commands once training has started (after the data is prepared).",
                         severity="warning")
-            return False
-        return True
+        else:
+            control.send(self.run_dir, command)
+            self.notify(note)
 
     def action_pause(self) -> None:
-        if self._controllable():
-            command = "resume" if self.status == "paused" else "pause"
-            control.send(self.run_dir, command)
-            self.notify("Continuing..." if command == "resume" else "Pausing after this step...")
+        if self.status == "paused":
+            self._send("resume", "Continuing...")
+        else:
+            self._send("pause", "Pausing after this step...")
 
     def action_sample(self) -> None:
-        if self._controllable():
-            control.send(self.run_dir, "sample")
-            self.notify("Sampling now...")
+        self._send("sample", "Sampling now...")
 
     def action_checkpoint(self) -> None:
-        if self._controllable():
-            control.send(self.run_dir, "checkpoint")
-            self.notify("Writing a checkpoint at the next step...")
+        self._send("checkpoint", "Writing a checkpoint at the next step...")
 
     def action_back(self) -> None:
         self.post_message(msg.GoHome())

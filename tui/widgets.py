@@ -14,7 +14,7 @@ from rich.text import Text
 from textual.widgets import Static
 from textual_plotext import PlotextPlot
 
-from localtrain.console import duration, size
+from localtrain.console import size
 
 BAR_FULL = "█"
 BAR_EMPTY = "░"
@@ -141,10 +141,6 @@ class Curves(PlotextPlot):
         if not drew:
             plt.title(f"{self.title}: no points yet")
         self.refresh()
-
-
-def eta_text(seconds: float | None) -> str:
-    return "?" if seconds is None else duration(seconds)
 
 
 def stamp(t: float | None) -> str:

@@ -12,11 +12,10 @@ from tui_helpers import ASKED_SEED, copy_fixture, local_run_with_a_sample_asked_
 from rich.text import Text
 
 from localtrain import events as ev
-from localtrain.console import size
+from localtrain.console import duration, size
 from localtrain.tui.app import LocaltrainApp
 from localtrain.tui.dashboard import RunScreen
 from localtrain.tui.machine import MachineScreen
-from localtrain.tui.widgets import eta_text
 
 SIZE = (140, 45)
 
@@ -79,7 +78,7 @@ def test_a_live_run_shows_the_eta_of_its_step_events(tmp_path) -> None:
             app.push_screen(RunScreen(run_dir, alive))
             screen = app.screen
             await until(pilot, screen.caught_up.is_set, what="the events")
-            assert f"ETA {eta_text(step.eta_s)}" in screen.query_one("#progress").detail
+            assert f"ETA {duration(step.eta_s)}" in screen.query_one("#progress").detail
 
     try:
         run(scenario())
