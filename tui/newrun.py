@@ -46,7 +46,6 @@ class NewRunScreen(HostedScreen):
         self.checked: Checked | None = None
         self.machine = None
         self.checks_done = 0
-        self.validated = asyncio.Event()
 
     def compose(self) -> ComposeResult:
         with VerticalScroll(id="newrun"):
@@ -135,7 +134,6 @@ class NewRunScreen(HostedScreen):
             memory.set(plan.memory, plan.budget_bytes, title=f"memory at micro-batch {plan.micro_batch_size}")
             start.disabled = False
         self.checks_done += 1
-        self.validated.set()
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "start":

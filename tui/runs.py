@@ -18,7 +18,7 @@ from typing import Any
 
 from localtrain import events as ev
 from localtrain.console import NOT_PROBLEMS
-from localtrain.jsonl import JsonlTail
+from localtrain.jsonl import Batch, JsonlTail
 from localtrain.ownership import pid_alive
 from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE
 CHUNK_BYTES = 256 * 1024
@@ -27,16 +27,6 @@ KEEP_SAMPLES = 12
 KEEP_MESSAGES = 200
 
 FINISHED_REASONS = ("complete", "early_stop")
-
-
-@dataclass
-class Chunk:
-    """One bounded read: the events in it, lines that were not events, and whether more waits."""
-
-    events: list[ev.Event]
-    bad_lines: list[tuple[int, str]]
-    more: bool
-    missing: bool = False
 
 
 def _event(obj: dict[str, Any]) -> ev.Event | None:
@@ -52,11 +42,6 @@ class EventTail(JsonlTail[ev.Event]):
 
     def __init__(self, path: Path, chunk_bytes: int = CHUNK_BYTES) -> None:
         super().__init__(path, _event, chunk_bytes=chunk_bytes)
-
-    def read(self) -> Chunk:  # type: ignore[override]
-        """Read at most `chunk_bytes` new bytes and decode the complete lines among them."""
-        batch = super().read()
-        return Chunk(batch.items, batch.bad, batch.more, batch.missing)
 
 
 def downsample(points: list[tuple[int, float]], limit: int = 400) -> list[tuple[int, float]]:
@@ -79,7 +64,6 @@ class RunState:
     prepare_stages: dict[str, ev.Prepare] = field(default_factory=dict)
     step: ev.Step | None = None
     losses: dict[int, float] = field(default_factory=dict)
-    lrs: dict[int, float] = field(default_factory=dict)
     evals: dict[int, ev.Eval] = field(default_factory=dict)
     samples: list[ev.Sample] = field(default_factory=list)
     checkpoints: list[ev.Checkpoint] = field(default_factory=list)
@@ -97,13 +81,13 @@ class RunState:
     truncated_bytes: int = 0
     """Bytes of an unfinished last line (kept while the writer is alive, reported when it is not)."""
 
-    def fold(self, chunk: Chunk) -> None:
-        """Take in one chunk of events."""
+    def fold(self, chunk: Batch[ev.Event]) -> None:
+        """Take in one chunk of events (an `EventTail` read)."""
         # No events.jsonl yet is a run still starting; a missing directory is a state of its own.
         self.missing = chunk.missing and not self.run_dir.is_dir()
-        for event in chunk.events:
+        for event in chunk.items:
             self.add(event)
-        for line_no, text in chunk.bad_lines:
+        for line_no, text in chunk.bad:
             self.bad_lines += 1
             self.note("warning", self.last_time or 0.0,
                           f"events.jsonl line {line_no} is not a valid event and was skipped: {text!r}")
@@ -114,7 +98,6 @@ class RunState:
         if isinstance(event, ev.Step):
             self.step = event
             self.losses[event.step] = event.loss
-            self.lrs[event.step] = event.lr
         elif isinstance(event, ev.Eval):
             self.evals[event.step] = event
         elif isinstance(event, ev.Sample):
@@ -247,25 +230,22 @@ def summarize(run_dir: Path, alive: bool | None = None) -> RunSummary:
         size = path.stat().st_size
     except OSError:
         size = 0
-    tail = EventTail(path)
+    tail = EventTail(path, chunk_bytes=TAIL_BYTES)
     if size > TAIL_BYTES:
         # Start at a line boundary inside the last TAIL_BYTES.
         tail.offset = size - TAIL_BYTES
-        tail.pending = b""
         with open(path, "rb") as f:
             f.seek(tail.offset)
             skip = f.readline()
         tail.offset += len(skip)
-    tail.chunk_bytes = TAIL_BYTES
     state.fold(tail.read())
     state.missing = not run_dir.is_dir()
     state.truncated_bytes = len(tail.pending)
     alive = pid_alive(lock_pid(run_dir)) if alive is None else alive
     step = state.step.step if state.step else (state.done.step if state.done else None)
     total = state.step.total_steps if state.step else (state.plan.total_steps if state.plan else None)
-    last = state.last_time
     return RunSummary(run_dir, read_preset(run_dir), run_status(state, alive), step, total,
-                      state.best_val_ppl, last)
+                      state.best_val_ppl, state.last_time)
 
 
 def find_runs(runs_dir: Path) -> list[Path]:
@@ -276,10 +256,7 @@ def find_runs(runs_dir: Path) -> list[Path]:
              if d.is_dir() and ((d / CONFIG_FILE).exists() or (d / EVENTS_FILE).exists())]
 
     def stamp(d: Path) -> float:
-        try:
-            return max((d / n).stat().st_mtime for n in (CONFIG_FILE, EVENTS_FILE) if (d / n).exists())
-        except ValueError:
-            return 0.0
+        return max(((d / n).stat().st_mtime for n in (CONFIG_FILE, EVENTS_FILE) if (d / n).exists()), default=0.0)
 
     return sorted(found, key=stamp, reverse=True)
 
