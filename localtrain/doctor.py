@@ -50,11 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_checks(machine: Machine, runs_dir: Path) -> list[Check]:
     out = [Check("python", "ok" if sys.version_info >= (3, 10) else "fail", machine.python)]
-    for lib in REQUIRED:
-        if lib in machine.backends:
-            out.append(Check(lib, "ok", machine.backends[lib]))
-        else:
-            out.append(Check(lib, "fail", f"does not import: {machine.missing.get(lib, '?')}. Reinstall localtrain."))
+    out += [Check(lib, "ok", machine.backends[lib]) if lib in machine.backends
+            else Check(lib, "fail", f"does not import: {machine.missing.get(lib, '?')}. Reinstall localtrain.")
+            for lib in REQUIRED]
     out.append(Check("textual", "ok" if "textual" in machine.backends else "warn",
                      machine.backends.get("textual", "not installed: the dashboard will not open")))
     if "mlx" in machine.backends:
@@ -64,11 +62,9 @@ def run_checks(machine: Machine, runs_dir: Path) -> list[Check]:
         out.append(Check("mlx", "warn", "not installed: `pip install localtrain[mlx]` is the fastest backend here"))
     else:
         out.append(Check("mlx", "skip", "not installed (only needed on Apple silicon)"))
-    if machine.gpus:
-        for g in machine.gpus:
-            out.append(Check(f"cuda:{g.index}", "ok", f"{g.name}, {g.free_bytes / GB:.1f} of {g.total_bytes / GB:.1f}"
-                             f" GiB free, compute {g.compute_capability}, bf16 {'yes' if g.bf16 else 'no'}"))
-    else:
+    out += [Check(f"cuda:{g.index}", "ok", f"{g.name}, {g.free_bytes / GB:.1f} of {g.total_bytes / GB:.1f}"
+                  f" GiB free, compute {g.compute_capability}, bf16 {'yes' if g.bf16 else 'no'}") for g in machine.gpus]
+    if not machine.gpus:
         build = machine.backends.get("torch.cuda")
         out.append(Check("cuda", "skip", "no NVIDIA GPU visible" + (f" (torch built for CUDA {build})" if build else "")))
     if machine.apple_silicon:
