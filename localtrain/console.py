@@ -157,9 +157,8 @@ class ConsoleView:
 
     def _status(self) -> Group:
         s, e = self.last_step, self.last_eval
-        bar = ProgressBar(total=max(1, s.total_steps if s else 1), completed=s.step if s else 0, width=30)
         grid = Table.grid(padding=(0, 1))
-        fields = [bar]
+        fields = [ProgressBar(total=max(1, s.total_steps if s else 1), completed=s.step if s else 0, width=30)]
         if s:
             fields.append(Text(f"step {s.step}/{s.total_steps}  loss {s.loss:.4f}"))
         if e:

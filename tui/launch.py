@@ -58,11 +58,10 @@ def check_form(form: RunForm) -> Checked:
     """Resolve the form into a config, with the messages the command line gives."""
     from localtrain.runner import check_source
 
-    flag_problems = []
     max_steps, p1 = _number(form.max_steps, "--max-steps", int)
     max_time, p2 = _number(form.max_time, "--max-time", float)
     seed, p3 = _number(form.seed, "--seed", int)
-    flag_problems += [p for p in (p1, p2, p3) if p]
+    flag_problems = [p for p in (p1, p2, p3) if p]
     try:
         extra = shlex.split(form.overrides)
     except ValueError as exc:
