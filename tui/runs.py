@@ -240,7 +240,6 @@ def summarize(run_dir: Path, alive: bool | None = None) -> RunSummary:
         tail.offset += len(skip)
     state.fold(tail.read())
     state.missing = not run_dir.is_dir()
-    state.truncated_bytes = len(tail.pending)
     alive = pid_alive(lock_pid(run_dir)) if alive is None else alive
     step = state.step.step if state.step else (state.done.step if state.done else None)
     total = state.step.total_steps if state.step else (state.plan.total_steps if state.plan else None)

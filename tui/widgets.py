@@ -79,10 +79,13 @@ class MemoryBar(Static):
             return Group(Text(f"{self.title}: no plan yet", style="dim"))
         total = sum(self.terms.values())
         scale = width / max(self.budget, total, self.used or 0)
-        line = Text()
+        line, legend = Text(), Text()
         for i, (name, value) in enumerate(self.terms.items()):
-            cells = int(round(value * scale))
-            line.append(BAR_FULL * cells, style=TERM_COLOURS[i % len(TERM_COLOURS)])
+            colour = TERM_COLOURS[i % len(TERM_COLOURS)]
+            line.append(BAR_FULL * int(round(value * scale)), style=colour)
+            if value:  # a term of no bytes has no place in the legend
+                legend.append("■ ", style=colour)
+                legend.append(f"{name} {size(value)}  ")
         budget_cell = int(round(self.budget * scale))
         line.append(BAR_EMPTY * max(budget_cell - len(line), 0), style="dim")
         marker = Text(" " * max(budget_cell - 8, 0) + "budget ▲", style="bold")
@@ -94,12 +97,6 @@ class MemoryBar(Static):
         )
         if self.used is not None:
             head.append(f" | in use {size(self.used)} ({self.used / self.budget:.0%})")
-        legend = Text()
-        for i, (name, value) in enumerate(self.terms.items()):
-            if not value:
-                continue
-            legend.append("■ ", style=TERM_COLOURS[i % len(TERM_COLOURS)])
-            legend.append(f"{name} {size(value)}  ")
         return Group(head, line, marker, legend)
 
 
@@ -117,10 +114,9 @@ class Curves(PlotextPlot):
         self.series: dict[str, list[tuple[int, float]]] = {}
 
     def set(self, series: dict[str, list[tuple[int, float]]]) -> None:
-        if series == self.series:
-            return
-        self.series = series
-        self.replot()
+        if series != self.series:
+            self.series = series
+            self.replot()
 
     def on_mount(self) -> None:
         self.replot()
@@ -129,17 +125,13 @@ class Curves(PlotextPlot):
         plt = self.plt
         plt.clear_data()
         plt.clear_figure()
-        plt.title(self.title)
+        plt.title(self.title if any(self.series.values()) else f"{self.title}: no points yet")
         plt.xlabel("step")
         plt.ylabel(self.ylabel)
-        drew = False
         for (label, points), marker in zip(self.series.items(), ("braille", "dot", "hd")):
             if points:
                 xs, ys = zip(*points)
                 plt.plot(list(xs), list(ys), label=label, marker=marker if len(points) > 1 else "dot")
-                drew = True
-        if not drew:
-            plt.title(f"{self.title}: no points yet")
         self.refresh()
 
 
