@@ -110,9 +110,7 @@ class RunScreen(HostedScreen):
     # -- reading ----------------------------------------------------------------------------
 
     def _check_alive(self) -> bool:
-        if self.process is not None and self.process.poll() is None:
-            return True
-        return pid_alive(lock_pid(self.run_dir))
+        return (self.process is not None and self.process.poll() is None) or pid_alive(lock_pid(self.run_dir))
 
     async def poll(self) -> None:
         """Read what was appended since the last poll, a bounded chunk at a time, off the loop."""

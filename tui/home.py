@@ -64,8 +64,7 @@ class HomeScreen(HostedScreen):
         self.call_later(self.rescan)
 
     async def rescan(self) -> None:
-        summaries = await asyncio.to_thread(scan, self.host.runs_dir)
-        self.show(summaries)
+        self.show(await asyncio.to_thread(scan, self.host.runs_dir))
         self.scanned.set()
 
     def show(self, summaries: list[RunSummary]) -> None:
