@@ -84,6 +84,14 @@ def run_checks(machine: Machine, runs_dir: Path) -> list[Check]:
     return out
 
 
+def examine(runs_dir: Path, cache_dir: Path, names: list[str], overrides: list[str],
+            probe_run: bool) -> tuple[Machine, list[Check], list[dict[str, Any]]]:
+    """The machine, its checks and a plan per preset: what `localtrain doctor` and the dashboard's
+    machine screen show."""
+    machine = probe(runs_dir, cache_dir)
+    return machine, run_checks(machine, runs_dir), capacity(machine, names, overrides, probe_run, cache_dir)
+
+
 def known_vocab(config: cfg.Config) -> int:
     """The vocabulary of the preset's prepared data when it is in the cache, else the planner's estimate."""
     from localtrain.data.prepare import prepared_dir
@@ -239,10 +247,8 @@ def main(args: argparse.Namespace) -> int:
 
     runs_dir = Path(getattr(args, "runs_dir", "runs"))
     cache_dir = cache_root(cfg.DataConfig())
-    machine = probe(runs_dir, cache_dir)
-    checks = run_checks(machine, runs_dir)
     names = [args.preset] if args.preset else cfg.preset_names()
-    rows = capacity(machine, names, args.overrides, args.probe, cache_dir)
+    machine, checks, rows = examine(runs_dir, cache_dir, names, args.overrides, args.probe)
     prepared = cached_summaries(cache_dir)
     if args.json:
         print(json.dumps({"machine": machine.to_dict(), "checks": [asdict(c) for c in checks],

@@ -18,7 +18,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from localtrain import config as cfg
 from localtrain.console import human, plan_batch, plan_choices, size
-from localtrain.doctor import STATUS_COLOURS, Check, capacity, human_time, run_checks
+from localtrain.doctor import STATUS_COLOURS, Check, examine, human_time
 
 from localtrain.tui.widgets import MemoryBar
 from localtrain.tui.messages import HostedScreen
@@ -27,11 +27,8 @@ from localtrain.tui.messages import HostedScreen
 def doctor_report(runs_dir: Path) -> tuple[Any, list[Check], list[dict[str, Any]]]:
     """The machine, its checks and a plan per preset, exactly as `localtrain doctor` makes them."""
     from localtrain.data.paths import cache_root
-    from localtrain.hardware import probe
 
-    cache_dir = cache_root(cfg.DataConfig())
-    machine = probe(runs_dir, cache_dir)
-    return machine, run_checks(machine, runs_dir), capacity(machine, cfg.preset_names(), [], False, cache_dir)
+    return examine(runs_dir, cache_root(cfg.DataConfig()), cfg.preset_names(), [], False)
 
 
 def plan_text(preset: str, p: dict[str, Any]) -> Text:
