@@ -61,38 +61,20 @@ class Tokenizer:
     """
 
     def __init__(self, model: bytes, character_coverage: float | None = None) -> None:
-        self._model = bytes(model)
-        self._sp = spm.SentencePieceProcessor(model_proto=self._model)
+        self.model_bytes = bytes(model)
+        self._sp = spm.SentencePieceProcessor(model_proto=self.model_bytes)
         self.character_coverage = character_coverage
+        # The model never changes after loading: its figures are read once.
+        self.vocab_size: int = self._sp.get_piece_size()
+        self.bos_id: int = self._sp.bos_id()
+        self.eos_id: int = self._sp.eos_id()
+        self.unk_id: int = self._sp.unk_id()
+        self.sha256 = hashlib.sha256(self.model_bytes).hexdigest()
 
     @classmethod
     def load(cls, path: Path | str) -> Tokenizer:
         """Read a `tokenizer.model` file."""
         return cls(Path(path).read_bytes())
-
-    @property
-    def vocab_size(self) -> int:
-        return self._sp.get_piece_size()
-
-    @property
-    def bos_id(self) -> int:
-        return self._sp.bos_id()
-
-    @property
-    def eos_id(self) -> int:
-        return self._sp.eos_id()
-
-    @property
-    def unk_id(self) -> int:
-        return self._sp.unk_id()
-
-    @property
-    def model_bytes(self) -> bytes:
-        return self._model
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self._model).hexdigest()
 
     def encode(self, text: str) -> list[int]:
         """Token ids of `text`, without BOS or EOS."""
