@@ -215,7 +215,7 @@ def strip_tables(text: str) -> str:
 def _link(site: Site, m: re.Match[str]) -> str:
     inner, trail = m.group(1), m.group(2)
     target, sep, label = inner.partition("|")
-    target = target.strip()
+    target, label = target.strip(), label.strip()  # (label is empty without a pipe)
     colon = target.startswith(":")
     target = target.lstrip(":").strip()
     prefix, has_prefix, rest = target.partition(":")
@@ -229,20 +229,15 @@ def _link(site: Site, m: re.Match[str]) -> str:
                 return ""  # an interlanguage link, [[fr:Article]]: shown beside the page, not in it
             if interwiki or language:
                 # [[wikt:word]], [[:fr:Paris|Paris]]: the text without the prefix of the other wiki
-                label = label.strip() if sep else ""
                 return (label or rest.strip().lstrip(":")) + trail
         elif namespace in wikilang.DROPPED_NAMESPACES:
             if not colon:
                 return ""  # a file, a sound or a category of the page: not text
             # [[:Category:X|the category]] is a plain link to that page: its label, or its name
-            label = label.strip() if sep else ""
             return (label or rest.strip()) + trail
     if sep:
-        label = label.strip()
-        if not label:
-            # The pipe trick: [[Paris, Texas|]] shows "Paris", [[Help:Contents|]] shows "Contents".
-            label = re.sub(r"\s*\(.*\)$", "", rest if has_prefix else target).split(",")[0]
-        return label + trail
+        # The pipe trick: [[Paris, Texas|]] shows "Paris", [[Help:Contents|]] shows "Contents".
+        return (label or re.sub(r"\s*\(.*\)$", "", rest if has_prefix else target).split(",")[0]) + trail
     if target.startswith("#"):
         return target[1:] + trail
     return target + trail
