@@ -48,9 +48,7 @@ class Encoder:
 
     def encode(self, texts: list[str]) -> np.ndarray:
         """Token ids of `texts`, each followed by eos, as one little-endian array."""
-        if not texts:
-            return np.empty(0, dtype=np.dtype(self.dtype).newbyteorder("<"))
-        if self._pool is None or len(texts) < 2:
+        if self._pool is None or len(texts) < 2:  # (no text packs to an empty array)
             return _pack(self._sp, texts, self.dtype)
         # Chunks of about equal text size, a few per worker, in document order.
         total = sum(len(t) for t in texts)
