@@ -20,7 +20,7 @@ from urllib.parse import urlparse
 from localtrain.config import DataConfig
 from localtrain.data import corpora
 from localtrain.data.hf import HFSource
-from localtrain.data.local import VENDORED_DIRS, list_files, open_local
+from localtrain.data.local import VENDORED_EXCLUDE, list_files, open_local
 from localtrain.data.stream import Source
 from localtrain.data.url import download_path, fetch_url
 from localtrain.errors import DataError, LocaltrainError
@@ -125,8 +125,7 @@ def preset_for(source: str) -> tuple[str, str]:
     path = Path(name).expanduser()
     text = cfg.load_preset("text")[0]["data"]
     if path.is_dir():
-        vendored = [f"{d}/*" for d in VENDORED_DIRS] + list(VENDORED_DIRS)
-        files = list_files(path, list(text.get("include", [])), list(text.get("exclude", [])) + vendored)
+        files = list_files(path, list(text.get("include", [])), list(text.get("exclude", [])) + VENDORED_EXCLUDE)
         total = sum(f.size for f in files)
         python = sum(f.size for f in files if f.relpath.endswith(".py"))
     else:
