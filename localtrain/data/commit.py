@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -87,20 +88,24 @@ def phase_event(manifest: dict[str, Any], phase: int) -> Prepare:
     )
 
 
-def progress_event(manifest: dict[str, Any], filters: Filters, session: dict[str, int], seconds: float) -> Prepare:
+def progress_event(batch: Batch, now: float) -> Prepare:
     """The progress of the second pass: what is written, and how fast this session reads."""
+    manifest, dropped = batch.manifest, batch.filters.dropped
+    started, kept, input_bytes = batch.session_start
+    seconds = now - started
+    documents_per_s = (batch.kept - kept) / max(seconds, 1e-9)
+    mb_per_s = (manifest["input_bytes"] - input_bytes) / 1e6 / max(seconds, 1e-9)
     return Prepare(
         stage="encode",
-        message=f"{counts_text(manifest)}; {session['documents'] / max(seconds, 1e-9):,.0f} documents/s, "
-        f"{session['bytes'] / 1e6 / max(seconds, 1e-9):.1f} MB/s of input.",
+        message=f"{counts_text(manifest)}; {documents_per_s:,.0f} documents/s, {mb_per_s:.1f} MB/s of input.",
         documents=documents(manifest),
         bytes=manifest["input_bytes"],
         tokens=tokens(manifest),
         seconds=seconds,
-        documents_per_s=session["documents"] / max(seconds, 1e-9),
-        mb_per_s=session["bytes"] / 1e6 / max(seconds, 1e-9),
-        dropped=dict(filters.dropped),
-        skipped=sum(filters.dropped.values()),
+        documents_per_s=documents_per_s,
+        mb_per_s=mb_per_s,
+        dropped=dict(dropped),
+        skipped=sum(dropped.values()),
     )
 
 
@@ -122,6 +127,8 @@ class Batch:
         self.bytes = 0
         self.phases = manifest.get("phases", [])
         self.kept = documents(manifest)  # documents kept so far, committed or pending
+        # When this session began, with the documents kept and the input read by then: its rates count from here.
+        self.session_start = (time.perf_counter(), self.kept, manifest["input_bytes"])
         # Phase ends met among the pending documents: (phase, pending train count, pending val count).
         self.marks: list[tuple[int, int, int]] = []
         self.upcoming = [i for i, ph in enumerate(self.phases) if not ph["ready"] and ph["documents"] is not None]

@@ -250,18 +250,14 @@ def _no_documents(source: Source, read: dict[str, Any]) -> str:
 
 
 def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], source: Source, emit: Emit,
-                 workers: int, cancel: StopRequest | None = None,
-                 progress_seconds: float = PROGRESS_SECONDS) -> None:
+                 workers: int, cancel: StopRequest | None, progress_seconds: float) -> None:
     """Pass 2: read from the manifest's cursor, filter, encode and append, committing as it goes."""
     tok = Tokenizer.load(directory / "tokenizer.model")
     if tok.sha256 != manifest["tokenizer_sha256"]:
         raise DamagedData(f"`{directory / 'tokenizer.model'}` is not the tokenizer its manifest names.")
     batch = Batch(data, directory, manifest, tok.eos_id)
-    started = time.perf_counter()
-    session = {"documents": 0, "bytes": 0, "articles": 0}
     with Encoder(tok.model_bytes, manifest["dtype"], workers) as encoder:
-        cursor = _read_and_commit(batch, encoder, source, emit, workers, session,
-                                  (started, cancel, progress_seconds))
+        cursor = _read_and_commit(batch, encoder, source, emit, workers, cancel, progress_seconds)
         batch.problems.extend(p for p in source.problems() if p not in batch.problems)
         batch.balance()
         batch.commit(encoder, cursor)
@@ -269,27 +265,22 @@ def _encode_pass(data: DataConfig, directory: Path, manifest: dict[str, Any], so
         emit(Warning(message=problem, code="source_problem"))
     _warn_skipped(batch.filters.dropped, batch.problems, emit)
     _check_splits(manifest, source)
-    emit(progress_event(manifest, batch.filters, session, time.perf_counter() - started))
+    emit(progress_event(batch, time.perf_counter()))
     _finish_phases(batch, source, emit)
 
 
 def _read_and_commit(batch: Batch, encoder: Encoder, source: Source, emit: Emit, workers: int,
-                     session: dict[str, int], timing: tuple[float, StopRequest | None, float]) -> Any:
+                     cancel: StopRequest | None, progress_seconds: float) -> Any:
     """Read every task from the cursor on, committing after ~COMMIT_BYTES of text, COMMIT_SECONDS, the
     end of a phase or a stop request; the cursor after the last task read."""
-    started, cancel, progress_seconds = timing
     manifest = batch.manifest
     cursor = manifest["sources"][0]["cursor"]
-    last_event = last_commit = started
+    last_event = last_commit = batch.session_start[0]
     for result, cursor_after in run_tasks(source.tasks(cursor), workers):
         batch.filters.dropped.update(result.dropped)
         batch.problems.extend(result.problems)
         manifest["input_bytes"] += result.bytes
-        session["bytes"] += result.bytes
-        session["articles"] += result.articles
-        kept = batch.kept
         batch.add(result.docs)
-        session["documents"] += batch.kept - kept
         cursor = cursor_after
         stopping = cancel is not None and cancel.is_set()
         if batch.marks or stopping or batch.bytes >= COMMIT_BYTES or (
@@ -304,7 +295,7 @@ def _read_and_commit(batch: Batch, encoder: Encoder, source: Source, emit: Emit,
             now = time.perf_counter()
             if now - last_event >= progress_seconds:
                 last_event = now
-                emit(progress_event(manifest, batch.filters, session, now - started))
+                emit(progress_event(batch, now))
     return cursor
 
 
