@@ -106,12 +106,9 @@ class Tokenizer:
 
 def trainer_sentences(sample: list[str]) -> list[str]:
     """The sample as the sentences fed to the trainer: pieces of at most ~4 KB cut at line breaks."""
-    sentences: list[str] = []
-    for text in sample:
-        for chunk in cut_text(text, CHUNK_BYTES):
-            # The trainer would silently drop a whole chunk holding its marker character.
-            sentences.extend(p for p in chunk.split(TRAINER_UNK_CHAR) if p)
-    return sentences
+    # The trainer would silently drop a whole chunk holding its marker character: it is split there.
+    return [piece for text in sample for chunk in cut_text(text, CHUNK_BYTES)
+            for piece in chunk.split(TRAINER_UNK_CHAR) if piece]
 
 
 def _is_cjk(char: str) -> bool:
