@@ -62,10 +62,8 @@ def kind_of_text(head: bytes, name: str) -> str:
         if obj is None and len(first) == 1 and name.endswith(".jsonl"):
             return "jsonl"  # a first line longer than the sniffed bytes: the name decides
     stem = name[: -len(".bz2")] if name.endswith(".bz2") else name[: -len(".gz")] if name.endswith(".gz") else name
-    if stem.endswith(".jsonl") and not head.strip():
-        return "jsonl"
-    if stem.endswith(".xml") and not head.strip():
-        return "mediawiki"
+    if stem.endswith((".jsonl", ".xml")) and not head.strip():
+        return "jsonl" if stem.endswith(".jsonl") else "mediawiki"
     return "text"
 
 

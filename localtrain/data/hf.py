@@ -29,10 +29,8 @@ def parse_name(spec: str) -> tuple[str, str | None]:
     parts = [p for p in body.split("/") if p]
     if not parts:
         raise DataError(f"The data source `{spec}` names no dataset. Write it hf:NAME or hf:OWNER/NAME/CONFIG.")
-    if len(parts) >= 3:
-        return "/".join(parts[:2]), "/".join(parts[2:])
-    if len(parts) == 2:
-        return "/".join(parts), None
+    if len(parts) >= 2:
+        return "/".join(parts[:2]), "/".join(parts[2:]) or None
     return body, None
 
 

@@ -283,7 +283,5 @@ def open_local(path: Path, include: list[str], exclude: list[str], document_byte
         found = formats.sniff(path)
         if found.kind == "mediawiki":
             index = dump.find_index(path) if found.compression == "bz2" else None
-            if index is not None:
-                return MultistreamSource(path, index)
-            return DumpSource(path, found.compression)
+            return MultistreamSource(path, index) if index is not None else DumpSource(path, found.compression)
     return FileSource(path, include, exclude, document_bytes, val_fraction)
