@@ -161,9 +161,8 @@ class ShardedTokens:
             raise ValueError("ShardedTokens supports contiguous slices only")
         if stop <= start:
             return np.empty(0, dtype=self.dtype)
-        first = int(np.searchsorted(self._starts, start, side="right")) - 1
         parts = []
-        i, pos = first, start
+        i, pos = int(np.searchsorted(self._starts, start, side="right")) - 1, start  # the map holding `start`
         while pos < stop:
             base = int(self._starts[i])
             end = min(stop, int(self._starts[i + 1]))
