@@ -48,9 +48,6 @@ Task = tuple[Callable[..., Result], tuple[Any, ...], dict[str, Any]]
 """(function, arguments, cursor after the task)"""
 
 
-# ---- what each task does (module-level functions: they run in worker processes) ----
-
-
 class Source:
     """A corpus read as tasks; `fingerprint` identifies its content before it is read."""
 
@@ -75,9 +72,7 @@ def pool_context(separate: bool = False) -> multiprocessing.context.BaseContext:
     """The way worker processes start. `separate`: for a process that runs beside a training
     loop, whose threads a fork could copy mid-lock, so it starts a fresh interpreter."""
     # fork starts workers at once on Linux; elsewhere (macOS) fork is unsafe with system frameworks.
-    if separate or not sys.platform.startswith("linux"):
-        return multiprocessing.get_context("spawn")
-    return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn" if separate or not sys.platform.startswith("linux") else "fork")
 
 
 def worker_count(threads: int) -> int:

@@ -266,10 +266,7 @@ def train_tokenizer(sample: list[str], data: DataConfig, emit: Emit) -> Tokenize
     if not data.character_coverage:
         coverage, why = choose_coverage(sentences, data)
         data = dataclasses.replace(data, character_coverage=coverage)
-    if data.tokenizer == "char":
-        tok = _train_char(sentences, data)
-    else:
-        tok = _train_subword(sentences, data, emit)
+    tok = _train_char(sentences, data) if data.tokenizer == "char" else _train_subword(sentences, data, emit)
     seconds = time.perf_counter() - start
     sample_bytes = sum(len(s.encode("utf-8")) for s in sample)
     emit(Prepare(
