@@ -96,17 +96,18 @@ def is_small(sizes: list[int], document_bytes: int) -> bool:
     return bool(sizes) and sum(max(1, -(-size // document_bytes)) for size in sizes) < MIN_DOCUMENTS
 
 
+def _pieces(texts: list[tuple[str, str]], size: int) -> list[tuple[str, int, int]]:
+    """(relpath, index, UTF-8 bytes) of each piece of the corpus cut at `size`, but blank ones
+    (the preparation skips them too)."""
+    return [(rel, i, len(piece.encode("utf-8"))) for rel, text in texts
+            for i, piece in enumerate(cut_text(text, size)) if piece.strip()]
+
+
 def hash_share(texts: list[tuple[str, str]], document_bytes: int, val_fraction: float) -> float:
     """The share of the text the split by key hash (`is_val`) holds out at this cut."""
-
-    total = held = 0
-    for rel, text in texts:
-        for i, piece in enumerate(cut_text(text, document_bytes)):
-            if piece.strip():
-                n = len(piece.encode("utf-8"))
-                total += n
-                held += n if is_val(f"{rel}#{i}", val_fraction) else 0
-    return held / max(total, 1)
+    pieces = _pieces(texts, document_bytes)
+    held = sum(n for rel, i, n in pieces if is_val(f"{rel}#{i}", val_fraction))
+    return held / max(sum(n for _, _, n in pieces), 1)
 
 
 def split_fairly(texts: list[tuple[str, str]], document_bytes: int,
@@ -139,18 +140,13 @@ def _spread(texts: list[tuple[str, str]], size: int,
     bytes so far; at least one piece does when there are two or more.
     """
     val: dict[str, list[int]] = {}
-    seen: list[tuple[str, int, int]] = []
+    seen = _pieces(texts, size)
     so_far = held = 0
-    for rel, text in texts:
-        for i, piece in enumerate(cut_text(text, size)):
-            if not piece.strip():
-                continue  # (the preparation skips it too)
-            n = len(piece.encode("utf-8"))
-            so_far += n
-            if held + n / 2 <= val_fraction * so_far:
-                val.setdefault(rel, []).append(i)
-                held += n
-            seen.append((rel, i, n))
+    for rel, i, n in seen:
+        so_far += n
+        if held + n / 2 <= val_fraction * so_far:
+            val.setdefault(rel, []).append(i)
+            held += n
     if not val and len(seen) >= 2:
         rel, i, n = seen[len(seen) // 2]
         val[rel] = [i]
