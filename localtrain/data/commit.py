@@ -77,8 +77,8 @@ def counts_text(manifest: dict[str, Any]) -> str:
 
 def phase_event(manifest: dict[str, Any], phase: int) -> Prepare:
     ph = manifest["phases"][phase]
-    last = phase == len(manifest["phases"]) - 1
-    what = "every document" if last or ph["documents"] is None else f"the first {ph['documents']:,} documents"
+    # (the last phase, which holds every document, is written with documents None)
+    what = "every document" if ph["documents"] is None else f"the first {ph['documents']:,} documents"
     return Prepare(
         stage="phase",
         message=f"Phase {phase + 1} of {len(manifest['phases'])} is ready: {what}, {ph['train_tokens']:,} train "
