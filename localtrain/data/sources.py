@@ -83,14 +83,12 @@ def source_spec(data: DataConfig) -> SourceSpec:
         source = HFSource(target)
         return SourceSpec(name, source.fingerprint(), lambda emit: source)
     if target.lower().startswith(("http://", "https://")):
-        url = target
 
         def open_url(emit: Emit) -> Source:
-            path = fetch_url(data, url, emit)
-            return open_local(path, list(data.include), list(data.exclude), data.document_bytes,
-                              data.val_fraction)
+            return open_local(fetch_url(data, target, emit), list(data.include), list(data.exclude),
+                              data.document_bytes, data.val_fraction)
 
-        return SourceSpec(name, {"kind": "url", "url": url}, open_url)
+        return SourceSpec(name, {"kind": "url", "url": target}, open_url)
     if glob.has_magic(name) and not Path(name).expanduser().exists():
         root, _ = _glob_root(name)
         if not root.is_dir():
