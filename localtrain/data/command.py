@@ -60,8 +60,7 @@ def write_text(data: cfg.DataConfig, path: Path, emit: Printer, threads: int) ->
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             for doc, split in iter_documents(data, emit, threads):
-                f.write(json.dumps({"title": doc.title, "text": doc.text, "split": split}, ensure_ascii=False))
-                f.write("\n")
+                f.write(json.dumps({"title": doc.title, "text": doc.text, "split": split}, ensure_ascii=False) + "\n")
                 count += 1
             f.flush()
             os.fsync(f.fileno())
