@@ -88,27 +88,19 @@ def _coerce(key: str, value: Any, typ: Any, from_text: bool) -> tuple[Any, str |
         if from_text and value.strip().lower() in ("false", "0", "no", "off"):
             return False, None
         return None, f"`{key}` = {value!r}: must be true or false."
-    if typ is int:
+    if typ in (int, float):
+        problem = f"`{key}` = {value!r}: must be {'a whole number' if typ is int else 'a number'}."
         if isinstance(value, bool):
-            return None, f"`{key}` = {value!r}: must be a whole number."
-        if isinstance(value, int):
-            return value, None
+            return None, problem
+        if isinstance(value, int) or (typ is float and isinstance(value, float)):
+            return typ(value), None
         try:
             number = float(value.replace("_", "")) if from_text else float(value)
         except (TypeError, ValueError, AttributeError):
-            return None, f"`{key}` = {value!r}: must be a whole number."
-        if not number.is_integer():
-            return None, f"`{key}` = {value!r}: must be a whole number."
-        return int(number), None
-    if typ is float:
-        if isinstance(value, bool):
-            return None, f"`{key}` = {value!r}: must be a number."
-        if isinstance(value, (int, float)):
-            return float(value), None
-        try:
-            return float(value.replace("_", "")) if from_text else float(value), None
-        except (TypeError, ValueError, AttributeError):
-            return None, f"`{key}` = {value!r}: must be a number."
+            return None, problem
+        if typ is int and not number.is_integer():
+            return None, problem
+        return typ(number), None
     if typ is str:
         if isinstance(value, str):
             return value, None
@@ -182,10 +174,7 @@ def resolve(
     """Build a validated Config from a preset (or a base TOML dict) and `key=value` overrides."""
     problems: list[str] = []
     values: dict[str, dict[str, Any]] = {s: {} for s in SECTIONS}
-    if base is None:
-        doc, where = load_preset(preset)
-    else:
-        doc, where = base, "the run's config.toml"
+    doc, where = load_preset(preset) if base is None else (base, "the run's config.toml")
     for key, raw in _flatten_toml(doc, where, problems):
         _apply(values, key, raw, where, from_text=False, problems=problems)
     overrides = list(overrides or [])
@@ -208,13 +197,6 @@ def resolve(
     if problems:
         raise ConfigError(problems)
     return config
-
-
-def validate(config: Config) -> None:
-    """Raise one ConfigError listing every problem `check` finds."""
-    problems = check(config)
-    if problems:
-        raise ConfigError(problems)
 
 
 def to_toml(config: Config) -> str:

@@ -225,7 +225,6 @@ class Config:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -268,9 +267,6 @@ run started before they existed still resumes."""
 
 
 def _fingerprinted(d: dict[str, Any]) -> dict[str, Any]:
-    out = {section: dict(values) for section, values in d.items()}
-    for section, defaults in LATER_DEFAULTS.items():
-        for name, default in defaults.items():
-            if out[section].get(name) == default:
-                out[section].pop(name, None)
-    return out
+    return {section: {name: value for name, value in values.items()
+                      if name not in LATER_DEFAULTS.get(section, {}) or LATER_DEFAULTS[section][name] != value}
+            for section, values in d.items()}
