@@ -23,8 +23,7 @@ def micro_batch_candidates(batch_size: int) -> list[int]:
 
 def next_smaller_micro(batch_size: int, micro: int) -> int | None:
     """The largest divisor of batch_size at most half of micro (the OOM back-off step)."""
-    smaller = [m for m in micro_batch_candidates(batch_size) if m <= micro // 2]
-    return smaller[0] if smaller else None
+    return next((m for m in micro_batch_candidates(batch_size) if m <= micro // 2), None)
 
 
 def tokens_per_step(config: Config) -> int:

@@ -107,9 +107,8 @@ def memory_estimate(
     rows = model.vocab_rows(vocab_size)
     p = params_count(model, rows)
     mixed = dtype != "float32"
-    kind = "mlx" if device == "mlx" else device
     d = model.n_embd
-    per_token_layers = _layers_per_token(model, mixed, kind, compiled, fused_attention, checkpointing)
+    per_token_layers = _layers_per_token(model, mixed, device, compiled, fused_attention, checkpointing)
     chunk = loss_chunk_tokens(rows, device)
     logits = _logits_per_token(rows, d, mixed, compiled, chunk)
     per_token = per_token_layers + logits + EMBED_VALUES * d * 4
@@ -121,8 +120,8 @@ def memory_estimate(
         "optimizer": 8 * p,
         "activations": int(per_token_layers * model.seq_len + EMBED_VALUES * d * 4 * model.seq_len) * micro_batch_size,
         "logits": int(logits * model.seq_len) * micro_batch_size,
-        "compiler": COMPILER.get(kind, 0) if compiled else 0,
-        "overhead": OVERHEAD.get(kind, OVERHEAD["cpu"]),
+        "compiler": COMPILER.get(device, 0) if compiled else 0,
+        "overhead": OVERHEAD.get(device, OVERHEAD["cpu"]),
     }
     if chunk:
         # One chunk's logits when eager (compiled, every token's are counted above), and the

@@ -130,10 +130,6 @@ class RunPlan:
         return self.batch_size // self.world_size
 
     @property
-    def measured(self) -> bool:
-        return self.predicted_tokens_per_s > 0
-
-    @property
     def choice(self) -> Choice:
         return Choice(self.dtype, self.compile, self.micro_batch_size, self.activation_checkpointing)
 

@@ -55,8 +55,7 @@ def default_dtype(machine: Machine, device: str) -> str:
     """The dtype when nothing was measured: fp32 on every CPU (it runs at full speed on all of
     them), mixed precision on the GPUs, where it is how models are trained."""
     if device == "cuda":
-        bf16 = all(g.bf16 for g in machine.gpus) if machine.gpus else False
-        return "bfloat16" if bf16 else "float16"
+        return "bfloat16" if machine.gpus and all(g.bf16 for g in machine.gpus) else "float16"
     if device == "mps" or (device == "mlx" and machine.apple_silicon):
         return "float32" if "M1" in machine.chip else "bfloat16"
     return "float32"
@@ -66,8 +65,7 @@ def dtype_candidates(machine: Machine, device: str) -> list[str]:
     """The dtypes worth timing: float32 everywhere, bfloat16 where the device can run it, and
     float16 on a GPU without bfloat16. The timing, not this list, decides."""
     if device == "cuda":
-        bf16 = all(g.bf16 for g in machine.gpus) if machine.gpus else False
-        return ["bfloat16" if bf16 else "float16", "float32"]
+        return [default_dtype(machine, device), "float32"]
     if device == "mps":
         return ["float32", "float16"] if "M1" in machine.chip else ["float32", "bfloat16"]
     return ["float32", "bfloat16"]
@@ -223,13 +221,10 @@ def _decide(config: Config, machine: Machine, shape: Shape, backend: str, rank_b
         decided_by = "defaults"
         why = ("run.autotune = off" if config.run.autotune == "off" else "nothing measured yet") + (
             f": {dtype}, {'compiled' if comp else 'eager'}, the largest micro-batch that fits")
-    explicit: dict[str, Any] = {}
-    if config.train.dtype != "auto":
-        explicit["dtype"] = config.train.dtype
-    if config.run.compile != "auto":
-        explicit["compile"] = config.run.compile == "on"
-    if config.train.micro_batch_size:
-        explicit["micro_batch_size"] = config.train.micro_batch_size
+    settings = (("dtype", config.train.dtype, config.train.dtype != "auto"),
+                ("compile", config.run.compile == "on", config.run.compile != "auto"),
+                ("micro_batch_size", config.train.micro_batch_size, config.train.micro_batch_size))
+    explicit: dict[str, Any] = {name: value for name, value, given in settings if given}
     if explicit:
         base = dataclasses.replace(base, **explicit)
         why += "; set by you: " + ", ".join(f"{k} = {v}" for k, v in explicit.items())
@@ -286,7 +281,6 @@ def plan(
     est = shape.peak(choice, accumulate_unsharded=hold)
     predicted = _predicted_peak(est, rows_measured, choice, shape, notes)
     tok_s = per_step / step_s if step_s else 0.0
-    disk = disk_needed(config, params, vocab)
     return RunPlan(
         backend=backend, device=device, dtype=choice.dtype, compile=choice.compile, threads=threads,
         batch_size=config.train.batch_size, world_size=world_size, micro_batch_size=choice.micro_batch_size,
@@ -297,7 +291,7 @@ def plan(
         budget_bytes=limit, budget_source=source, fits=predicted <= limit,
         min_peak_bytes=shape.peak(Choice(choice.dtype, False, 1, True)).total,
         predicted_tokens_per_s=tok_s, predicted_seconds=tokens / tok_s if tok_s else math.inf,
-        disk_needed=disk, disk_free={k: v["free"] for k, v in machine.disk.items()},
+        disk_needed=disk_needed(config, params, vocab), disk_free={k: v["free"] for k, v in machine.disk.items()},
         decided_by=decided_by, why=why + sample_why, candidates=rows_measured, notes=notes,
         parallel=par, accumulate_unsharded=hold, sample_dtype=sample_dtype,
     )
@@ -342,10 +336,8 @@ def _sharing(shape: Shape, machine: Machine, world_size: int, resumed: Mapping[s
 def _predicted_peak(est: MemoryEstimate, rows_measured: list[dict[str, Any]], choice: Choice, shape: Shape,
                     notes: list[str]) -> int:
     """The chosen candidate's measured peak where the tuner measured it, else the model's; with notes."""
-    predicted = est.total
-    chosen = next((r for r in rows_measured if r["chosen"]), None)
-    if chosen is not None and chosen["peak_bytes"]:
-        predicted = int(chosen["peak_bytes"])
+    measured = next((r["peak_bytes"] for r in rows_measured if r["chosen"]), 0)
+    predicted = int(measured) if measured else est.total
     if choice.activation_checkpointing:
         notes.append("Activation checkpointing is on: the micro-batch does not fit without it.")
     elif shape.config.train.micro_batch_size and predicted > shape.usable:
