@@ -6,6 +6,7 @@ gathered on its own and a probe that cannot run is recorded as a note.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -65,23 +66,23 @@ class Machine:
         return bool(self.gpus)
 
 
-def cpu_flags() -> list[str]:
-    try:
+def _cpuinfo(name: str) -> str | None:
+    """The value of the first /proc/cpuinfo line starting with `name` (None: no such line or file)."""
+    with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return line.split(":", 1)[1].split()
-    except OSError:
-        pass
-    return []
+            if line.startswith(name):
+                return line.split(":", 1)[1]
+    return None
+
+
+def cpu_flags() -> list[str]:
+    return (_cpuinfo("flags") or "").split()
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    model = _cpuinfo("model name")
+    if model is not None:
+        return model.strip()
     if sys.platform == "darwin":
         return _sysctl("machdep.cpu.brand_string")
     return platform.processor() or platform.machine()
@@ -142,8 +143,7 @@ def probe(runs_dir: Path = Path("runs"), cache_dir: Path | None = None) -> Machi
         machine.backends.update(facts.get("versions", {}))
         machine.missing.update(facts.get("missing", {}))
         machine.notes.extend(facts.get("notes", []))
-        for gpu in facts.get("gpus", []):
-            machine.gpus.append(GPU(**gpu))
+        machine.gpus += [GPU(**gpu) for gpu in facts.get("gpus", [])]
         for key in ("mps_available", "mps_recommended_max_bytes", "mlx_memory_bytes",
                     "mlx_max_recommended_working_set_bytes"):
             if key in facts:

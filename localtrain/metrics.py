@@ -25,12 +25,20 @@ def bits_per_byte(total_nats: float, total_bytes: int) -> float:
     return total_nats / (LN2 * total_bytes) if total_bytes else float("nan")
 
 
+def block_params(model: ModelConfig) -> int:
+    """Parameters of one transformer block (attention, MLP and its two norms)."""
+    d, kv = model.n_embd, model.kv_heads * model.head_dim
+    return 2 * d * d + 2 * d * kv + 3 * d * model.ffn_size + 2 * d
+
+
+def root_params(model: ModelConfig, vocab_rows: int) -> int:
+    """Parameters outside the blocks: the (padded) tied embedding and the final norm."""
+    return vocab_rows * model.n_embd + model.n_embd
+
+
 def params_count(model: ModelConfig, vocab_rows: int) -> int:
     """Parameters of the decoder; the tied embedding (padded rows included) counted once."""
-    d, kv = model.n_embd, model.kv_heads * model.head_dim
-    attn = d * d + 2 * d * kv + d * d  # q, k, v, o
-    mlp = 3 * d * model.ffn_size
-    return model.n_layer * (attn + mlp + 2 * d) + d + vocab_rows * d
+    return model.n_layer * block_params(model) + root_params(model, vocab_rows)
 
 
 def flops_per_token(model: ModelConfig, vocab_rows: int) -> float:

@@ -13,19 +13,9 @@ from __future__ import annotations
 
 from localtrain.config import ModelConfig
 from localtrain.errors import LocaltrainError
+from localtrain.metrics import block_params, root_params
 
 GB = 1024**3
-
-
-def block_params(model: ModelConfig) -> int:
-    """Parameters of one transformer block (attention, MLP and its two norms)."""
-    d, kv = model.n_embd, model.kv_heads * model.head_dim
-    return 2 * d * d + 2 * d * kv + 3 * d * model.ffn_size + 2 * d
-
-
-def root_params(model: ModelConfig, vocab_rows: int) -> int:
-    """Parameters outside the blocks: the (padded) tied embedding and the final norm."""
-    return vocab_rows * model.n_embd + model.n_embd
 
 
 def gathered_bytes(dtype: str, device: str) -> int:

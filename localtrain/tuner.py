@@ -13,7 +13,6 @@ and candidate list, so a second run on the same machine measures nothing.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import platform
@@ -97,8 +96,7 @@ class Probe:
             line = ""
         if not line:
             return Measured(choice, "crashed", detail=self._death())
-        result = json.loads(line)
-        return Measured(choice, **result)
+        return Measured(choice, **json.loads(line))
 
     def _death(self) -> str:
         assert self.proc is not None
@@ -153,11 +151,9 @@ def search(choices: list[Choice], measure) -> list[Measured]:  # measure: (Choic
     best = _fastest(found)
     if best is None or len(compiles) == 1:
         return found
-    eager: dict[str, Measured] = {}  # the fastest eager measurement of each dtype
-    for m in found:
-        if m.status == "ok" and m.choice.compile == first and (
-                m.choice.dtype not in eager or m.step_s < eager[m.choice.dtype].step_s):
-            eager[m.choice.dtype] = m
+    ok_eager = [m for m in found if m.status == "ok" and m.choice.compile == first]
+    eager = {dtype: min((m for m in ok_eager if m.choice.dtype == dtype), key=lambda m: m.step_s)
+             for dtype in dict.fromkeys(m.choice.dtype for m in ok_eager)}  # the fastest eager one of each dtype
     close = [d for d, m in eager.items() if m.step_s <= RUNNER_UP * best.step_s]
     for dtype in sorted(close, key=lambda d: eager[d].step_s):  # 3) compiled, at the fastest micro-batch
         same = [c for c in choices if c.dtype == dtype and c.compile != first]
@@ -212,4 +208,4 @@ def tune(config: Config, machine: Machine, vocab_size: int, cache_dir: Path, emi
     table[key] = {"measured": [m.to_dict() for m in measured], "seconds": seconds, "time": time.time()}
     cache_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(cache_dir / CACHE_FILE, json.dumps(table, indent=1, sort_keys=True))
-    return dataclasses.replace(Tuned(tuple(measured)), seconds=seconds)
+    return Tuned(tuple(measured), seconds=seconds)
