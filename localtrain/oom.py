@@ -29,14 +29,14 @@ class Backoff:
             try:
                 return self.backend.train_step(micro, lr)
             except OutOfMemory as exc:
+                smaller = next_smaller_micro(len(x), m)
                 if self.dist.world_size > 1:
                     # One rank cannot back off alone: the others would wait for its gradients.
                     raise LocaltrainError(
                         f"Out of memory on rank {self.dist.rank} at step {self.state.step + 1} with"
                         f" micro-batch {m} ({exc}). Resume with a smaller one, e.g. --resume --set"
-                        f" train.micro_batch_size={next_smaller_micro(len(x), m) or 1}."
+                        f" train.micro_batch_size={smaller or 1}."
                     ) from None
-                smaller = next_smaller_micro(len(x), m)
                 if smaller is None:
                     raise LocaltrainError(
                         f"Out of memory at step {self.state.step + 1} even with one sequence per"

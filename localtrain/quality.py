@@ -77,10 +77,7 @@ def longest_repeat(text: str, max_period: int = COLLAPSE_MAX_PERIOD) -> tuple[in
 
 def is_collapsed(text: str) -> bool:
     """Whether one n-gram repeated back to back covers at least COLLAPSE_SHARE of the text."""
-    if not text:
-        return False
-    covered, _ = longest_repeat(text)
-    return covered >= COLLAPSE_SHARE * len(text)
+    return bool(text) and longest_repeat(text)[0] >= COLLAPSE_SHARE * len(text)
 
 
 def has_python_keyword(text: str) -> bool:
@@ -170,6 +167,5 @@ def summarize(qualities: list[SampleQuality]) -> dict[str, Any]:
 
 def is_code(data: DataConfig) -> bool:
     """Whether a run trains on Python source: the python-stdlib source, or only *.py files."""
-    if data.source.strip() == "python-stdlib":
-        return True
-    return bool(data.include) and all(p.endswith(".py") for p in data.include)
+    return data.source.strip() == "python-stdlib" or (
+        bool(data.include) and all(p.endswith(".py") for p in data.include))
