@@ -43,11 +43,7 @@ def overrides(data: str | None = None, extra: list[str] | tuple[str, ...] = (), 
         path = Path(data).expanduser()
         # Paths are stored absolute so the run resumes from any working directory.
         out.append(f"data.source={path.resolve() if path.exists() else data}")
-    for flag, key in FLAG_KEYS:
-        value = flags.get(flag)
-        if value is not None:
-            out.append(f"{key}={value}")
-    return out + list(extra)
+    return out + [f"{key}={flags[flag]}" for flag, key in FLAG_KEYS if flags.get(flag) is not None] + list(extra)
 
 
 def overrides_from(args: argparse.Namespace) -> list[str]:
