@@ -22,7 +22,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from localtrain.batch import check_world, micro_batch_candidates, tokens_per_step, total_steps
+from localtrain.batch import check_world, micro_batch_candidates, next_smaller_micro, tokens_per_step, total_steps
 from localtrain.config import Config
 from localtrain.errors import LocaltrainError
 from localtrain.files import human, parse_size
@@ -36,19 +36,17 @@ from localtrain.sharding import choose_parallel
 
 def choose_backend(config: Config, machine: Machine) -> tuple[str, str, list[str]]:
     """(backend, device, notes): MLX on Apple silicon when installed, else MPS, CUDA, CPU."""
-    notes: list[str] = []
     backend, device = config.run.backend, config.run.device
     if backend == "auto":
         if machine.apple_silicon and "mlx" in machine.backends and device in ("auto", "mps"):
             return "mlx", "mlx", ["MLX is installed on Apple silicon: the fastest backend here."]
         backend = "torch"
     if backend == "mlx":
-        if not machine.apple_silicon:
-            notes.append("MLX on this machine runs on its CPU build: far slower than torch here.")
-        return "mlx", "mlx", notes
+        cpu_build = ["MLX on this machine runs on its CPU build: far slower than torch here."]
+        return "mlx", "mlx", [] if machine.apple_silicon else cpu_build
     if device == "auto":
         device = "cuda" if machine.has_cuda else "mps" if machine.mps_available else "cpu"
-    return backend, device, notes
+    return backend, device, []
 
 
 def default_dtype(machine: Machine, device: str) -> str:
@@ -168,8 +166,8 @@ def candidates(config: Config, machine: Machine, vocab_size: int, world_size: in
             top = fitted_micro(shape, rank_batch, dtype, comp)
             if top is None:
                 continue
-            sizes = micro_batch_candidates(rank_batch)
-            picks = [top[0]] + [next((s for s in sizes if s <= top[0] // k), 0) for k in (2, 4)]
+            # The next smaller micro-batch below half of the largest is at most a quarter of it.
+            picks = [top[0], next_smaller_micro(rank_batch, top[0]), next_smaller_micro(rank_batch, top[0] // 2)]
             out += [Choice(dtype, comp, m, top[1]) for m in dict.fromkeys(p for p in picks if p)]
     return out
 

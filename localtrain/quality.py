@@ -93,8 +93,8 @@ def parses_as_python(text: str) -> bool:
     """
     if not text.strip():
         return False
-    lines = text.split("\n")
-    candidates = [text] + (["\n".join(lines[:-1])] if len(lines) > 1 and "\n".join(lines[:-1]).strip() else [])
+    head = text.rpartition("\n")[0]  # the text without its last line
+    candidates = [text] + ([head] if head.strip() else [])
     for candidate in candidates:
         try:
             with warnings.catch_warnings():

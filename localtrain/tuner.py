@@ -42,9 +42,8 @@ RUNNER_UP = 1.10
 def wanted(config: Config, resumed: bool) -> bool:
     """Whether anything is left to measure: not with run.autotune=off, not on resume (the plan is
     in the checkpoint), not when the user set dtype, compile and micro-batch."""
-    if config.run.autotune == "off" or resumed:
-        return False
-    return not (config.train.dtype != "auto" and config.run.compile != "auto" and config.train.micro_batch_size)
+    return config.run.autotune != "off" and not resumed and not (
+        config.train.dtype != "auto" and config.run.compile != "auto" and config.train.micro_batch_size)
 
 
 def cache_key(config: Config, machine: Machine, vocab_size: int, world_size: int, choices: list[Choice]) -> str:
@@ -87,7 +86,6 @@ class Probe:
                 [sys.executable, *PROBE, json.dumps(self.spec)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )
-        assert self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(json.dumps({**asdict(choice), "best_step_s": best_step_s}) + "\n")
             self.proc.stdin.flush()
@@ -99,7 +97,6 @@ class Probe:
         return Measured(choice, **json.loads(line))
 
     def _death(self) -> str:
-        assert self.proc is not None
         code = self.proc.wait()
         err = (self.proc.stderr.read() if self.proc.stderr else "").strip().splitlines()
         self.proc = None
@@ -108,7 +105,6 @@ class Probe:
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            assert self.proc.stdin is not None
             self.proc.stdin.close()
             try:
                 self.proc.wait(timeout=30)
