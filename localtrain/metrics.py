@@ -47,8 +47,7 @@ def flops_per_token(model: ModelConfig, vocab_rows: int) -> float:
     N counts the tied embedding once: its lookup is free but the same matrix is the
     output projection, a real matmul.
     """
-    n = params_count(model, vocab_rows)
-    return 6.0 * n + 12.0 * model.n_layer * model.n_embd * model.seq_len
+    return 6.0 * params_count(model, vocab_rows) + 12.0 * model.n_layer * model.n_embd * model.seq_len
 
 
 def mfu(flops_token: float, tokens_per_s: float, peak_flops: float) -> float:
