@@ -6,7 +6,7 @@ builds `TrainData` and `StopFlag`, and a checkpoint's state.json becomes a `Loop
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -60,7 +60,6 @@ class LoopState:
     best_metric: float | None = None
     """The best value of train.best_metric so far (best_val_loss is the val loss at that eval)."""
     last_checkpoint_step: int | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TrainingDiverged(LocaltrainError):

@@ -127,13 +127,26 @@ def open_data(ctx: RunContext) -> None:
 
 
 def decide_plan(ctx: RunContext) -> None:
-    """The final plan on the tokenizer's real vocabulary; the train split must fill a micro-batch."""
+    """The final plan on the tokenizer's real vocabulary: measured by the tuner on a new run (once per
+    machine and shape), the checkpoint's own choices on a resumed one. The train split must fill a micro-batch."""
     from localtrain.data.loader import check_train_size
 
-    assert ctx.data is not None
+    s, loaded, dist = ctx.setup, ctx.loaded, ctx.dist
+    config, machine = s.config, s.machine
+    assert machine is not None and ctx.data is not None
     prepared = ctx.data.prepared
-    ctx.plan = final_plan(ctx.setup, prepared.vocab_size, ctx.loaded, ctx.dist, ctx.emit)
-    check_train_size(prepared.train_tokens, ctx.setup.config.model.seq_len, ctx.plan.micro_batch_size)
+    sizes = {"world_size": dist.world_size, "local_world_size": dist.local_world_size}
+    resumed = loaded.state.get("plan") if loaded is not None else None
+    tuned = None
+    # The tuner times one unsharded process, which says nothing of a sharded step.
+    if tuner.wanted(config, loaded is not None) and s.plan is not None and s.plan.parallel != "fsdp":
+        cache = cache_root(config.data)
+        tuned = _in_turn(dist, lambda: tuner.tune(config, machine, prepared.vocab_size, cache, ctx.emit, **sizes))
+    planned = planner.plan(config, machine, prepared.vocab_size, tuned=tuned, resumed=resumed,
+                           threads=config.run.threads, **sizes)
+    ctx.plan = planned = _agreed(planned, dist)
+    planner.check_plan(rundir.with_disk_still_needed(planned, s.run_dir, config), machine)
+    check_train_size(prepared.train_tokens, config.model.seq_len, planned.micro_batch_size)
 
 
 def build_backend(ctx: RunContext) -> None:
@@ -170,7 +183,9 @@ def build_trainer(ctx: RunContext) -> None:
     cache = cache_root(s.config.data)
     peak, _ = _in_turn(dist, lambda: metrics.cached_peak_flops(cache, backend.peak_key(), backend.measure_peak_flops))
     ctx.stop = StopFlag()
-    control = ControlFile(s.run_dir, _warner(ctx.emit)) if dist.is_main else None
+    control = None
+    if dist.is_main:
+        control = ControlFile(s.run_dir, lambda message: ctx.emit(ev.Warning(message=message, code="control_line")))
     ctx.trainer = trainer = Trainer(s.config, backend, data, s.run_dir, ctx.emit, planned, peak, ctx.stop, control,
                                     dist=dist)
     if ctx.loaded is not None:
@@ -258,30 +273,6 @@ def _load_resume(s: Setup, emit: ev.Emit) -> checkpoint.Loaded | None:
     return loaded
 
 
-def final_plan(s: Setup, vocab_size: int, loaded: checkpoint.Loaded | None, dist: Dist,
-               emit: ev.Emit) -> RunPlan:
-    """The plan with the tokenizer's real vocabulary: measured by the tuner on a new run (once per
-    machine and shape), the checkpoint's own choices on a resumed one."""
-    config, machine = s.config, s.machine
-    assert machine is not None
-    sizes = {"world_size": dist.world_size, "local_world_size": dist.local_world_size}
-    resumed = loaded.state.get("plan") if loaded is not None else None
-    tuned = None
-    # The tuner times one unsharded process, which says nothing of a sharded step.
-    if tuner.wanted(config, loaded is not None) and s.plan is not None and s.plan.parallel != "fsdp":
-        cache = cache_root(config.data)
-        tuned = _in_turn(dist, lambda: tuner.tune(config, machine, vocab_size, cache, emit, **sizes))
-    planned = planner.plan(config, machine, vocab_size, tuned=tuned, resumed=resumed,
-                           threads=config.run.threads, **sizes)
-    planned = _agreed(planned, dist)
-    planner.check_plan(rundir.with_disk_still_needed(planned, s.run_dir, config), machine)
-    return planned
-
-
-def _warner(emit: ev.Emit) -> Callable[[str], None]:
-    return lambda message: emit(ev.Warning(message=message, code="control_line"))
-
-
 def plan_event(planned: RunPlan, backend, trainer, prepared, loaded) -> ev.Plan:
     """The `plan` event: what the planner chose and what this process actually runs with."""
     return ev.Plan(
@@ -289,7 +280,7 @@ def plan_event(planned: RunPlan, backend, trainer, prepared, loaded) -> ev.Plan:
         params=backend.num_params(), vocab_size=prepared.vocab_size, seq_len=trainer.config.model.seq_len,
         batch_size=planned.batch_size, micro_batch_size=trainer.micro_batch_size,
         grad_accum_steps=trainer.grad_accum_steps, tokens_per_step=planned.tokens_per_step,
-        total_steps=trainer.total_steps, flops_per_token=trainer.flops_per_token, peak_flops=trainer.peak_flops,
+        total_steps=planned.total_steps, flops_per_token=planned.flops_per_token, peak_flops=trainer.peak_flops,
         threads=backend.threads, compiled=backend.compile, decided_by=planned.decided_by, why=planned.why,
         train_tokens=prepared.train_tokens, val_tokens=prepared.val_tokens,
         resumed_from=trainer.state.step if loaded is not None else None,

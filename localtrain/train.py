@@ -85,16 +85,12 @@ class Trainer(Evaluation, Backoff):
         self.every_rank = bool(getattr(backend, "sharded", False)) and self.dist.world_size > 1
         t = config.train
         self.plan = plan
-        # Each rank trains on its share of every batch: batch_size / world_size sequences.
-        self.rank_batch = plan.rank_batch
         # The micro-batch is the plan's until an out-of-memory step backs it off.
         self.micro_batch_size, self.grad_accum_steps = plan.micro_batch_size, plan.grad_accum_steps
-        self.total_steps = plan.total_steps
         self.windows = TrainWindows(data.train_tokens, config.model.seq_len, t.seed, config.data.phase_epochs)
         self.val_batches = eval_windows(data.val_tokens, config.model.seq_len, t.eval_batches, self.micro_batch_size)
-        self.flops_per_token = plan.flops_per_token
         self.state = LoopState()
-        self.eta = Eta(t, self.total_steps)
+        self.eta = Eta(t, plan.total_steps)
 
     # -- state ---------------------------------------------------------------------------
 
@@ -113,7 +109,7 @@ class Trainer(Evaluation, Backoff):
         saved = int(s.get("micro_batch_size", self.micro_batch_size))
         if saved < self.micro_batch_size:
             self.micro_batch_size = saved
-            self.grad_accum_steps = self.rank_batch // saved
+            self.grad_accum_steps = self.plan.rank_batch // saved
 
     def checkpoint_state(self) -> dict[str, Any]:
         st, b = self.state, self.backend
@@ -141,9 +137,9 @@ class Trainer(Evaluation, Backoff):
             "rng": b.rng_state(),
             "backend": {"name": b.name, "device": b.device, "dtype": b.dtype, "extra": b.extra_state()},
             "schedule": {
-                "lr": lr_at(st.step, self.config.train, self.total_steps),
+                "lr": lr_at(st.step, self.config.train, self.plan.total_steps),
                 "warmup_steps": self.config.train.warmup_steps,
-                "total_steps": self.total_steps,
+                "total_steps": self.plan.total_steps,
                 "min_lr_ratio": self.config.train.min_lr_ratio,
             },
             "seed": self.config.train.seed,
@@ -222,12 +218,12 @@ class Trainer(Evaluation, Backoff):
         t, st = self.config.train, self.state
         started = self.clock()
         timing = _Timing(started, st.elapsed_s, started + t.max_time * 60 if t.max_time else None)
-        self.emit(ev.Status(state="running", message=f"Training from step {st.step} to {self.total_steps}."))
+        self.emit(ev.Status(state="running", message=f"Training from step {st.step} to {self.plan.total_steps}."))
         evaluates = self.dist.is_main or self.every_rank
         if st.step == 0 and t.eval_every and evaluates:
             self._timed("eval", self.evaluate)
         reason = "complete"
-        while st.step < self.total_steps:
+        while st.step < self.plan.total_steps:
             stop = self._agree(timing)
             if stop == WAIT:
                 continue
@@ -286,7 +282,6 @@ class Trainer(Evaluation, Backoff):
         time.sleep(POLL_SECONDS)
 
     def _data_ready(self, timing: _Timing) -> None:
-        assert timing.waiting_since is not None
         waited = self.clock() - timing.waiting_since
         timing.shift(waited)
         timing.waiting_since = None
@@ -296,10 +291,11 @@ class Trainer(Evaluation, Backoff):
     def _step(self, timing: _Timing) -> None:
         """One training step: the next batch, the update, and its Step event."""
         t, st, clock = self.config.train, self.state, self.clock
-        lr = lr_at(st.step, t, self.total_steps)
+        lr = lr_at(st.step, t, self.plan.total_steps)
         taking = clock()
         x, y, cursor = self.windows.take(st.cursor, t.batch_size)
-        mine = slice(self.dist.rank * self.rank_batch, (self.dist.rank + 1) * self.rank_batch)
+        # Each rank trains on its share of every batch: batch_size / world_size sequences.
+        mine = slice(self.dist.rank * self.plan.rank_batch, (self.dist.rank + 1) * self.plan.rank_batch)
         step_start = clock()
         result = self.train_step(x[mine], y[mine], lr)
         if self.dist.world_size > 1:
@@ -309,17 +305,16 @@ class Trainer(Evaluation, Backoff):
         self.eta.stepped(now - taking)
         if not math.isfinite(result.loss):
             self._diverged(result.loss, lr)
-        tokens_per_step = self.plan.tokens_per_step
         st.step += 1
-        st.tokens += tokens_per_step
+        st.tokens += self.plan.tokens_per_step
         st.cursor = cursor
         st.elapsed_s = timing.base_elapsed + (now - timing.started)
-        tok_s = tokens_per_step / step_time
+        tok_s = self.plan.tokens_per_step / step_time
         timing.tok_s_avg = tok_s if timing.tok_s_avg is None else 0.9 * timing.tok_s_avg + 0.1 * tok_s
         self.emit(ev.Step(
-            step=st.step, total_steps=self.total_steps, loss=result.loss, lr=lr,
+            step=st.step, total_steps=self.plan.total_steps, loss=result.loss, lr=lr,
             grad_norm=result.grad_norm, tokens=st.tokens, tokens_per_s=timing.tok_s_avg,
-            mfu=metrics.mfu(self.flops_per_token, timing.tok_s_avg, self.peak_flops),
+            mfu=metrics.mfu(self.plan.flops_per_token, timing.tok_s_avg, self.peak_flops),
             step_time_s=step_time, elapsed_s=st.elapsed_s,
             eta_s=self.eta.seconds_left(st.step), memory_bytes=self.backend.memory_bytes(),
         ))
@@ -337,7 +332,7 @@ class Trainer(Evaluation, Backoff):
     def _periodic_work(self, evaluates: bool) -> None:
         """The evaluation, live samples and checkpoint due after the step just taken."""
         t, st = self.config.train, self.state
-        last = st.step == self.total_steps
+        last = st.step == self.plan.total_steps
         if t.eval_every and (st.step % t.eval_every == 0 or last) and evaluates:
             self._timed("eval", self.evaluate)
         if t.sample_every and st.step % t.sample_every == 0 and evaluates:
@@ -351,10 +346,9 @@ class Trainer(Evaluation, Backoff):
         st = self.state
         st.elapsed_s = timing.base_elapsed + (self.clock() - timing.started)
         if st.last_checkpoint_step != st.step:
-            path: str | None = str(self.save_checkpoint("interrupt" if reason == "interrupted" else "final"))
-        else:
-            path = str(self.run_dir / "checkpoints" / checkpoint.step_dir_name(st.step))
+            self.save_checkpoint("interrupt" if reason == "interrupted" else "final")
+        path = self.run_dir / "checkpoints" / checkpoint.step_dir_name(st.step)
         done = ev.Done(reason=reason, step=st.step, tokens=st.tokens, elapsed_s=st.elapsed_s,
-                       best_val_loss=st.best_val_loss, checkpoint=path)
+                       best_val_loss=st.best_val_loss, checkpoint=str(path))
         self.emit(done)
         return done
