@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,10 @@ MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.safetensors"
 STATE_FILE = "state.json"
 BEST = "best"
-# The temporary and replaced directories a checkpoint write leaves when killed: the only
-# names remove_stale_temps deletes.
 UNCHECKED = ("run.run_dir", "run.overrides", "run.preset")
 """Config keys a resume may change without a warning: where the run lives and how it was started."""
+# The temporary and replaced directories a checkpoint write leaves when killed: the only
+# names remove_stale_temps deletes.
 STALE = re.compile(r"\.(tmp|old)-(step-\d{8}|best)-\d+")
 
 
@@ -93,11 +94,9 @@ def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[
 
 def _discard(tmp: Path) -> None:
     """Remove the temporary directory of a failed write, freeing its space (best effort)."""
-    try:
+    with suppress(Exception):  # the write's own error is the one to report
         if tmp.exists():
             remove_tree(tmp)
-    except Exception:  # noqa: BLE001 - the write's own error is the one to report
-        pass
 
 
 def save(
@@ -122,10 +121,8 @@ def save(
     return final, size
 
 
-def save_best(run_dir: Path, weights: dict[str, np.ndarray], state: dict[str, Any]) -> Path:
-    final = run_dir / BEST
-    write_dir(final, {MODEL_FILE: weights}, state)
-    return final
+def save_best(run_dir: Path, weights: dict[str, np.ndarray], state: dict[str, Any]) -> None:
+    write_dir(run_dir / BEST, {MODEL_FILE: weights}, state)
 
 
 def step_of(path: Path) -> int:
@@ -254,10 +251,8 @@ def set_aside_after(run_dir: Path, step: int) -> Path | None:
     best = run_dir / BEST
     best_after = False
     if (best / STATE_FILE).is_file():
-        try:
+        with suppress(CheckpointError, TypeError, ValueError):
             best_after = int(_read_state(best).get("step", 0)) > step
-        except (CheckpointError, TypeError, ValueError):
-            best_after = False
     if not newer and not best_after:
         return None
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")

@@ -17,6 +17,7 @@ import re
 import shutil
 import stat
 import sys
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
@@ -209,10 +210,8 @@ def write_atomic(path: Path, data: bytes | str) -> None:
 
 def _discard(path: Path) -> None:
     """Remove a temporary file of a failed write (best effort: the error that matters is raised already)."""
-    try:
+    with suppress(OSError):
         os.unlink(path)
-    except OSError:
-        pass
 
 
 def make_dir(path: Path, parents: bool = True) -> None:

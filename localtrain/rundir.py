@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import re
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +69,13 @@ def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
     """
     if (run_dir / STARTED_FILE).exists() or run_dir not in created or ownership.kind_of(run_dir) != "run":
         return
-    try:
+    with suppress(OSError, LocaltrainError):  # something else appeared in it meanwhile, or the disk refused: it stays
         if any(p.name not in UNSTARTED_FILES for p in run_dir.iterdir()):
             return
         for name in UNSTARTED_FILES:
             remove_file(run_dir / name)
         for d in created:  # the run directory first, then parents it created (runs/), if empty
             checked("remove", d, os.rmdir, d)
-    except (OSError, LocaltrainError):
-        pass  # something else appeared in it meanwhile, or the disk refused: it stays
 
 
 def looks_like_run(directory: Path) -> bool:

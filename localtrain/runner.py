@@ -12,7 +12,7 @@ import dataclasses
 import fcntl
 import os
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -190,10 +190,8 @@ def run_lock(run_dir: Path) -> Iterator[None]:
     try:
         yield
     finally:
-        try:
+        with suppress(OSError):  # (a full or failing disk: the holder's pid stays, the lock itself is released)
             f.truncate(0)
-        except OSError:
-            pass  # (a full or failing disk: the holder's pid stays, the lock itself is released)
         fcntl.flock(f, fcntl.LOCK_UN)
         f.close()
 
@@ -260,7 +258,5 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
 
 def _record_error(writer: ev.EventWriter, exc: LocaltrainError) -> None:
     """The error as the run's last event, for its readers (the CLI prints it once); a full disk may refuse it."""
-    try:
+    with suppress(LocaltrainError):
         writer(ev.Error(message=str(exc)))
-    except LocaltrainError:
-        pass
