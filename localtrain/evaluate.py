@@ -70,11 +70,7 @@ def token_words(ids: np.ndarray, context_id: int, decode: Callable[[list[int]], 
         else:
             pieces[-1].append(int(t))
     before = None if context_id == eos_id else (decode([int(context_id)])[-1:] or None)
-    total = 0
-    for i, piece in enumerate(pieces):
-        if piece:
-            total += count_words(decode(piece), before if i == 0 else None)
-    return total
+    return sum(count_words(decode(piece), before if i == 0 else None) for i, piece in enumerate(pieces) if piece)
 
 
 # -- scoring ----------------------------------------------------------------------------
@@ -192,11 +188,10 @@ def evaluate_tokens(token_losses: TokenLosses, tokenizer: Any, tokens: np.ndarra
 
 
 def _eval_source(source: Any, tokenizer: Any, backend: Any, spec: str, stride: int) -> Figures:
-    seq_len = source.model.seq_len
     if spec.startswith(SPLIT_PREFIX):
         return _eval_split(source, tokenizer, backend, spec, stride)
     path = text_path(spec)
-    return evaluate_text(backend.token_losses, tokenizer, read_text(path), seq_len, stride, str(path))
+    return evaluate_text(backend.token_losses, tokenizer, read_text(path), source.model.seq_len, stride, str(path))
 
 
 def _eval_split(source: Any, tokenizer: Any, backend: Any, spec: str, stride: int) -> Figures:

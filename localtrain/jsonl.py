@@ -6,7 +6,7 @@ chunks from a remembered offset, keeps a last line that has no newline yet for t
 read (in memory, never read again from disk), and decodes each complete line on its
 own: a line that is not a JSON object, that the decoder rejects, that raises anything
 at all (a 100,000-deep `[[[[` raises RecursionError), or that is longer than
-`max_line_bytes` (dropped as it streams past, unterminated or not) is counted as a bad
+`MAX_LINE_BYTES` (dropped as it streams past, unterminated or not) is counted as a bad
 line and reading goes on with the next one. A file that shrank (replaced) is read again
 from the top.
 """
@@ -58,13 +58,11 @@ class JsonlTail(Generic[T]):
         decode: Callable[[dict[str, Any]], T | None] = lambda obj: obj,  # type: ignore[assignment,return-value]
         offset: int = 0,
         chunk_bytes: int = CHUNK_BYTES,
-        max_line_bytes: int = MAX_LINE_BYTES,
     ) -> None:
         self.path = Path(path)
         self.decode = decode
         self.offset = offset
         self.chunk_bytes = chunk_bytes
-        self.max_line_bytes = max_line_bytes
         self.line_no = 0
         self.pending = b""
         """The bytes of a last line that has no newline yet."""
@@ -98,14 +96,14 @@ class JsonlTail(Generic[T]):
             start = end + 1
             if self.skipping:
                 dropped, self.skipping = self.skipping + len(piece), 0
-                self._bad(batch, f"a line of {dropped:,} bytes, longer than the {self.max_line_bytes:,} read")
+                self._bad(batch, f"a line of {dropped:,} bytes, longer than the {MAX_LINE_BYTES:,} read")
                 continue
             line, self.pending = self.pending + piece, b""
             self._line(batch, line)
         rest = data[start:]
         if self.skipping:
             self.skipping += len(rest)
-        elif len(self.pending) + len(rest) > self.max_line_bytes:
+        elif len(self.pending) + len(rest) > MAX_LINE_BYTES:
             self.skipping, self.pending = len(self.pending) + len(rest), b""
         else:
             self.pending += rest
@@ -126,8 +124,8 @@ class JsonlTail(Generic[T]):
         self.line_no += 1
         if not line.strip():
             return
-        if len(line) > self.max_line_bytes:
-            self._bad(batch, f"a line of {len(line):,} bytes, longer than the {self.max_line_bytes:,} read", False)
+        if len(line) > MAX_LINE_BYTES:
+            self._bad(batch, f"a line of {len(line):,} bytes, longer than the {MAX_LINE_BYTES:,} read", False)
             return
         try:
             item = self.decode(decode_object(line))

@@ -36,17 +36,13 @@ class Settings:
     num_samples: int = 1
 
     def check(self) -> None:
-        problems = []
-        if self.max_tokens < 1:
-            problems.append(f"--max-tokens {self.max_tokens}: generate at least 1 token")
-        if self.temperature < 0:
-            problems.append(f"--temperature {self.temperature}: use 0 (greedy) or a positive value such as 0.8")
-        if self.top_k < 0:
-            problems.append(f"--top-k {self.top_k}: use 0 (every token) or a positive count such as 50")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"--top-p {self.top_p}: use a share of probability in (0, 1], e.g. 0.9")
-        if self.num_samples < 1:
-            problems.append(f"--num-samples {self.num_samples}: draw at least 1 sample per prompt")
+        problems = [problem for wrong, problem in (
+            (self.max_tokens < 1, f"--max-tokens {self.max_tokens}: generate at least 1 token"),
+            (self.temperature < 0, f"--temperature {self.temperature}: use 0 (greedy) or a positive value such as 0.8"),
+            (self.top_k < 0, f"--top-k {self.top_k}: use 0 (every token) or a positive count such as 50"),
+            (not 0 < self.top_p <= 1, f"--top-p {self.top_p}: use a share of probability in (0, 1], e.g. 0.9"),
+            (self.num_samples < 1, f"--num-samples {self.num_samples}: draw at least 1 sample per prompt"),
+        ) if wrong]
         if problems:
             raise LocaltrainError("Cannot sample: " + "; ".join(problems) + ".")
 

@@ -8,7 +8,6 @@ The safetensors reader and writer here handle bfloat16, which numpy lacks.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sys
 from dataclasses import dataclass
@@ -138,9 +137,7 @@ def load_source(path: Path | str, which: str | None = None, warn: Callable[[str]
             " with --checkpoint best|latest|step-N."
         )
     tokenizer = run_dir / "tokenizer.model"
-    if not tokenizer.is_file() or hashlib.sha256(tokenizer.read_bytes()).hexdigest() != loaded.state.get(
-        "tokenizer_sha256"
-    ):
+    if not tokenizer.is_file() or file_digest(tokenizer) != loaded.state.get("tokenizer_sha256"):
         raise CheckpointError(
             f"{tokenizer} is missing or is not the tokenizer {loaded.path} was trained with, so its token ids"
             " would mean other text. Restore the run's tokenizer.model."
