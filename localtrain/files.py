@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import os
 import re
 import shutil
@@ -52,15 +53,11 @@ def checked(op: str, path: Path, fn: Callable[..., T], *args: Any) -> T:
 def file_hasher(path: Path, algorithm: str = "sha256", size: int | None = None) -> Any:
     """A hashlib object fed the first `size` bytes of `path` (all of it when None), read in blocks."""
     h = hashlib.new(algorithm)
-    left = size
+    left = math.inf if size is None else size
     with open(path, "rb") as f:
-        while left is None or left > 0:
-            block = f.read(HASH_BLOCK if left is None else min(HASH_BLOCK, left))
-            if not block:
-                break
+        while left > 0 and (block := f.read(min(HASH_BLOCK, left))):
             h.update(block)
-            if left is not None:
-                left -= len(block)
+            left -= len(block)
     return h
 
 
@@ -214,10 +211,10 @@ def _discard(path: Path) -> None:
         os.unlink(path)
 
 
-def make_dir(path: Path, parents: bool = True) -> None:
+def make_dir(path: Path) -> None:
     """Create `path` (and its parents) if it is not a directory yet."""
     if not Path(path).is_dir():
-        checked("mkdir", path, Path(path).mkdir, 0o777, parents, True)
+        checked("mkdir", path, Path(path).mkdir, 0o777, True, True)
 
 
 def replace(src: Path, dst: Path) -> None:

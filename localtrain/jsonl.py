@@ -87,20 +87,15 @@ class JsonlTail(Generic[T]):
         self.offset += len(data)
         self.bytes_read += len(data)
         batch: Batch[T] = Batch(more=self.offset < size)
-        start = 0
-        while True:
-            end = data.find(b"\n", start)
-            if end < 0:
-                break
-            piece = data[start:end]
-            start = end + 1
+        *pieces, rest = data.split(b"\n")
+        for piece in pieces:
+            self.line_no += 1
             if self.skipping:
                 dropped, self.skipping = self.skipping + len(piece), 0
                 self._bad(batch, f"a line of {dropped:,} bytes, longer than the {MAX_LINE_BYTES:,} read")
                 continue
             line, self.pending = self.pending + piece, b""
             self._line(batch, line)
-        rest = data[start:]
         if self.skipping:
             self.skipping += len(rest)
         elif len(self.pending) + len(rest) > MAX_LINE_BYTES:
@@ -121,22 +116,19 @@ class JsonlTail(Generic[T]):
                 return total
 
     def _line(self, batch: Batch[T], line: bytes) -> None:
-        self.line_no += 1
         if not line.strip():
             return
         if len(line) > MAX_LINE_BYTES:
-            self._bad(batch, f"a line of {len(line):,} bytes, longer than the {MAX_LINE_BYTES:,} read", False)
+            self._bad(batch, f"a line of {len(line):,} bytes, longer than the {MAX_LINE_BYTES:,} read")
             return
         try:
             item = self.decode(decode_object(line))
         except Exception:  # noqa: BLE001 - whatever one line raises, the reader goes on
-            self._bad(batch, line[:EXCERPT].decode("utf-8", "replace"), False)
+            self._bad(batch, line[:EXCERPT].decode("utf-8", "replace"))
             return
         if item is not None:
             batch.items.append(item)
 
-    def _bad(self, batch: Batch[T], what: str, count_line: bool = True) -> None:
-        if count_line:
-            self.line_no += 1
+    def _bad(self, batch: Batch[T], what: str) -> None:
         self.bad_lines += 1
         batch.bad.append((self.line_no, what))
