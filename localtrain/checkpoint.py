@@ -60,15 +60,10 @@ def step_dir_name(step: int) -> str:
     return f"{PREFIX}{step:08d}"
 
 
-def _save_tensors(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    from safetensors.numpy import save
-
-    data = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"format": "localtrain"})
-    write_synced(path, data)
-
-
 def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[str, Any]) -> int:
     """Write tensors and state.json into `final` atomically; returns bytes written."""
+    from safetensors.numpy import save as tensor_bytes
+
     tmp = final.parent / f".tmp-{final.name}-{os.getpid()}"
     if tmp.exists():
         remove_tree(tmp)  # this process's own, left by a write that failed
@@ -76,7 +71,8 @@ def write_dir(final: Path, files: dict[str, dict[str, np.ndarray]], state: dict[
     try:
         manifest = {}
         for name, arrays in files.items():
-            _save_tensors(tmp / name, arrays)
+            contiguous = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+            write_synced(tmp / name, tensor_bytes(contiguous, metadata={"format": "localtrain"}))
             manifest[name] = {"bytes": (tmp / name).stat().st_size, "sha256": file_digest(tmp / name)}
         state = {**state, "format": FORMAT, "files": manifest}
         body = json.dumps(state, indent=1, sort_keys=True).encode()
@@ -185,11 +181,7 @@ def load(path: Path, with_optimizer: bool = True) -> Loaded:
             raise CheckpointError(f"{file} does not match the sha256 recorded when it was written: it is damaged.")
     try:
         weights = load_file(str(path / MODEL_FILE))
-        moments = (
-            load_file(str(path / OPTIMIZER_FILE))
-            if with_optimizer and OPTIMIZER_FILE in manifest
-            else {}
-        )
+        moments = load_file(str(path / OPTIMIZER_FILE)) if with_optimizer and OPTIMIZER_FILE in manifest else {}
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} holds a tensor file that cannot be read: {exc}.") from exc
     return Loaded(path=path, weights=weights, moments=moments, state=state)

@@ -187,13 +187,6 @@ def evaluate_tokens(token_losses: TokenLosses, tokenizer: Any, tokens: np.ndarra
 # -- the command ------------------------------------------------------------------------
 
 
-def _eval_source(source: Any, tokenizer: Any, backend: Any, spec: str, stride: int) -> Figures:
-    if spec.startswith(SPLIT_PREFIX):
-        return _eval_split(source, tokenizer, backend, spec, stride)
-    path = text_path(spec)
-    return evaluate_text(backend.token_losses, tokenizer, read_text(path), source.model.seq_len, stride, str(path))
-
-
 def _eval_split(source: Any, tokenizer: Any, backend: Any, spec: str, stride: int) -> Figures:
     from localtrain.data.prepare import prepare
 
@@ -275,7 +268,12 @@ def run_eval(args: argparse.Namespace) -> Figures | dict[str, Any]:
     samples = _samples(source, args.samples, backend, args.seed) if args.samples else None
     if not args.data:
         return {"checkpoint": str(source.origin), "step": step, "samples": samples}
-    result = _eval_source(source, tokenizer, backend, args.data, stride)
+    if args.data.startswith(SPLIT_PREFIX):
+        result = _eval_split(source, tokenizer, backend, args.data, stride)
+    else:
+        path = text_path(args.data)
+        result = evaluate_text(backend.token_losses, tokenizer, read_text(path), source.model.seq_len, stride,
+                               str(path))
     result.checkpoint, result.step, result.samples = str(source.origin), step, samples
     if _scores_code(source, args.data):
         result.word_ppl_note = CODE_WORDS

@@ -166,8 +166,7 @@ def export(source: Source, out: Path, fmt: str = "hf", dtype: str = "float32", f
     """Write `source` as a Hugging Face Llama directory at `out` (atomically)."""
     out = Path(out).expanduser()
     occupied = check_out(source, out, force)
-    weights = dict(source.weights)
-    weights[EMBED] = weights[EMBED][: source.vocab_size]  # drop the padded rows
+    weights = {**source.weights, EMBED: source.weights[EMBED][: source.vocab_size]}  # drop the padded rows
     model_bytes = source.tokenizer_path.read_bytes()
     tok = tokenizer_json(model_bytes, source.tokenizer_type)
     t = source.run_config.train if source.run_config else None

@@ -51,8 +51,6 @@ def new_run_dir(name: str) -> Path:
     return path
 
 
-STARTED_FILE = PLAN_FILE
-"""Written once the data is prepared and the model built: from then on a failed run keeps its directory."""
 UNSTARTED_FILES = (CONFIG_FILE, EVENTS_FILE, LOCK_FILE, "tokenizer.model", ownership.MARKER)
 """What a run writes before training starts (its marker last: removed last)."""
 ATOMIC_FILES = (CONFIG_FILE, PLAN_FILE, "tokenizer.model", ownership.MARKER)
@@ -67,7 +65,8 @@ def remove_unstarted(run_dir: Path, created: list[Path]) -> None:
     the same command can be run again. Only the files the run wrote are removed, and only
     from directories it created and marked; anything else found there keeps the directory as it is.
     """
-    if (run_dir / STARTED_FILE).exists() or run_dir not in created or ownership.kind_of(run_dir) != "run":
+    # plan.json is written once the data is prepared and the model built: from then on a failed run keeps its directory.
+    if (run_dir / PLAN_FILE).exists() or run_dir not in created or ownership.kind_of(run_dir) != "run":
         return
     with suppress(OSError, LocaltrainError):  # something else appeared in it meanwhile, or the disk refused: it stays
         if any(p.name not in UNSTARTED_FILES for p in run_dir.iterdir()):
@@ -169,10 +168,9 @@ def still_to_write(needed: dict[str, int], run_dir: Path, data_dir: Path | None)
     if "data" in out and data_dir is not None and data_dir.is_dir():
         from localtrain.data.shards import read_manifest
 
-        try:
+        done = False
+        with suppress(LocaltrainError):
             done = (read_manifest(data_dir) or {}).get("complete") is True
-        except LocaltrainError:
-            done = False
         held = sum(f.stat().st_size for f in data_dir.iterdir() if f.is_file())
         out["data"] = 0 if done else max(0, out["data"] - held)
     return out
@@ -182,8 +180,7 @@ def with_disk_still_needed(planned: Any, run_dir: Path, config: cfg.Config) -> A
     """`planned` with `disk_needed` cut to what is still to write (for the disk check only)."""
     from localtrain.data.prepare import prepared_dir
 
-    try:
-        data_dir: Path | None = prepared_dir(config.data)
-    except LocaltrainError:
-        data_dir = None
+    data_dir: Path | None = None
+    with suppress(LocaltrainError):
+        data_dir = prepared_dir(config.data)
     return dataclasses.replace(planned, disk_needed=still_to_write(planned.disk_needed, run_dir, data_dir))

@@ -91,8 +91,7 @@ def setup(request: RunRequest) -> Setup:
             )
         if run_dir is not None:
             rundir.check(run_dir, "--resume")
-            s = _setup_resume(request, run_dir)
-            return dataclasses.replace(s, resume_step=rundir.resume_step(request.resume))
+            return _setup_resume(request, run_dir)
     preset, why = choose_preset(request.preset, request.overrides)
     config = cfg.resolve(preset, request.overrides)
     check_source(config)
@@ -151,13 +150,12 @@ def _setup_resume(request: RunRequest, run_dir: Path) -> Setup:
     changes = [c for c in cfg.diff(old, config) if c[0] not in ("run.overrides", "run.run_dir")]
     frozen = [c for c in changes if c[0].startswith(("model.", "data."))]
     if frozen:
-        listed = describe_changes(frozen)
         raise LocaltrainError(
-            f"Cannot resume {run_dir} with a different model or data ({listed}): its checkpoints"
+            f"Cannot resume {run_dir} with a different model or data ({describe_changes(frozen)}): its checkpoints"
             " were trained with the original. Drop those overrides to resume, or start a new run."
         )
-    return preflight(Setup(config, run_dir, request.resume, changes), request.world_size,
-                     request.local_world_size)
+    s = Setup(config, run_dir, request.resume, changes, resume_step=rundir.resume_step(request.resume))
+    return preflight(s, request.world_size, request.local_world_size)
 
 
 def check_source(config: cfg.Config) -> None:
