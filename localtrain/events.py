@@ -271,7 +271,6 @@ class EventWriter:
     """
 
     def __init__(self, path: Path) -> None:
-        self.path = path
         self._file = Appender(path)
         if not ends_with_newline(path):
             self._file.write(b"\n")

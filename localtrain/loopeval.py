@@ -27,7 +27,7 @@ class Evaluation:
             )
         return self._val_words
 
-    def evaluate(self) -> ev.Eval:
+    def evaluate(self) -> None:
         nats, count, nbytes = 0.0, 0, 0
         for x, y in self.val_batches:
             losses = self.backend.token_losses(x, y)
@@ -52,19 +52,17 @@ class Evaluation:
             st.best_val_loss, st.best_metric, st.best_step, st.evals_since_best = loss, value, st.step, 0
         elif st.step > 0:
             st.evals_since_best += 1
-        event = ev.Eval(
+        self.emit(ev.Eval(
             step=st.step, val_loss=loss, val_ppl=figures["val_ppl"], val_bpb=figures["val_bpb"], val_tokens=count,
             val_bytes=nbytes, best_val_loss=st.best_val_loss if st.best_val_loss is not None else loss,
             is_best=is_best, val_words=words, val_word_ppl=figures["val_word_ppl"], best_metric=t.best_metric,
             best_value=st.best_metric if st.best_metric is not None else value,
-        )
-        self.emit(event)
+        ))
         if is_best:
             weights, _ = self.backend.state_arrays()
             if self.dist.is_main:
                 checkpoint.save_best(self.run_dir, weights, {**self.checkpoint_state(), "val_loss": loss,
                                                              t.best_metric: value})
-        return event
 
     def sample(self, seed: int | None = None) -> None:
         """One live sample per prompt, each with its quality figures, then the batch's figures.

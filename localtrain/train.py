@@ -150,17 +150,16 @@ class Trainer(Evaluation, Backoff):
             "vocab_size": self.data.vocab_size,
         }
 
-    def save_checkpoint(self, reason: str) -> Path:
+    def save_checkpoint(self, reason: str) -> None:
         """Every rank calls this at the same step; rank 0 writes, with every rank's RNG state."""
         start = self.clock()
         rngs = self.dist.gather_text(json.dumps(self.backend.rng_state()))
         self.state.last_checkpoint_step = self.state.step
-        path = self.run_dir / "checkpoints" / checkpoint.step_dir_name(self.state.step)
         if not (self.dist.is_main or self.every_rank):
-            return path
+            return
         weights, moments = self.backend.state_arrays()
         if not self.dist.is_main:
-            return path
+            return
         state = self.checkpoint_state()
         if self.dist.world_size > 1:
             state["rng_ranks"] = [json.loads(r) for r in rngs]
@@ -169,7 +168,6 @@ class Trainer(Evaluation, Backoff):
         )
         self.emit(ev.Checkpoint(step=self.state.step, path=str(path), reason=reason, bytes=size,
                                 seconds=self.clock() - start))
-        return path
 
     # -- control -------------------------------------------------------------------------
 
