@@ -250,10 +250,8 @@ def set_aside_after(run_dir: Path, step: int) -> Path | None:
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = run_dir / "checkpoints" / f"set-aside-after-step-{step}-{stamp}"
     make_dir(aside)
-    for p in newer:
+    for p in newer + ([best] if best_after else []):  # best/ keeps its name there
         replace(p, aside / p.name)
-    if best_after:
-        replace(best, aside / BEST)
     return aside
 
 

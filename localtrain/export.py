@@ -148,8 +148,6 @@ def _remove_stale_temps(out: Path) -> None:
     `out`, left by this process or one that is gone, and marked as exports — or killed before their
     marker was complete, holding nothing but that process's unfinished marker."""
     pattern = re.compile(rf"\.(tmp|old)-{re.escape(out.name)}-(\d+)")
-    if not out.parent.is_dir():
-        return
     for p in out.parent.iterdir():
         match = pattern.fullmatch(p.name)
         if not (match and p.is_dir() and not p.is_symlink()):

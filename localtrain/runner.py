@@ -48,12 +48,11 @@ def find_latest_run(root: Path, preset: str | None) -> Path | None:
             conf = d / CONFIG_FILE
             if not conf.is_file() or not checkpoint.complete_checkpoints(d):
                 continue
-            if preset is not None:
-                try:
-                    if cfg.read_toml(conf).get("run", {}).get("preset") != preset:
-                        continue
-                except LocaltrainError:
+            try:
+                if preset is not None and cfg.read_toml(conf).get("run", {}).get("preset") != preset:
                     continue
+            except LocaltrainError:
+                continue
             stamp = max((d / n).stat().st_mtime for n in (CONFIG_FILE, EVENTS_FILE) if (d / n).exists())
             candidates.append((stamp, d))
     return max(candidates)[1] if candidates else None

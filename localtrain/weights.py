@@ -148,8 +148,7 @@ def load_source(path: Path | str, which: str | None = None, warn: Callable[[str]
 
 def _verify_export(path: Path) -> None:
     """Check the files of an export against the sha256s its marker records (an export without one is read as is)."""
-    marker = ownership.read_marker(path)
-    recorded = (marker or {}).get("files")
+    recorded = (ownership.read_marker(path) or {}).get("files")
     if not isinstance(recorded, dict):
         return
     for name, digest in recorded.items():
