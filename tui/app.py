@@ -41,13 +41,10 @@ class LocaltrainApp(App):
         if self.open_on_start is not None:
             self.open_run(self.open_on_start)
 
-    def process_for(self, run_dir: Path) -> subprocess.Popen | None:
-        """The live child this app started for `run_dir`, if any."""
-        live = (proc for proc in self.children_started if proc.poll() is None and str(run_dir) in proc.args)
-        return next(live, None)
-
     def open_run(self, run_dir: Path) -> None:
-        self.push_screen(RunScreen(run_dir, self.process_for(run_dir)))
+        """Show a run's dashboard, with the live child this app started for it, if any."""
+        live = (proc for proc in self.children_started if proc.poll() is None and str(run_dir) in proc.args)
+        self.push_screen(RunScreen(run_dir, next(live, None)))
 
     # -- what the screens ask for (tui/messages.py) -----------------------------------------
 

@@ -7,7 +7,6 @@ The probe and the plans come from the doctor's own functions, run in a worker th
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from typing import Any
 
 from rich.text import Text
@@ -18,17 +17,11 @@ from textual.widgets import DataTable, Footer, Static
 
 from localtrain import config as cfg
 from localtrain.console import human, plan_batch, plan_choices, size
-from localtrain.doctor import STATUS_COLOURS, Check, examine, human_time
+from localtrain.data.paths import cache_root
+from localtrain.doctor import STATUS_COLOURS, examine, human_time
 
 from localtrain.tui.widgets import MemoryBar
 from localtrain.tui.messages import HostedScreen
-
-
-def doctor_report(runs_dir: Path) -> tuple[Any, list[Check], list[dict[str, Any]]]:
-    """The machine, its checks and a plan per preset, exactly as `localtrain doctor` makes them."""
-    from localtrain.data.paths import cache_root
-
-    return examine(runs_dir, cache_root(cfg.DataConfig()), cfg.preset_names(), [], False)
 
 
 def plan_text(preset: str, p: dict[str, Any]) -> Text:
@@ -76,7 +69,9 @@ class MachineScreen(HostedScreen):
         self.run_worker(self.load(), exclusive=True)
 
     async def load(self) -> None:
-        machine, checks, rows = await asyncio.to_thread(doctor_report, self.host.runs_dir)
+        # Exactly as `localtrain doctor` makes them: every preset, no overrides, no probing.
+        machine, checks, rows = await asyncio.to_thread(
+            examine, self.host.runs_dir, cache_root(cfg.DataConfig()), cfg.preset_names(), [], False)
         self.query_one("#machine-title", Static).update(Text.assemble(
             ("Machine: ", "bold"), f"{machine.cpu_model}, {machine.physical_cores} cores,"
             f" {size(machine.ram_total_bytes)} RAM, {machine.os}"))
