@@ -81,21 +81,17 @@ class HomeScreen(HostedScreen):
         if not summaries:
             self.query_one("#runs-title", Static).update(
                 f"Runs in {self.host.runs_dir}/: none yet. Press n to start one.")
-        elif current is not None:
-            keys = [str(s.run_dir) for s in summaries]
-            if str(current.run_dir) in keys:
-                table.move_cursor(row=keys.index(str(current.run_dir)))
+        elif current is not None and str(current.run_dir) in table.rows:
+            table.move_cursor(row=table.get_row_index(str(current.run_dir)))
 
     def highlighted(self) -> RunSummary | None:
         table = self.query_one("#runs", DataTable)
-        if not self.summaries or table.cursor_row is None or table.cursor_row >= len(self.summaries):
-            return None
-        return self.summaries[table.cursor_row]
+        return self.summaries[table.cursor_row] if table.cursor_row < len(self.summaries) else None
 
     def action_open(self) -> None:
-        if self.focused is self.query_one("#presets", DataTable):
-            table = self.query_one("#presets", DataTable)
-            self.post_message(msg.OpenNewRun(cfg.preset_names()[table.cursor_row]))
+        presets = self.query_one("#presets", DataTable)
+        if self.focused is presets:
+            self.post_message(msg.OpenNewRun(cfg.preset_names()[presets.cursor_row]))
             return
         summary = self.highlighted()
         if summary is None:
