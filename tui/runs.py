@@ -44,8 +44,9 @@ class EventTail(JsonlTail[ev.Event]):
         super().__init__(path, _event, chunk_bytes=chunk_bytes)
 
 
-def downsample(points: list[tuple[int, float]], limit: int = 400) -> list[tuple[int, float]]:
-    """At most `limit` points, evenly spaced, always keeping the last."""
+def downsample(points: list[tuple[int, float | None]], limit: int = 400) -> list[tuple[int, float]]:
+    """The finite points, at most `limit` of them, evenly spaced, always keeping the last."""
+    points = [(s, v) for s, v in points if v is not None and math.isfinite(v)]
     if len(points) <= limit:
         return points
     stride = len(points) / limit
@@ -152,11 +153,10 @@ class RunState:
         return math.exp(min(best, 700.0)) if best is not None and math.isfinite(best) else None
 
     def loss_points(self) -> list[tuple[int, float]]:
-        return downsample(sorted((s, v) for s, v in self.losses.items() if v is not None and math.isfinite(v)))
+        return downsample(sorted(self.losses.items()))
 
     def val_points(self, key: str = "val_loss") -> list[tuple[int, float]]:
-        pts = [(s, getattr(e, key)) for s, e in sorted(self.evals.items())]
-        return downsample([(s, v) for s, v in pts if v is not None and math.isfinite(v)])
+        return downsample([(s, getattr(e, key)) for s, e in sorted(self.evals.items())])
 
 
 def lock_pid(run_dir: Path) -> int | None:
@@ -233,13 +233,10 @@ def summarize(run_dir: Path, alive: bool | None = None) -> RunSummary:
     tail = EventTail(path, chunk_bytes=TAIL_BYTES)
     if size > TAIL_BYTES:
         # Start at a line boundary inside the last TAIL_BYTES.
-        tail.offset = size - TAIL_BYTES
         with open(path, "rb") as f:
-            f.seek(tail.offset)
-            skip = f.readline()
-        tail.offset += len(skip)
+            f.seek(size - TAIL_BYTES)
+            tail.offset = size - TAIL_BYTES + len(f.readline())
     state.fold(tail.read())
-    state.missing = not run_dir.is_dir()
     alive = pid_alive(lock_pid(run_dir)) if alive is None else alive
     step = state.step.step if state.step else (state.done.step if state.done else None)
     total = state.step.total_steps if state.step else (state.plan.total_steps if state.plan else None)
