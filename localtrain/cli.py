@@ -81,10 +81,6 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def worker_argv(argv: list[str], run_dir: Path) -> list[str]:
     """The launcher's arguments for the workers: without --nproc and torchrun's flags, and
     with the run directory the launcher resolved (a default one is named by the clock)."""
@@ -106,7 +102,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from localtrain import runner
     from localtrain.console import ConsoleView
 
-    worker = under_torchrun()
+    worker = "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ  # a rank that torchrun started
     if worker:
         world = int(os.environ["WORLD_SIZE"])
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))

@@ -118,11 +118,6 @@ def devices_needed(config: cfg.Config, p: RunPlan, most: int = 256) -> int | Non
     return None
 
 
-def devices_here(machine: Machine, p: RunPlan) -> int:
-    """Devices of this machine with a budget of their own: its GPUs (CPU processes share the RAM)."""
-    return len(machine.gpus) if p.device == "cuda" else 1
-
-
 def capacity(machine: Machine, names: list[str], overrides: list[str], probe_run: bool,
              cache_dir: Path) -> list[dict[str, Any]]:
     """A plan per preset: measured (or cached from an earlier run or probe) where it can be, else
@@ -140,8 +135,9 @@ def capacity(machine: Machine, names: list[str], overrides: list[str], probe_run
             if tuned is None and probe_run and plan(config, machine, vocab).fits:
                 tuned = tuner.tune(config, machine, vocab, cache_dir, progress)
             p = plan(config, machine, vocab, tuned=tuned)
+            # Devices here with a budget of their own: the GPUs (CPU processes share the RAM).
             rows.append({"preset": name, "plan": p.to_dict(), "devices_needed": devices_needed(config, p),
-                         "devices_here": devices_here(machine, p)})
+                         "devices_here": len(machine.gpus) if p.device == "cuda" else 1})
         except LocaltrainError as exc:
             rows.append({"preset": name, "error": str(exc)})
     return rows
@@ -190,7 +186,7 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
                 " --probe or an earlier run on this machine; otherwise the peak is predicted)", title_justify="left")
     for row in rows:
         if "error" in row:
-            cap.add_row(row["preset"], "[red]no[/]", "", "", "", "", "", "", "", "", end_section=False)
+            cap.add_row(row["preset"], "[red]no[/]", *[""] * 8, end_section=False)
             console.print(f"[red]{row['preset']}[/]: {row['error']}")
             continue
         p = row["plan"]
