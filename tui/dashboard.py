@@ -100,9 +100,8 @@ class RunScreen(HostedScreen):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.query_one("#samples-panel").border_title = "Live samples"
-        self.query_one("#checkpoints-panel").border_title = "Checkpoints"
-        self.query_one("#messages-panel").border_title = "Warnings and errors"
+        for panel, title in (("samples", "Live samples"), ("checkpoints", "Checkpoints"), ("messages", "Warnings and errors")):
+            self.query_one(f"#{panel}-panel").border_title = title
         self.redraw()
         self.set_interval(self.host.poll_interval, self.poll)
         self.call_later(self.poll)

@@ -12,6 +12,7 @@ import asyncio
 import datetime as dt
 
 from rich.text import Text
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, Vertical, VerticalScroll
@@ -75,17 +76,16 @@ class NewRunScreen(HostedScreen):
         for w in self.query(Input):
             w.cursor_blink = self.host.cursor_blink
         self.query_one("#data", Input).focus()
-        self.run_worker(self.validate, exclusive=True, group="validate")
+        self.revalidate()
 
     def form(self) -> RunForm:
         values = {key: self.query_one(f"#{key}", Input).value for key, _, _ in FIELDS}
         return RunForm(preset=str(self.query_one("#preset", Select).value),
                        device=str(self.query_one("#device", Select).value), **values)
 
-    def on_input_changed(self, event: Input.Changed) -> None:
-        self.run_worker(self.validate, exclusive=True, group="validate")
-
-    def on_select_changed(self, event: Select.Changed) -> None:
+    @on(Input.Changed)
+    @on(Select.Changed)
+    def revalidate(self) -> None:
         self.run_worker(self.validate, exclusive=True, group="validate")
 
     async def validate(self) -> None:
@@ -117,11 +117,11 @@ class NewRunScreen(HostedScreen):
         memory = self.query_one("#newrun-memory", MemoryBar)
         start = self.query_one("#start", Button)
         self.checked = checked if checked.config is not None and not problem else None
-        if checked.config is None or problem:
+        start.disabled = self.checked is None
+        if self.checked is None:
             problems.update(Text(checked.problems or problem, style="red"))
             detail.update("")
             memory.set({}, 0)
-            start.disabled = True
         else:
             c = checked.config
             problems.update(Text.assemble(("ok", "bold green"), f": preset {c.run.preset}, data {c.data.source},"
@@ -132,7 +132,6 @@ class NewRunScreen(HostedScreen):
                 f" | {plan.total_steps:,} steps of {plan.tokens_per_step:,} tokens"
                 + (f" (train.max_steps={c.train.max_steps})" if c.train.max_steps else "")))
             memory.set(plan.memory, plan.budget_bytes, title=f"memory at micro-batch {plan.micro_batch_size}")
-            start.disabled = False
         self.checks_done += 1
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
@@ -142,7 +141,7 @@ class NewRunScreen(HostedScreen):
             self.app.pop_screen()
 
     def action_start(self) -> None:
-        if self.checked is None or self.checked.config is None:
+        if self.checked is None:
             self.notify("Fix the problems shown first.", severity="error")
             return
         config = self.checked.config

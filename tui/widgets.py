@@ -33,9 +33,7 @@ def bar(fraction: float | None, width: int, colour: str = "green") -> Text:
 class Meter(Static):
     """A labelled bar with its percentage and its detail below, wrapped to the width."""
 
-    DEFAULT_CSS = """
-    Meter { height: auto; }
-    """
+    DEFAULT_CSS = "Meter { height: auto; }"
 
     def __init__(self, label: str, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -58,9 +56,7 @@ class Meter(Static):
 class MemoryBar(Static):
     """Predicted (or measured) memory against the budget, split into its named terms."""
 
-    DEFAULT_CSS = """
-    MemoryBar { height: auto; }
-    """
+    DEFAULT_CSS = "MemoryBar { height: auto; }"
 
     def __init__(self, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -103,9 +99,7 @@ class MemoryBar(Static):
 class Curves(PlotextPlot):
     """Lines over steps: train and validation loss, or validation perplexity."""
 
-    DEFAULT_CSS = """
-    Curves { height: 1fr; min-height: 8; }
-    """
+    DEFAULT_CSS = "Curves { height: 1fr; min-height: 8; }"
 
     def __init__(self, title: str, ylabel: str, id: str | None = None) -> None:
         super().__init__(id=id)
