@@ -32,12 +32,9 @@ class QuitDialog(ModalScreen[str]):
         with Vertical():
             yield Static(f"[b]{self.run_name}[/b] is still training. Quit the dashboard and:")
             with Horizontal():
-                yield Button("Stop it (checkpoint first) [s]", id="stop", variant="error")
-                yield Button("Leave it running [l]", id="leave", variant="primary")
-                yield Button("Cancel", id="cancel")
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        self.dismiss(event.button.id)
+                yield Button("Stop it (checkpoint first) [s]", id="stop", variant="error", action="screen.choose('stop')")
+                yield Button("Leave it running [l]", id="leave", variant="primary", action="screen.choose('leave')")
+                yield Button("Cancel", id="cancel", action="screen.choose('cancel')")
 
     def action_choose(self, answer: str) -> None:
         self.dismiss(answer)

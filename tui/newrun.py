@@ -67,8 +67,8 @@ class NewRunScreen(HostedScreen):
                 yield Static(id="plan")
                 yield MemoryBar(id="newrun-memory")
             with Horizontal(id="newrun-buttons"):
-                yield Button("Start [ctrl+s]", id="start", variant="success", disabled=True)
-                yield Button("Back [esc]", id="back")
+                yield Button("Start [ctrl+s]", id="start", variant="success", disabled=True, action="screen.start")
+                yield Button("Back [esc]", id="back", action="app.pop_screen")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -133,12 +133,6 @@ class NewRunScreen(HostedScreen):
                 + (f" (train.max_steps={c.train.max_steps})" if c.train.max_steps else "")))
             memory.set(plan.memory, plan.budget_bytes, title=f"memory at micro-batch {plan.micro_batch_size}")
         self.checks_done += 1
-
-    def on_button_pressed(self, event: Button.Pressed) -> None:
-        if event.button.id == "start":
-            self.action_start()
-        elif event.button.id == "back":
-            self.app.pop_screen()
 
     def action_start(self) -> None:
         if self.checked is None:
