@@ -171,8 +171,7 @@ class RunScreen(HostedScreen):
         if s.last_time is not None:
             title.append(f" | last event {stamp(s.last_time)}", style="dim")
         title.append("\n ")
-        if s.plan is not None:
-            p = s.plan
+        if (p := s.plan) is not None:
             title.append(f"{plan_choices(p)} | {human(p.params)} params | vocab {p.vocab_size}"
                          f" | {plan_batch(p)} of {p.seq_len} tokens")
         else:

@@ -99,7 +99,7 @@ def _foreign(path: Path) -> bool:
     return path.exists() and kind_of(path) != "run" and (not path.is_dir() or any(path.iterdir()))
 
 
-def start_run(run_args: list[str], run_dir: Path, cwd: Path | None = None) -> subprocess.Popen:
+def start_run(run_args: list[str], run_dir: Path) -> subprocess.Popen:
     """Start `localtrain run --plain --run-dir RUN_DIR ARGS` detached from this process."""
     from localtrain.rundir import claim
 
@@ -107,7 +107,7 @@ def start_run(run_args: list[str], run_dir: Path, cwd: Path | None = None) -> su
     with open(run_dir / CONSOLE_LOG, "ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "localtrain", "run", "--plain", "--run-dir", str(run_dir), *run_args],
-            cwd=cwd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True, close_fds=True,
         )
 
