@@ -30,17 +30,14 @@ from localtrain.errors import LocaltrainError
 MX_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16}
 
 
-def gpu_available() -> bool:
-    return bool(mx.metal.is_available() or (hasattr(mx, "cuda") and mx.cuda.is_available()))
-
-
 def resolve_device(device: str) -> mx.Device:
     """"auto" and "mlx" take MLX's default device (its GPU when it has one); "cpu" forces the CPU."""
     if device == "cpu":
         return mx.cpu
     if device in ("auto", "mlx"):
         return mx.default_device()
-    if device in ("mps", "cuda", "gpu") and gpu_available():
+    has_gpu = mx.metal.is_available() or (hasattr(mx, "cuda") and mx.cuda.is_available())
+    if device in ("mps", "cuda", "gpu") and has_gpu:
         return mx.gpu
     raise LocaltrainError(
         f"--device {device}: MLX {mx.__version__} has no GPU here (it uses Metal on Apple silicon, or CUDA in"
@@ -247,10 +244,8 @@ class MLXBackend:
 
     def state_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         weights = {k: np.array(v, dtype=np.float32) for k, v in self.params.items()}
-        if self.moments is None:
-            return weights, {}
         moments = {f"{name}.{suffix}": np.array(self.moments[suffix][name], dtype=np.float32)
-                   for name in self.params for suffix in MOMENT_SUFFIXES}
+                   for name in self.params for suffix in MOMENT_SUFFIXES} if self.moments else {}
         return weights, moments
 
     def load_state_arrays(

@@ -127,11 +127,6 @@ def block(
     return x + _dropout(h.astype(mx.float32), cfg.dropout, keys[2])
 
 
-def layer_params(params: Params, i: int) -> Params:
-    pre = f"model.layers.{i}."
-    return {k: params[pre + k] for k in LAYER_KEYS}
-
-
 def hidden(
     params: Params, idx: mx.array, cfg: ModelConfig, dtype: mx.Dtype, start: int = 0,
     caches: list | None = None, key: mx.array | None = None, checkpoint: bool = False,
@@ -144,7 +139,7 @@ def hidden(
     keys = mx.random.split(key, cfg.n_layer + 1) if key is not None and cfg.dropout else None
     x = _dropout(params[EMBED][idx], cfg.dropout, keys[0] if keys is not None else None)
     for i in range(cfg.n_layer):
-        lp = layer_params(params, i)
+        lp = {name: params[f"model.layers.{i}.{name}"] for name in LAYER_KEYS}
         k = keys[i + 1] if keys is not None else None
         if checkpoint and caches is None:
             # Only the block's input is kept; its activations (and, from the same key,
