@@ -59,18 +59,11 @@ class AttentionChoice:
         if not self.order:
             return contextlib.nullcontext()
         order = [getattr(SDPBackend, name) for name in self.order]
-        rest = [getattr(SDPBackend, n) for n in (*FUSED, "MATH") if n not in self.order and hasattr(SDPBackend, n)]
+        rest = [getattr(SDPBackend, n) for n in (*FUSED, "MATH") if n not in self.order]
         try:
             return sdpa_kernel(order + rest, set_priority=True)
         except TypeError:  # no priorities before torch 2.6: only the fastest is allowed
             return sdpa_kernel(order[:1] + [SDPBackend.MATH])
-
-
-def _make(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str, gen: torch.Generator):
-    B, H, T, hs = shape
-    # The model's layout: (B, T, heads, hs) projections seen as (B, heads, T, hs).
-    return [torch.randn(B, T, H, hs, device=device, dtype=dtype, generator=gen).transpose(1, 2).requires_grad_()
-            for _ in range(3)]
 
 
 def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = "cuda",
@@ -80,14 +73,15 @@ def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = 
     choice = AttentionChoice()
     gen = torch.Generator(device=device).manual_seed(0)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    q, k, v = _make(shape, dtype, device, gen)
+    B, H, T, hs = shape
+    # The model's layout: (B, T, heads, hs) projections seen as (B, heads, T, hs).
+    q, k, v = [torch.randn(B, T, H, hs, device=device, dtype=dtype, generator=gen).transpose(1, 2).requires_grad_()
+               for _ in range(3)]
     grad = torch.randn(q.shape, device=device, dtype=dtype, generator=gen)
     outputs: dict[str, torch.Tensor] = {}
     ways = [(n, False) for n in FUSED] + ([(n, True) for n in FUSED] if dtype != torch.float32 else [])
     for name, upcast in ways:
         label = name + ("/float32" if upcast else "")
-        if not hasattr(SDPBackend, name):
-            continue
         try:
             with sdpa_kernel([getattr(SDPBackend, name)]):
                 def run() -> torch.Tensor:
