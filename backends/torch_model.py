@@ -172,10 +172,9 @@ class LlamaLM(nn.Module):
             for name, p in self.named_parameters():
                 if p.dim() == 1:
                     p.fill_(1.0)
-                elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                    p.normal_(0.0, residual_std, generator=generator)
                 else:
-                    p.normal_(0.0, std, generator=generator)
+                    residual = name.endswith(("o_proj.weight", "down_proj.weight"))
+                    p.normal_(0.0, residual_std if residual else std, generator=generator)
 
     def hidden(self, idx: torch.Tensor, start: int = 0, caches: LayerCaches | None = None) -> torch.Tensor:
         T = idx.shape[1]
