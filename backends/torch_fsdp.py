@@ -22,7 +22,7 @@ import sys
 import numpy as np
 import torch
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from localtrain.backends.torch_backend import TorchBackend, TorchDecoder
@@ -86,7 +86,6 @@ class FSDPBackend(TorchBackend):
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         root = self.model
-        assert isinstance(root, FSDPModule)
         if self.accumulate_unsharded:
             root.set_requires_gradient_sync(last)
         # The root's parameters are gathered for the whole forward and backward anyway:
