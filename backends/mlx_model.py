@@ -99,7 +99,7 @@ def _attention(
 
 def _mlp(lp: Params, x: mx.array, dtype: mx.Dtype) -> mx.array:
     gate, up = mx.split(x.astype(dtype) @ _stacked(lp, GATE_UP, dtype).T, 2, axis=-1)  # one matmul for both
-    return (_silu(gate) * up) @ lp["mlp.down_proj.weight"].astype(dtype).T
+    return (gate * mx.sigmoid(gate) * up) @ lp["mlp.down_proj.weight"].astype(dtype).T  # SiLU(gate) * up
 
 
 def _stacked(lp: Params, names: tuple[str, ...], dtype: mx.Dtype) -> mx.array:
@@ -108,10 +108,6 @@ def _stacked(lp: Params, names: tuple[str, ...], dtype: mx.Dtype) -> mx.array:
     Cast first: the copy the stacking makes is then of 16-bit values.
     """
     return mx.concatenate([lp[n].astype(dtype) for n in names], axis=0)
-
-
-def _silu(x: mx.array) -> mx.array:
-    return x * mx.sigmoid(x)
 
 
 def block(
