@@ -80,9 +80,7 @@ class Evaluation:
             ids = self.data.encode(prompt) or [self.data.eos_id]
             drawn = base + i
             out = sampling.generate(self.backend, ids, t.sample_tokens, t.temperature, t.top_k, drawn,
-                                    dtype=self.plan.sample_dtype or None)
-            if self.data.eos_id in out:
-                out = out[: out.index(self.data.eos_id)]
+                                    dtype=self.plan.sample_dtype or None, stop_id=self.data.eos_id)
             text = self.data.decode(out)
             q = quality.sample_quality(text, code, prompt)
             found.append(q)

@@ -33,7 +33,6 @@ from localtrain.plan import Choice, Measured, RunPlan, Tuned
 from localtrain.sharding import choose_parallel
 
 
-
 def choose_backend(config: Config, machine: Machine) -> tuple[str, str, list[str]]:
     """(backend, device, notes): MLX on Apple silicon when installed, else MPS, CUDA, CPU."""
     backend, device = config.run.backend, config.run.device

@@ -88,10 +88,8 @@ def sample(source: Source, prompts: list[str], settings: Settings, backend: str 
             seed = settings.seed + i * settings.num_samples + j
             out = sampling.generate(
                 model, ids, settings.max_tokens, 1.0 if greedy else settings.temperature,
-                1 if greedy else settings.top_k, seed, top_p=1.0 if greedy else settings.top_p,
+                1 if greedy else settings.top_k, seed, top_p=1.0 if greedy else settings.top_p, stop_id=tok.eos_id,
             )
-            if tok.eos_id in out:
-                out = out[: out.index(tok.eos_id)]
             records.append({"prompt": prompt, "text": tok.decode(out), "tokens": len(out), "seed": seed,
                             "backend": model.name, "dtype": model.dtype})
     return records

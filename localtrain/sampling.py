@@ -34,9 +34,9 @@ def sample_token(logits: np.ndarray, temperature: float, top_k: int, top_p: floa
 
 
 def generate(backend: Backend, prompt: list[int], max_new_tokens: int, temperature: float, top_k: int,
-             seed: int, top_p: float = 1.0, dtype: str | None = None) -> list[int]:
-    """Continue `prompt` by sampling, computing in `dtype` (None: the backend's); the same seed
-    gives the same tokens. top_k=1 is greedy."""
+             seed: int, top_p: float = 1.0, dtype: str | None = None, stop_id: int | None = None) -> list[int]:
+    """Continue `prompt` by sampling, computing in `dtype` (None: the backend's), up to `stop_id`
+    (not included: the end of a document); the same seed gives the same tokens. top_k=1 is greedy."""
     if not prompt:
         raise ValueError("generation needs at least one prompt token")
     rng = np.random.default_rng(seed)
@@ -45,6 +45,8 @@ def generate(backend: Backend, prompt: list[int], max_new_tokens: int, temperatu
     scores = decoder.start(out[-decoder.window:])
     for i in range(max_new_tokens):
         token = sample_token(scores, temperature, top_k, top_p, rng)
+        if token == stop_id:
+            break
         out.append(token)
         if i == max_new_tokens - 1:
             break

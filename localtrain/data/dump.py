@@ -23,7 +23,7 @@ import gzip
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
@@ -43,7 +43,6 @@ class DumpReport:
     pages: int = 0
     compressed_bytes: int = 0
     problem: str | None = None
-    skipped_streams: list[int] = field(default_factory=list)
     site: Site | None = None
     """The namespaces the dump's header names, once it has been read."""
 

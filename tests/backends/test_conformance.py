@@ -375,6 +375,14 @@ def test_a_decoder_computes_in_the_dtype_asked_for(backend: Factory) -> None:
     assert np.abs(b16.decoder().start(prompt) - want).max() > 1e-4  # its own dtype really is another
 
 
+def test_generation_ends_before_the_stop_token(backend: Factory) -> None:
+    # The end of a document ends a sample: the same draws as without a stop, cut before it.
+    b = backend.make(seed=4)
+    full = generate(b, [1, 2], 40, 1.5, 0, seed=5)
+    stop = full[len(full) // 2]
+    assert generate(b, [1, 2], 40, 1.5, 0, seed=5, stop_id=stop) == full[: full.index(stop)]
+
+
 def test_sampling_is_seeded_and_leaves_the_training_rng_alone(backend: Factory) -> None:
     b = backend.make(dataclasses.replace(MODEL, dropout=0.1))
     state = b.rng_state()
