@@ -220,8 +220,11 @@ class Config:
         return self._hash("model", "data")
 
     def _hash(self, *sections: str) -> str:
-        d = _fingerprinted(self.to_dict())
-        payload = json.dumps({k: d[k] for k in sections}, sort_keys=True)
+        # Fields added later are left out at their LATER_DEFAULTS, so a run from before them still resumes.
+        d = self.to_dict()
+        payload = json.dumps({s: {name: value for name, value in d[s].items()
+                                  if name not in LATER_DEFAULTS.get(s, {}) or LATER_DEFAULTS[s][name] != value}
+                              for s in sections}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -259,9 +262,3 @@ def did_you_mean(word: str, choices: list[str]) -> str:
 LATER_DEFAULTS = {"data": {"phases": [], "phase_epochs": 1, "vocab_fit": "shrink"}}
 """Fields added after runs were first written: at these values they are left out of fingerprints, so a
 run started before they existed still resumes."""
-
-
-def _fingerprinted(d: dict[str, Any]) -> dict[str, Any]:
-    return {section: {name: value for name, value in values.items()
-                      if name not in LATER_DEFAULTS.get(section, {}) or LATER_DEFAULTS[section][name] != value}
-            for section, values in d.items()}
