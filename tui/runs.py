@@ -143,9 +143,7 @@ class RunState:
     def best_val_loss(self) -> float | None:
         if self.done is not None and self.done.best_val_loss is not None:
             return self.done.best_val_loss
-        if self.evals:
-            return self.evals[max(self.evals)].best_val_loss
-        return None
+        return self.evals[max(self.evals)].best_val_loss if self.evals else None
 
     @property
     def best_val_ppl(self) -> float | None:

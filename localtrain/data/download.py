@@ -63,9 +63,7 @@ def validators(headers: Any) -> dict[str, str]:
 def if_range(known: dict[str, str]) -> str | None:
     """The If-Range value for `known` validators: a strong ETag, else Last-Modified (weak ETags may not be used)."""
     etag = known.get("etag", "")
-    if etag and not etag.startswith("W/"):
-        return etag
-    return known.get("last_modified")
+    return etag if etag and not etag.startswith("W/") else known.get("last_modified")
 
 
 def _read_validators(path: Path, url: str) -> dict[str, str] | None:
