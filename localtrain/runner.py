@@ -21,9 +21,7 @@ from localtrain import checkpoint, config as cfg, events as ev, rundir, stages
 from localtrain.errors import CheckpointError, DataError, LocaltrainError
 from localtrain.files import checked, disk_error, write_atomic
 from localtrain.parallel import Dist, Single
-from localtrain.rundir import RUNS_ROOT, new_run_dir, remove_unstarted, run_name
 from localtrain.runfiles import CONFIG_FILE, EVENTS_FILE, LOCK_FILE, no_such_run
-from localtrain.stages import Setup, preflight
 
 
 @dataclass
@@ -75,15 +73,15 @@ def _locate_resume(request: RunRequest) -> Path | None:
     if request.run_dir:
         path = Path(request.run_dir).expanduser()
         return path if (path / CONFIG_FILE).is_file() else None
-    return find_latest_run(RUNS_ROOT, request.preset)
+    return find_latest_run(rundir.RUNS_ROOT, request.preset)
 
 
-def setup(request: RunRequest) -> Setup:
+def setup(request: RunRequest) -> stages.Setup:
     """Resolve the configuration and run directory, checking what is already on disk."""
     if request.resume:
         run_dir = _locate_resume(request)
         if run_dir is None and request.resume != "auto":
-            where = request.run_dir or f"{RUNS_ROOT}/"
+            where = request.run_dir or f"{rundir.RUNS_ROOT}/"
             raise CheckpointError(
                 f"--resume: there is no run to resume in {where}. Start one with `localtrain run`,"
                 " or pass --resume auto to start fresh when there is none."
@@ -94,7 +92,7 @@ def setup(request: RunRequest) -> Setup:
     preset, why = choose_preset(request.preset, request.overrides)
     config = cfg.resolve(preset, request.overrides)
     check_source(config)
-    run_dir = Path(request.run_dir or config.run.run_dir or new_run_dir(run_name(config)))
+    run_dir = Path(request.run_dir or config.run.run_dir or rundir.new_run_dir(rundir.run_name(config)))
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=str(run_dir)))
     rundir.check(run_dir)
     conf = run_dir / CONFIG_FILE
@@ -112,8 +110,8 @@ def setup(request: RunRequest) -> Setup:
                 f"The run directory {run_dir} already has checkpoints. Nothing was changed. Pass"
                 " --resume to continue it, or choose a new directory with --run-dir."
             )
-    s = Setup(config, run_dir, False, [], notes=[why] if why else [])
-    return preflight(s, request.world_size, request.local_world_size)
+    s = stages.Setup(config, run_dir, False, [], notes=[why] if why else [])
+    return stages.preflight(s, request.world_size, request.local_world_size)
 
 
 def choose_preset(preset: str | None, overrides: list[str]) -> tuple[str, str | None]:
@@ -137,7 +135,7 @@ def describe_changes(changes: list[tuple[str, object, object]], limit: int = 8) 
     return shown + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
 
 
-def _setup_resume(request: RunRequest, run_dir: Path) -> Setup:
+def _setup_resume(request: RunRequest, run_dir: Path) -> stages.Setup:
     old = cfg.resolve(base=cfg.read_toml(run_dir / CONFIG_FILE))
     if request.preset and request.preset != old.run.preset:
         raise LocaltrainError(
@@ -153,8 +151,8 @@ def _setup_resume(request: RunRequest, run_dir: Path) -> Setup:
             f"Cannot resume {run_dir} with a different model or data ({describe_changes(frozen)}): its checkpoints"
             " were trained with the original. Drop those overrides to resume, or start a new run."
         )
-    s = Setup(config, run_dir, request.resume, changes, resume_step=rundir.resume_step(request.resume))
-    return preflight(s, request.world_size, request.local_world_size)
+    s = stages.Setup(config, run_dir, request.resume, changes, resume_step=rundir.resume_step(request.resume))
+    return stages.preflight(s, request.world_size, request.local_world_size)
 
 
 def check_source(config: cfg.Config) -> None:
@@ -212,7 +210,7 @@ class Fanout:
                 sink(event)
 
 
-def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) -> ev.Done:
+def execute(s: stages.Setup, console: ev.Emit | None = None, dist: Dist | None = None) -> ev.Done:
     """Prepare data, build the backend, restore a checkpoint if resuming, and train.
 
     In a data-parallel job every rank runs this; rank 0 alone owns the run directory
@@ -249,7 +247,7 @@ def execute(s: Setup, console: ev.Emit | None = None, dist: Dist | None = None) 
         # The input was wrong (no text, a split too small): fixing it and running the same command
         # again is all there is to do. Any other failure keeps the directory and its recorded error.
         if created:
-            remove_unstarted(s.run_dir, created)
+            rundir.remove_unstarted(s.run_dir, created)
         raise
 
 

@@ -32,7 +32,6 @@ from localtrain.tui.launch import console_tail
 from localtrain.tui.runs import EventTail, RunState, describe_status, lock_pid, pid_alive, run_status
 from localtrain.tui.widgets import Curves, MemoryBar, Meter, stamp
 from localtrain.tui import messages as msg
-from localtrain.tui.messages import HostedScreen
 
 PREPARE_STAGES = ("read", "tokenizer", "encode", "done")
 LIVE = ("running", "paused", "waiting", "stopping", "starting")
@@ -45,7 +44,7 @@ def clock(t: float | None) -> str:
     return "--:--:--" if t is None else dt.datetime.fromtimestamp(t).strftime("%H:%M:%S")
 
 
-class RunScreen(HostedScreen):
+class RunScreen(msg.HostedScreen):
     """A run's dashboard: progress, speed, memory, curves, samples, checkpoints, messages."""
 
     BINDINGS = [

@@ -17,7 +17,6 @@ from localtrain.cli import preset_rows
 from localtrain.tui.runs import RunSummary, describe_status, find_runs, summarize
 from localtrain.tui.widgets import stamp
 from localtrain.tui import messages as msg
-from localtrain.tui.messages import HostedScreen
 
 RESUMABLE = ("stopped", "died", "failed", "finished")
 SCAN_SECONDS = 2.0
@@ -27,7 +26,7 @@ def scan(runs_dir: Path) -> list[RunSummary]:
     return [summarize(d) for d in find_runs(runs_dir)]
 
 
-class HomeScreen(HostedScreen):
+class HomeScreen(msg.HostedScreen):
     """Runs (name, preset, status, step, best val ppl, last update) and presets."""
 
     BINDINGS = [

@@ -24,7 +24,6 @@ from localtrain.console import plan_batch, plan_choices
 from localtrain.tui.launch import Checked, RunForm, check_form, new_run_args, run_dir_for, start_run
 from localtrain.tui.widgets import MemoryBar
 from localtrain.tui import messages as msg
-from localtrain.tui.messages import HostedScreen
 
 FIELDS = (
     ("data", "data source", "the preset's own source (a file, a directory, or a named source)"),
@@ -36,7 +35,7 @@ FIELDS = (
 )
 
 
-class NewRunScreen(HostedScreen):
+class NewRunScreen(msg.HostedScreen):
     """A form for a new run, its problems or its plan, and a Start button."""
 
     BINDINGS = [Binding("escape", "app.pop_screen", "Back"), Binding("ctrl+s", "start", "Start")]
