@@ -84,13 +84,16 @@ class TorchBackend:
                 broadcast_buffers=False,
             )
             train_model = self.ddp
-        # Only the training forward (and with it the backward) is compiled, for the one
-        # micro-batch shape a run trains with; evaluation and generation (whose shapes change
-        # token by token) run the same module eagerly.
+        return self._compiled(train_model)
+
+    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """The training forward (and with it the backward) compiled for the run's one micro-batch
+        shape when the plan says so; evaluation and generation, whose shapes change token by
+        token, run the same module eagerly."""
         if not self.compile:
-            return train_model
+            return module
         torch_attention.cache_upcast_graphs()
-        return torch.compile(train_model, dynamic=False, mode=self.compile_mode)
+        return torch.compile(module, dynamic=False, mode=self.compile_mode)
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         """Around one micro-batch's backward: under DDP gradients are averaged once, after the last."""

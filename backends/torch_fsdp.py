@@ -82,7 +82,7 @@ class FSDPBackend(TorchBackend):
         for method in ("token_losses", "hidden", "logits"):
             register_fsdp_forward_method(model, method)
         # The compiler breaks its graphs at FSDP's hooks: each block compiles on its own.
-        return torch.compile(model, dynamic=False, mode=self.compile_mode) if self.compile else model
+        return self._compiled(model)
 
     def _gradient_sync(self, last: bool) -> contextlib.AbstractContextManager:
         root = self.model
