@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from localtrain import __version__
 from localtrain.errors import LocaltrainError
@@ -114,7 +115,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     )
     setup = runner.setup(request)
     if worker:
-        return run_worker(setup)
+        leave(run_worker(setup))
     for note in setup.notes:  # the launcher says it once, not every worker
         print(note)
     if args.nproc:
@@ -170,6 +171,16 @@ def run_worker(setup) -> int:
         return 0
     finally:
         dist.close()
+
+
+def leave(code: int) -> NoReturn:
+    """End a torchrun rank whose run ended (its files written, its group torn down) without the
+    interpreter's shutdown: a gloo worker thread can still hold a finished collective's tensors,
+    and freeing them while the interpreter finalizes aborts the process ("terminate called
+    without an active exception", 2 of 55 two-rank FSDP runs on a CPU) after a run that succeeded."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def preset_rows() -> list[tuple[str, str]]:
