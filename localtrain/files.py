@@ -328,11 +328,13 @@ def replace_dir(tmp: Path, final: Path) -> None:
     one is renamed aside first and deleted only once the new one is in place; if the second
     rename fails, the old one is put back. Callers check that `final` is theirs to replace.
     """
-    if final.exists():
-        if _exchange(tmp, final):
-            fsync_dir(final.parent)
-            remove_tree(tmp)  # it holds the old directory now
-            return
+    if not final.exists():
+        checked("replace", final, os.replace, tmp, final)
+        fsync_dir(final.parent)
+    elif _exchange(tmp, final):
+        fsync_dir(final.parent)
+        remove_tree(tmp)  # it holds the old directory now
+    else:
         old = final.parent / f".old-{final.name}-{os.getpid()}"
         checked("replace", old, os.replace, final, old)
         try:
@@ -340,8 +342,5 @@ def replace_dir(tmp: Path, final: Path) -> None:
         except BaseException:
             os.replace(old, final)
             raise
-        fsync_dir(final.parent)
+        fsync_dir(final.parent)  # the new one is in place for good before the old one goes
         remove_tree(old)
-    else:
-        checked("replace", final, os.replace, tmp, final)
-    fsync_dir(final.parent)

@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from localtrain.backends.base import loss_chunk_tokens
 from localtrain.config import ModelConfig
 from localtrain.metrics import params_count
-from localtrain.sharding import sharded_terms
+from localtrain.sharding import GB, sharded_terms
 
-GB = 1024**3
 MB = 1024**2
 
 # The coefficients below are effective values fitted to 45 peaks measured the way the tuner

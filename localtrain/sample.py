@@ -35,7 +35,7 @@ class Settings:
     seed: int = 0
     num_samples: int = 1
 
-    def check(self) -> None:
+    def __post_init__(self) -> None:
         problems = [problem for wrong, problem in (
             (self.max_tokens < 1, f"--max-tokens {self.max_tokens}: generate at least 1 token"),
             (self.temperature < 0, f"--temperature {self.temperature}: use 0 (greedy) or a positive value such as 0.8"),
@@ -77,7 +77,6 @@ def sample(source: Source, prompts: list[str], settings: Settings, backend: str 
     """
     from localtrain.data.tokenizer import Tokenizer
 
-    settings.check()
     tok = Tokenizer.load(source.tokenizer_path)
     model = model or build_backend(source, backend, device, dtype)
     greedy = settings.temperature == 0
@@ -133,7 +132,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     source = load_source(Path(args.run), args.checkpoint, use="sampled")
     settings = Settings(args.max_tokens, args.temperature, args.top_k, args.top_p, args.seed, args.num_samples)
-    settings.check()
     records = sample(source, read_prompts(args, source), settings, args.backend, args.device, dtype=args.dtype)
     for r in records:
         if args.json:

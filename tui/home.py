@@ -57,7 +57,6 @@ class HomeScreen(msg.HostedScreen):
         presets.add_columns("preset", "what it trains")
         for name, intro in preset_rows():
             presets.add_row(name, intro, key=name)
-        self.query_one("#runs-title", Static).update(f"Runs in {self.host.runs_dir}/")
         runs.focus()
         self.set_interval(SCAN_SECONDS, self.rescan)
         self.call_later(self.rescan)
@@ -77,10 +76,9 @@ class HomeScreen(msg.HostedScreen):
             ppl = "-" if s.best_val_ppl is None else f"{s.best_val_ppl:,.2f}"
             table.add_row(s.name, s.preset, Text(s.status, style=colour), step, ppl, stamp(s.last_time),
                           key=str(s.run_dir))
-        if not summaries:
-            self.query_one("#runs-title", Static).update(
-                f"Runs in {self.host.runs_dir}/: none yet. Press n to start one.")
-        elif current is not None and str(current.run_dir) in table.rows:
+        self.query_one("#runs-title", Static).update(
+            f"Runs in {self.host.runs_dir}/" + ("" if summaries else ": none yet. Press n to start one."))
+        if current is not None and str(current.run_dir) in table.rows:
             table.move_cursor(row=table.get_row_index(str(current.run_dir)))
 
     def highlighted(self) -> RunSummary | None:

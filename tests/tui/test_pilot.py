@@ -346,3 +346,23 @@ def test_a_missing_run_directory_and_a_run_that_fails_to_start_are_states(tmp_pa
             assert any("exited with status 2" in m[2] and "nowhere" in m[2] for m in screen.state.messages)
 
     run(scenario())
+
+
+def test_the_home_screen_says_none_yet_only_while_there_is_no_run(tmp_path) -> None:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+
+    async def scenario() -> None:
+        app = LocaltrainApp(runs, cursor_blink=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await until(pilot, lambda: isinstance(app.screen, HomeScreen) and app.screen.scanned.is_set())
+            title = app.screen.query_one("#runs-title")
+            assert "none yet" in str(title.render())
+            copy_fixture(runs)
+            app.screen.scanned.clear()
+            await until(pilot, app.screen.scanned.is_set, what="the next scan")
+            assert [s.name for s in app.screen.summaries] == ["code-model"]
+            assert str(title.render()) == f"Runs in {runs}/"
+            await pilot.press("q")
+
+    run(scenario())
