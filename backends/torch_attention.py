@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -67,9 +68,11 @@ class AttentionChoice:
 
 
 def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = "cuda",
-            repeats: int = 10) -> AttentionChoice:
+            repeats: int = 3, rounds: int = 5) -> AttentionChoice:
     """Time causal attention forward + backward on (B, heads, T, hs) with each fused kernel, and
-    for a 16-bit dtype with each in float32 too (its label ends in "/float32")."""
+    for a 16-bit dtype with each in float32 too (its label ends in "/float32"): `rounds` rounds
+    of `repeats` calls of every way in turn, each way's least round kept, so that a burst of
+    other work on the machine slows one round rather than one way's whole measurement."""
     choice = AttentionChoice()
     gen = torch.Generator(device=device).manual_seed(0)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -79,30 +82,34 @@ def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = 
                for _ in range(3)]
     grad = torch.randn(q.shape, device=device, dtype=dtype, generator=gen)
     outputs: dict[str, torch.Tensor] = {}
-    ways = [(n, False) for n in FUSED] + ([(n, True) for n in FUSED] if dtype != torch.float32 else [])
-    for name, upcast in ways:
+    ways: dict[str, tuple[str, Callable[[], torch.Tensor]]] = {}
+    for name, upcast in [(n, False) for n in FUSED] + ([(n, True) for n in FUSED] if dtype != torch.float32 else []):
         label = name + ("/float32" if upcast else "")
+
+        def run(upcast: bool = upcast) -> torch.Tensor:
+            ins = (q.float(), k.float(), v.float()) if upcast else (q, k, v)
+            out = F.scaled_dot_product_attention(*ins, is_causal=True).to(dtype)
+            out.backward(grad)
+            return out
+
         try:
             with sdpa_kernel([getattr(SDPBackend, name)]):
-                def run() -> torch.Tensor:
-                    ins = (q.float(), k.float(), v.float()) if upcast else (q, k, v)
-                    out = F.scaled_dot_product_attention(*ins, is_causal=True).to(dtype)
-                    out.backward(grad)
-                    return out
-
-                out = run()
-                for _ in range(2):
-                    run()
+                outputs[label] = run()[:1].detach().float()
+                run()
+        except RuntimeError as exc:
+            choice.refused[label] = str(exc).strip().splitlines()[0][:200]
+            continue
+        ways[label] = (name, run)
+    for _ in range(rounds):
+        for label, (name, run) in ways.items():
+            with sdpa_kernel([getattr(SDPBackend, name)]):
                 sync()
                 start = time.perf_counter()
                 for _ in range(repeats):
                     run()
                 sync()
-        except RuntimeError as exc:
-            choice.refused[label] = str(exc).strip().splitlines()[0][:200]
-            continue
-        choice.ms[label] = (time.perf_counter() - start) * 1000 / repeats
-        outputs[label] = out[:1].detach().float()
+            ms = (time.perf_counter() - start) * 1000 / repeats
+            choice.ms[label] = min(ms, choice.ms.get(label, ms))
     q.grad = k.grad = v.grad = None
     # A kernel whose output strays from float32 arithmetic on the first sequence is left out
     # (16-bit rounding gives ~4e-3).
