@@ -25,14 +25,42 @@ T = TypeVar("T")
 
 
 def launch(nproc: int, torchrun_args: list[str], argv: list[str]) -> None:
-    """Replace this process with torchrun running `python -m localtrain <argv>` N times."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", "--max-restarts=0",
+    """Replace this process with torchrun (`torchrun` below) running `python -m localtrain <argv>` N times."""
+    cmd = [sys.executable, "-m", "localtrain.backends.torch_dist", f"--nproc-per-node={nproc}", "--max-restarts=0",
            "--monitor-interval=0.5", *torchrun_args]
     if not any(a.startswith(("--rdzv", "--master", "--nnodes")) for a in torchrun_args):
         cmd.append("--standalone")
     cmd += ["-m", "localtrain", *argv]
+    # torchrun's own default, without its banner saying so: each worker sets its threads itself.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     sys.stdout.flush()
     os.execv(sys.executable, cmd)
+
+
+def torchrun(args: list[str]) -> int:
+    """torchrun's main on `args`. A job whose ranks stopped on an error they reported themselves
+    (a LocaltrainError: its paragraph is printed, its exit code 2; the ranks torchrun stopped
+    after it, SIGTERM) ends with that exit code and nothing more, rather than torchrun's failure
+    report and traceback; any other failure gets torchrun's report as before."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main
+
+    from localtrain.errors import LocaltrainError
+
+    # Its log lines on stopping the other ranks and on copying a rank's error file: the report
+    # below says the same where it is shown.
+    for name in ("torch.distributed.elastic.multiprocessing.api", "torch.distributed.elastic.multiprocessing.errors"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        main(args)
+    except ChildFailedError as exc:
+        codes = {f.exitcode for f in exc.failures.values()}
+        if LocaltrainError.exit_code in codes and codes <= {LocaltrainError.exit_code, -signal.SIGTERM}:
+            return LocaltrainError.exit_code
+        raise
+    return 0
 
 
 def _die_with_parent() -> None:
@@ -110,3 +138,7 @@ def recorded(fn: Callable[..., T]) -> Callable[..., T]:
     from torch.distributed.elastic.multiprocessing.errors import record
 
     return record(fn)
+
+
+if __name__ == "__main__":
+    sys.exit(torchrun(sys.argv[1:]))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from localtrain import __version__
-from localtrain.errors import LocaltrainError
+from localtrain.errors import LocaltrainError, PeerFailed
 from localtrain.flags import add_config_flags, overrides_from
 
 
@@ -160,7 +160,8 @@ def run_worker(setup) -> int:
         try:
             done = recorded(runner.execute)(setup, console=view, dist=dist)
         except LocaltrainError as exc:
-            print(f"[rank {dist.rank}] error: {exc}", file=sys.stderr)
+            if not isinstance(exc, PeerFailed):  # that one's own process printed the error
+                print(f"[rank {dist.rank}] error: {exc}", file=sys.stderr)
             return exc.exit_code
         # Every rank leaves the group together: one tearing it down while another is still
         # on its way out can abort that one.

@@ -30,3 +30,7 @@ class DataError(LocaltrainError):
 
 class CheckpointError(LocaltrainError):
     """No usable checkpoint where one was asked for."""
+
+
+class PeerFailed(LocaltrainError):
+    """Another process of a torchrun job stopped on an error, which that process reported."""

@@ -22,7 +22,7 @@ from localtrain import checkpoint, config as cfg, events as ev, hardware, metric
 from localtrain.backends import backend_class, make_backend
 from localtrain.backends.base import Backend
 from localtrain.data.paths import cache_root
-from localtrain.errors import CheckpointError
+from localtrain.errors import CheckpointError, LocaltrainError, PeerFailed
 from localtrain.files import write_atomic
 from localtrain.parallel import Dist
 from localtrain.plan import RunPlan
@@ -209,9 +209,22 @@ def _agreed(planned: RunPlan, dist: Dist) -> RunPlan:
 
 
 def _in_turn(dist: Dist, work: Callable[[], T]) -> T:
-    """Run `work` on each node's first process, then on the others (which find it cached)."""
-    result = work() if dist.local_rank == 0 else None
-    dist.barrier()
+    """Run `work` on each node's first process, then on the others (which find it cached).
+
+    Where it fails on an error it reports (no text in the data, say), the others learn so
+    here and stop too, each with that error's exit code and nothing to add to its paragraph.
+    """
+    result, failed = None, None
+    if dist.local_rank == 0:
+        try:
+            result = work()
+        except LocaltrainError as exc:
+            failed = exc
+    code = int(dist.all_max([failed.exit_code if failed else 0])[0])
+    if failed:
+        raise failed
+    if code:
+        raise PeerFailed("another process of this job stopped on the error it reported")
     return result if dist.local_rank == 0 else work()
 
 

@@ -1,5 +1,6 @@
 """Data parallelism on torchrun with gloo: parity with one process, also after resuming on a
-smaller world, exact resume after a SIGKILL of the launcher, and a failing rank."""
+smaller world, exact resume after a SIGKILL of the launcher, a failing rank, and a bad input
+that the first rank finds."""
 
 from __future__ import annotations
 
@@ -90,3 +91,17 @@ def test_a_failing_rank_brings_the_job_down_and_keeps_the_last_checkpoint(tmp_pa
     (last,) = complete_checkpoints(tmp_path / "r")[-1:]
     assert last.name == "step-00000005"
     load(last)  # every file verifies
+
+
+def test_a_bad_input_the_first_rank_finds_ends_the_job_with_its_paragraph_alone(tmp_path, cache_dir) -> None:
+    # The data is read by rank 0 while the other rank waits for it; that rank stops with it,
+    # and the launcher adds neither torchrun's failure report nor a traceback.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("")
+    done = localtrain(["run", "--nproc", "2", "--preset", "text", "--data", str(empty), "--run-dir", "r", "--plain",
+                       *sets(TINY)], tmp_path, cache_dir)
+    assert done.returncode == 2, done.stderr
+    (line,) = [x for x in done.stderr.splitlines() if x.strip()]
+    assert line.startswith(f"[rank 0] error: The data source `{empty}` yields no documents to train on")
+    assert not (tmp_path / "r").exists()  # nothing written
