@@ -67,8 +67,25 @@ class AttentionChoice:
             return sdpa_kernel(order[:1] + [SDPBackend.MATH])
 
 
+def _least_ms(ways: dict[str, tuple[str, Callable[[], torch.Tensor]]], rounds: int, repeats: int,
+              sync: Callable[[], None]) -> dict[str, float]:
+    """Each way's least milliseconds a call over `rounds` rounds of `repeats` calls of every way in turn."""
+    least: dict[str, float] = {}
+    for _ in range(rounds):
+        for label, (name, run) in ways.items():
+            with sdpa_kernel([getattr(SDPBackend, name)]):
+                sync()
+                start = time.perf_counter()
+                for _ in range(repeats):
+                    run()
+                sync()
+            ms = (time.perf_counter() - start) * 1000 / repeats
+            least[label] = min(ms, least.get(label, ms))
+    return least
+
+
 def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = "cuda",
-            repeats: int = 3, rounds: int = 5) -> AttentionChoice:
+            repeats: int = 3, rounds: int = 10) -> AttentionChoice:
     """Time causal attention forward + backward on (B, heads, T, hs) with each fused kernel, and
     for a 16-bit dtype with each in float32 too (its label ends in "/float32"): `rounds` rounds
     of `repeats` calls of every way in turn, each way's least round kept, so that a burst of
@@ -100,16 +117,7 @@ def measure(shape: tuple[int, int, int, int], dtype: torch.dtype, device: str = 
             choice.refused[label] = str(exc).strip().splitlines()[0][:200]
             continue
         ways[label] = (name, run)
-    for _ in range(rounds):
-        for label, (name, run) in ways.items():
-            with sdpa_kernel([getattr(SDPBackend, name)]):
-                sync()
-                start = time.perf_counter()
-                for _ in range(repeats):
-                    run()
-                sync()
-            ms = (time.perf_counter() - start) * 1000 / repeats
-            choice.ms[label] = min(ms, choice.ms.get(label, ms))
+    choice.ms = _least_ms(ways, rounds, repeats, sync)
     q.grad = k.grad = v.grad = None
     # A kernel whose output strays from float32 arithmetic on the first sequence is left out
     # (16-bit rounding gives ~4e-3).
