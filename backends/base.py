@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Protocol
 
 import numpy as np
@@ -172,6 +173,10 @@ class Backend(Protocol):
 
     def clear_compile_cache(self) -> None:
         """Forget compiled code held in memory, so that the next compile costs what a new process pays."""
+
+    def set_measurement_cache(self, directory: Path) -> None:
+        """Keep what the backend times for itself on this machine (which attention kernel a shape
+        runs fastest with, say) in `directory`, and take it from there once it is kept."""
 
     def build(self, model: ModelConfig, vocab_size: int, seed: int) -> None:
         """Create the model with freshly initialised weights (deterministic in `seed`)."""

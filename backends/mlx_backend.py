@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -126,6 +127,9 @@ class MLXBackend:
 
     def clear_compile_cache(self) -> None:
         """Nothing to forget: each backend compiles its own step functions, so a new one compiles anew."""
+
+    def set_measurement_cache(self, directory: Path) -> None:
+        """Nothing to keep: this backend times nothing of its own."""
 
     def set_memory_limit(self, limit_bytes: int) -> None:
         """Cap MLX's allocator at the budget; on Metal also keep that much wired (resident)."""

@@ -8,22 +8,33 @@ random data from its own generator) once per shape, checks that it agrees with t
 others, and puts the fastest first for the training step. For a 16-bit step it also
 times each kernel in float32 (q, k and v cast up, the output cast back): on a CPU torch's
 16-bit attention can be several times slower than its float32 one, and then the step
-runs attention in float32.
+runs attention in float32. What was measured is kept in the measurement cache per
+machine, framework version, shape and dtype (`Choices`): a later run of the shape, or a
+stopped one started again, computes attention the same way without timing it again.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from localtrain.backends.torch_device import TORCH_DTYPES
+from localtrain.files import write_atomic
+
 # The fused kernels a GPU may have; the math fallback writes out the T x T scores.
 FUSED = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
+KEPT_FILE = "attention.json"
+"""Where the choices are kept, in the measurement cache."""
 
 
 def cache_upcast_graphs() -> None:
@@ -65,6 +76,44 @@ class AttentionChoice:
             return sdpa_kernel(order + rest, set_priority=True)
         except TypeError:  # no priorities before torch 2.6: only the fastest is allowed
             return sdpa_kernel(order[:1] + [SDPBackend.MATH])
+
+
+class Choices(dict):
+    """A backend's AttentionChoice per (micro-batch, dtype name), each measured once per machine:
+    with `kept_in` set, a choice is read from there and a new one written there, so that two runs
+    of a shape (a run and its restart, say) compute attention alike however busy the machine
+    was when each started."""
+
+    kept_in: Path | None = None
+
+    def of(self, shape: tuple[int, int, int, int], dtype: str, device: str) -> AttentionChoice:
+        """The choice for (B, heads, T, hs) in `dtype` on `device`: held, kept, or measured now."""
+        key = (shape[0], dtype)
+        if key not in self:
+            self[key] = self._kept(shape, dtype, device)
+        return self[key]
+
+    def _kept(self, shape: tuple[int, int, int, int], dtype: str, device: str) -> AttentionChoice:
+        if self.kept_in is None:
+            return measure(shape, TORCH_DTYPES[dtype], device)
+        where = (torch.cuda.get_device_name() if device.startswith("cuda")
+                 else f"{device}{os.cpu_count()}-{torch.get_num_threads()}threads")
+        name = json.dumps([platform.node(), where, torch.__version__, list(shape), dtype])
+        path = self.kept_in / KEPT_FILE
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):  # none kept yet, or unreadable
+            table = {}
+        table = table if isinstance(table, dict) else {}
+        with contextlib.suppress(TypeError):  # an entry of another form is measured again
+            if isinstance(table.get(name), dict):
+                return AttentionChoice(**table[name])
+        choice = measure(shape, TORCH_DTYPES[dtype], device)
+        table[name] = asdict(choice)
+        with contextlib.suppress(OSError):  # a read-only cache measures again next time
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(table, indent=1, sort_keys=True))
+        return choice
 
 
 def _least_ms(ways: dict[str, tuple[str, Callable[[], torch.Tensor]]], rounds: int, repeats: int,

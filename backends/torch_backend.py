@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -34,7 +35,7 @@ class TorchBackend:
         # torch.compile's mode ("max-autotune-no-cudagraphs", "reduce-overhead"); None: its default.
         self.compile_mode = compile_mode
         # The measured attention kernel order per (micro-batch, dtype) on CUDA, and on a CPU in 16 bits.
-        self.attention: dict[tuple[int, str], torch_attention.AttentionChoice] = {}
+        self.attention = torch_attention.Choices()
         if threads:
             torch.set_num_threads(threads)
         self.threads = torch.get_num_threads()
@@ -161,12 +162,8 @@ class TorchBackend:
         measured = self.device == "cuda" or (self.device == "cpu" and self.dtype != "float32")
         if not measured or model.cfg.dropout:
             return contextlib.nullcontext()
-        key = (micro_batch_size, self.dtype)
-        if key not in self.attention:
-            cfg = model.cfg
-            shape = (micro_batch_size, cfg.n_head, cfg.seq_len, cfg.head_dim)
-            self.attention[key] = torch_attention.measure(shape, TORCH_DTYPES[self.dtype], self.device)
-        choice = self.attention[key]
+        cfg = model.cfg
+        choice = self.attention.of((micro_batch_size, cfg.n_head, cfg.seq_len, cfg.head_dim), self.dtype, self.device)
         for layer in model.model.layers:
             layer.self_attn.upcast = choice.upcast
         return choice.context()
@@ -254,6 +251,9 @@ class TorchBackend:
         """Forget the compiled code held in memory (the compiler's on-disk cache stays), so the
         next compile costs what it costs a new process."""
         torch._dynamo.reset()
+
+    def set_measurement_cache(self, directory: Path) -> None:
+        self.attention.kept_in = directory
 
     def memory_bytes(self) -> int:
         if self.device == "cuda":

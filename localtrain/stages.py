@@ -160,6 +160,7 @@ def build_backend(ctx: RunContext) -> None:
         backend.set_accumulation(unsharded=planned.accumulate_unsharded)
     backend.build(config.model, ctx.data.prepared.vocab_size, config.train.seed)
     backend.configure_optimizer(config.train)
+    backend.set_measurement_cache(cache_root(config.data))
     if planned.activation_checkpointing:
         backend.set_activation_checkpointing(True)
     if config.run.memory_budget != "auto":

@@ -149,6 +149,34 @@ def test_the_attention_choice_orders_the_kernels_that_ran_and_names_the_rest() -
 
 
 
+def test_the_attention_choice_is_kept_per_machine_and_shape(tmp_path, monkeypatch) -> None:
+    measured: list[tuple[int, ...]] = []
+    measure = torch_attention.measure
+    monkeypatch.setattr(torch_attention, "measure",
+                        lambda shape, *a, **k: measured.append(shape) or measure(shape, *a, **k))
+    first, second, unkept = torch_attention.Choices(), torch_attention.Choices(), torch_attention.Choices()
+    first.kept_in = second.kept_in = tmp_path
+    shape = (4, 2, 32, 16)
+    chosen = first.of(shape, "bfloat16", "cpu")
+    # Another backend (a restart, a second run) takes the kept choice; another shape, or a
+    # backend told of no directory, measures.
+    assert second.of(shape, "bfloat16", "cpu") == chosen and measured == [shape]
+    second.of((8, 2, 32, 16), "bfloat16", "cpu")
+    unkept.of(shape, "bfloat16", "cpu")
+    assert measured == [shape, (8, 2, 32, 16), shape]
+    # A choice the backend holds already (a checkpoint's) wins over the kept one.
+    resumed = torch_attention.Choices()
+    resumed.kept_in = tmp_path
+    resumed[(4, "bfloat16")] = torch_attention.AttentionChoice(order=["FLASH_ATTENTION"], upcast=not chosen.upcast)
+    assert resumed.of(shape, "bfloat16", "cpu").upcast is not chosen.upcast
+    # An unreadable file is measured over and written whole again.
+    (tmp_path / torch_attention.KEPT_FILE).write_text("{not json")
+    fresh = torch_attention.Choices()
+    fresh.kept_in = tmp_path
+    fresh.of(shape, "bfloat16", "cpu")
+    assert len(measured) == 4 and len(json.loads((tmp_path / torch_attention.KEPT_FILE).read_text())) == 1
+
+
 def live_peak(step) -> int:
     """The most bytes of CPU tensors allocated at once during step(), above those live before it
     (the profiler's allocation events: what torch.cuda.max_memory_allocated counts on a GPU)."""

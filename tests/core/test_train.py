@@ -13,6 +13,7 @@ from conftest import TINY, read_jsonl, sets
 from loop_helpers import make_trainer
 
 from localtrain import events as ev
+from localtrain.backends import torch_attention
 from localtrain.backends.torch_backend import TorchBackend
 from localtrain.cli import main
 from localtrain.sampling import generate
@@ -76,7 +77,7 @@ def test_a_diverging_run_stops_with_a_clear_error(in_tmp, code_corpus, capsys) -
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_mixed_precision_resumes_exactly(in_tmp, code_corpus, capsys, dtype) -> None:
+def test_mixed_precision_resumes_exactly(in_tmp, code_corpus, cache_dir, capsys, dtype) -> None:
     # A flat rate after warmup: the run stopped at step 10 follows the 12-step schedule.
     args = ["--data", str(code_corpus), "--plain", *sets(TINY + [f"train.dtype={dtype}", "train.min_lr_ratio=1.0"])]
     assert main(["run", *args, "--run-dir", "straight", "--max-steps", "12"]) == 0
@@ -98,6 +99,10 @@ def test_mixed_precision_resumes_exactly(in_tmp, code_corpus, capsys, dtype) -> 
     assert extra[0].get("grad_scaler") == extra[1].get("grad_scaler")
     stopped = json.loads((in_tmp / "r" / "checkpoints" / "step-00000010" / "state.json").read_text())
     assert extra[1]["attention"] == stopped["backend"]["extra"]["attention"] != {}
+    # Both runs took it from the measurement cache, where the first one kept it.
+    kept = json.loads((cache_dir / torch_attention.KEPT_FILE).read_text())
+    assert extra[0]["attention"] == extra[1]["attention"]
+    assert extra[0]["attention"][f"8/{dtype}"] in kept.values()
 
 
 def test_the_live_console_draws_progress_samples_and_the_end() -> None:
