@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from localtrain.backends.torch_device import TORCH_DTYPES
-from localtrain.files import write_atomic
+from localtrain.files import read_table, write_table
 
 # The fused kernels a GPU may have; the math fallback writes out the T x T scores.
 FUSED = ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION")
@@ -99,20 +99,14 @@ class Choices(dict):
         where = (torch.cuda.get_device_name() if device.startswith("cuda")
                  else f"{device}{os.cpu_count()}-{torch.get_num_threads()}threads")
         name = json.dumps([platform.node(), where, torch.__version__, list(shape), dtype])
-        path = self.kept_in / KEPT_FILE
-        try:
-            table = json.loads(path.read_text())
-        except (OSError, ValueError):  # none kept yet, or unreadable
-            table = {}
-        table = table if isinstance(table, dict) else {}
+        table = read_table(self.kept_in / KEPT_FILE)
         with contextlib.suppress(TypeError):  # an entry of another form is measured again
             if isinstance(table.get(name), dict):
                 return AttentionChoice(**table[name])
         choice = measure(shape, TORCH_DTYPES[dtype], device)
         table[name] = asdict(choice)
         with contextlib.suppress(OSError):  # a read-only cache measures again next time
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, json.dumps(table, indent=1, sort_keys=True))
+            write_table(self.kept_in / KEPT_FILE, table)
         return choice
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import math
 import os
 import re
@@ -203,6 +204,22 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         _discard(tmp)
         raise
     fsync_dir(path.parent)
+
+
+def read_table(path: Path) -> dict[str, Any]:
+    """The JSON object kept in `path` (a table of measurements); empty where there is none yet or
+    what is there is not one."""
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return table if isinstance(table, dict) else {}
+
+
+def write_table(path: Path, table: dict[str, Any]) -> None:
+    """Keep `table` in `path` for `read_table`, replacing the file whole."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, json.dumps(table, indent=1, sort_keys=True))
 
 
 def _discard(path: Path) -> None:

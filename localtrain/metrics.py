@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 from pathlib import Path
 from typing import Callable
 
 from localtrain.config import ModelConfig
-from localtrain.files import write_atomic
+from localtrain.files import read_table, write_table
 from localtrain.hardware import cpu_model
 
 LN2 = math.log(2.0)
@@ -61,14 +60,10 @@ def cached_peak_flops(cache_dir: Path, key: str, measure: Callable[[], float]) -
     """
     path = cache_dir / "peak_flops.json"
     full_key = f"{platform.node()}|{cpu_model()}|{key}"
-    try:
-        table = json.loads(path.read_text())
-    except (OSError, ValueError):
-        table = {}
+    table = read_table(path)
     if isinstance(table.get(full_key), (int, float)) and table[full_key] > 0:
         return float(table[full_key]), True
     flops = measure()
     table[full_key] = flops
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, json.dumps(table, indent=1, sort_keys=True))
+    write_table(path, table)
     return flops, False

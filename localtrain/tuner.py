@@ -26,7 +26,7 @@ from pathlib import Path
 from localtrain import events as ev
 from localtrain.backends import preload
 from localtrain.config import Config
-from localtrain.files import write_atomic
+from localtrain.files import read_table, write_table
 from localtrain.hardware import Machine
 from localtrain.plan import Choice, Measured, Tuned
 from localtrain.batch import check_world, total_steps
@@ -54,19 +54,11 @@ def cache_key(config: Config, machine: Machine, vocab_size: int, world_size: int
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _table(cache_dir: Path) -> dict:
-    try:
-        table = json.loads((cache_dir / CACHE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return table if isinstance(table, dict) else {}
-
-
 def cached(config: Config, machine: Machine, vocab_size: int, cache_dir: Path, world_size: int = 1,
            local_world_size: int = 1) -> Tuned | None:
     """Earlier measurements of this shape on this machine, if there are any."""
     choices = candidates(config, machine, vocab_size, world_size, local_world_size)
-    entry = _table(cache_dir).get(cache_key(config, machine, vocab_size, world_size, choices))
+    entry = read_table(cache_dir / CACHE_FILE).get(cache_key(config, machine, vocab_size, world_size, choices))
     try:
         return Tuned(tuple(Measured.from_dict(m) for m in entry["measured"]), cached=True) if entry else None
     except (KeyError, TypeError, ValueError):
@@ -165,7 +157,7 @@ def tune(config: Config, machine: Machine, vocab_size: int, cache_dir: Path, emi
     """Measure (or read from the cache) the candidates of this run's shape on this machine."""
     choices = candidates(config, machine, vocab_size, world_size, local_world_size)
     key = cache_key(config, machine, vocab_size, world_size, choices)
-    table = _table(cache_dir)
+    table = read_table(cache_dir / CACHE_FILE)
     found = cached(config, machine, vocab_size, cache_dir, world_size, local_world_size)
     if found is not None:
         emit(ev.Tune(stage="cached", message=f"Using {len(found.measured)} measurements of this shape from"
@@ -202,6 +194,5 @@ def tune(config: Config, machine: Machine, vocab_size: int, cache_dir: Path, emi
         probe.close()
     seconds = time.perf_counter() - start
     table[key] = {"measured": [m.to_dict() for m in measured], "seconds": seconds, "time": time.time()}
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(cache_dir / CACHE_FILE, json.dumps(table, indent=1, sort_keys=True))
+    write_table(cache_dir / CACHE_FILE, table)
     return Tuned(tuple(measured), seconds=seconds)
