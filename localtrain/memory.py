@@ -28,13 +28,16 @@ MB = 1024**2
 # inputs and outputs, q/k/v before and after rope, attention output, the MLP's gate,
 # up, SiLU and product); measured eager peaks carry 1.4x that (allocator slack, transients).
 # CUDA's caching allocator counts the tensors themselves (max_memory_allocated): there an
-# eager step holds 0.79x, fitted to max_memory_allocated on an NVIDIA H200 (torch 2.11,
-# bf16, 4 x 768 layers, context 1024, micro-batches 16/32/48; tests/backends/test_cuda.py).
-LAYER_FACTOR = {"cpu": 1.4, "cuda": 0.79}
+# eager step holds 0.95x, with 3 of the EMBED_VALUES below (fitted to eager bf16 peaks on
+# an NVIDIA H100 and an H200, torch 2.11: 4 and 12 layers of 768, context 1024,
+# vocabularies 8192 and 50257, micro-batches 12 to 240; all 18 within -0.5% and +4.5%, and
+# float32 at micro-batches 32 and 96 within 1%; scripts/bench_planner.py --device cuda).
+LAYER_FACTOR = {"cpu": 1.4, "cuda": 0.95}
 # A compiled step fuses the norms, rope and SwiGLU and saves fewer intermediates: half of
 # the eager activations on a CPU (gpt2-124m); on CUDA inductor keeps more of them for its
-# fused backward, 0.8 of eager's (the same H200 fit).
-COMPILED_LAYER_SHARE = {"cpu": 0.5, "cuda": 0.8}
+# fused backward, 0.664 of eager's (fitted with COMPILED_CHUNKED_LOGIT_BYTES on an H200,
+# checked on an H100: gpt2-124m at micro-batches 12, 32, 120 within 4%).
+COMPILED_LAYER_SHARE = {"cpu": 0.5, "cuda": 0.664}
 # The logits, their log-softmax and their gradient: 2.8 fp32 copies of a vocab row per token.
 LOGITS_COPIES_FP32 = 2.8
 # Under autocast the logits are also held in 16 bits beside the fp32 loss: 14 bytes a logit.
@@ -43,8 +46,11 @@ LOGITS_BYTES_MIXED = 14.0
 # logit under autocast.
 LOGITS_COPIES_COMPILED_FP32 = 1.0
 LOGITS_BYTES_COMPILED_MIXED = 1.3
-# Embedding output, final norm input/output and the loss's row buffers, per token.
+# Embedding output, final norm input/output and the loss's row buffers, per token, as a CPU
+# process's resident peak and a compiled CUDA step hold them; an eager CUDA step's tensors
+# hold 3 (the fit of LAYER_FACTOR above).
 EMBED_VALUES = 12
+EMBED_VALUES_CUDA_EAGER = 3
 # Where the loss runs a chunk of tokens at a time (backends/torch_loss.py, on CUDA), one
 # chunk's logits exist at once. Eager, bytes a logit: the float32 logits beside their
 # gradient in the compute dtype, which overwrites them in float32 (6 under autocast, 4 in
@@ -110,14 +116,15 @@ def memory_estimate(
     per_token_layers = _layers_per_token(model, mixed, device, compiled, fused_attention, checkpointing)
     chunk = loss_chunk_tokens(rows, device)
     logits = _logits_per_token(rows, d, mixed, compiled, chunk)
-    per_token = per_token_layers + logits + EMBED_VALUES * d * 4
+    embed = (EMBED_VALUES_CUDA_EAGER if device == "cuda" and not compiled else EMBED_VALUES) * d * 4
+    per_token = per_token_layers + logits + embed
     terms = {
         "weights": 4 * p,
         # Autocast keeps a 16-bit copy of each weight for the step.
         "weight_casts": 2 * p if mixed else 0,
         "gradients": 4 * p,
         "optimizer": 8 * p,
-        "activations": int(per_token_layers * model.seq_len + EMBED_VALUES * d * 4 * model.seq_len) * micro_batch_size,
+        "activations": int((per_token_layers + embed) * model.seq_len) * micro_batch_size,
         "logits": int(logits * model.seq_len) * micro_batch_size,
         "compiler": COMPILER.get(device, 0) if compiled else 0,
         "overhead": OVERHEAD.get(device, OVERHEAD["cpu"]),

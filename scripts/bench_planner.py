@@ -19,6 +19,8 @@
 
     python3 scripts/bench_planner.py --data ../shared/data/tinyshakespeare/input.txt
     python3 scripts/bench_planner.py --shape tiny-shakespeare --chunked --skip-choice
+    python3 scripts/bench_planner.py --device cuda --dtype bfloat16 --shape gpt2-124m --micro 16,32,48 \\
+        --eager --skip-choice                                       # on a GPU: part 1 alone
 """
 
 from __future__ import annotations
@@ -51,14 +53,23 @@ SHAPES = [
     ("deep 12 layers", ["model.n_layer=12", "model.n_head=4", "model.n_embd=256", "model.seq_len=256"], 256, 8),
     ("context 1024", ["model.n_layer=4", "model.n_head=4", "model.n_embd=256", "model.seq_len=1024"], 256, 8),
     ("vocab 32k", ["model.n_layer=2", "model.n_head=4", "model.n_embd=256", "model.seq_len=256"], 32768, 8),
+    # For a GPU: the shape of tests/backends/test_cuda.py, then more layers, a larger vocabulary, both.
+    ("4 x 768, vocab 8192", ["model.n_layer=4", "model.n_head=12", "model.n_embd=768", "model.seq_len=1024"], 8192, 16),
+    ("12 x 768, vocab 8192", ["model.n_layer=12", "model.n_head=12", "model.n_embd=768", "model.seq_len=1024"], 8192,
+     16),
+    ("4 x 768, vocab 50257", ["model.n_layer=4", "model.n_head=12", "model.n_embd=768", "model.seq_len=1024"], 50257,
+     16),
+    ("gpt2-124m", ["model.n_layer=12", "model.n_head=12", "model.n_embd=768", "model.seq_len=1024"], 50257, 16),
 ]
+CPU_SHAPES = 6
+"""The first shapes, the default on a CPU (the others are for a GPU's memory)."""
 
 
 RETIME_ROUNDS = 3
 
 
-def spec_for(config: cfg.Config, vocab: int, **extra) -> dict:
-    return {"backend": "torch", "device": "cpu", "threads": config.run.threads, "vocab_size": vocab,
+def spec_for(config: cfg.Config, vocab: int, device: str = "cpu", **extra) -> dict:
+    return {"backend": "torch", "device": device, "threads": config.run.threads, "vocab_size": vocab,
             "model": dataclasses.asdict(config.model), "rank_batch": config.train.batch_size, **extra}
 
 
@@ -71,23 +82,34 @@ def measure_alone(spec: dict, choice: Choice):
         p.close()
 
 
-def accuracy(labels: list[str]) -> None:
-    print("1. Peak memory: the memory model against a process running optimizer steps (float32):")
+def accuracy(labels: list[str], device: str = "cpu", dtype: str = "float32", micros: list[int] | None = None,
+             modes: tuple[bool, ...] = (False, True)) -> None:
+    """Each shape x micro-batch x step in a process of its own, against the memory model: on a CPU the
+    resident high-water mark against its whole prediction, on CUDA max_memory_allocated against its
+    tensors (all but the CUDA context and the compiler's code, which the allocator does not count)."""
+    what = "the resident peak" if device == "cpu" else "max_memory_allocated against the predicted tensors"
+    print(f"1. Peak memory on {device}: the memory model against a process running optimizer steps ({dtype};"
+          f" {what}):")
     print(f"{'shape':22} {'micro':>5} {'step':>8} {'predicted':>10} {'measured':>10} {'error':>7}")
     errors = []
-    for label, overrides, vocab, micro in [s for s in SHAPES if not labels or s[0] in labels]:
-        config = cfg.resolve("python-stdlib", overrides + [f"train.batch_size={micro}"])
-        for compiled in (False, True):
-            m = measure_alone(spec_for(config, vocab), Choice("float32", compiled, micro))
-            if m.status != "ok":
-                print(f"{label:22} {micro:5} {'compiled' if compiled else 'eager':>8}  {m.status}: {m.detail}")
-                continue
-            predicted = memory_estimate(config.model, vocab, micro, "float32", "cpu", compiled=compiled).total
-            err = (predicted - m.peak_bytes) / m.peak_bytes
-            errors.append(abs(err))
-            print(f"{label:22} {micro:5} {'compiled' if compiled else 'eager':>8} {predicted / GB:9.3f}G"
-                  f" {m.peak_bytes / GB:9.3f}G {err:+7.1%}", flush=True)
-    print(f"largest error {max(errors):.1%} over {len(errors)} measurements\n")
+    shapes = [s for s in SHAPES if s[0] in labels] if labels else SHAPES[:CPU_SHAPES]
+    for label, overrides, vocab, micro in shapes:
+        for mb in micros or [micro]:
+            config = cfg.resolve("python-stdlib", overrides + [f"train.batch_size={mb}"])
+            for compiled in modes:
+                m = measure_alone(spec_for(config, vocab, device), Choice(dtype, compiled, mb))
+                step = "compiled" if compiled else "eager"
+                if m.status != "ok":
+                    print(f"{label:22} {mb:5} {step:>8}  {m.status}: {m.detail}", flush=True)
+                    continue
+                est = memory_estimate(config.model, vocab, mb, dtype, device, compiled=compiled)
+                predicted = est.total if device == "cpu" else est.tensors
+                err = (predicted - m.peak_bytes) / m.peak_bytes
+                errors.append(abs(err))
+                print(f"{label:22} {mb:5} {step:>8} {predicted / GB:9.3f}G {m.peak_bytes / GB:9.3f}G {err:+7.1%}",
+                      flush=True)
+    if errors:
+        print(f"largest error {max(errors):.1%} over {len(errors)} measurements\n")
 
 
 # Shapes whose peak the loss makes (a large vocabulary) or the blocks make (a small one).
@@ -270,6 +292,11 @@ def main() -> None:
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--shape", action="append", default=[], choices=[s[0] for s in SHAPES],
                     help="part 1 on this shape only (repeatable; default: every shape)")
+    ap.add_argument("--device", default="cpu", help="part 1 on this device (cpu, cuda)")
+    ap.add_argument("--dtype", default="float32", help="part 1 in this dtype")
+    ap.add_argument("--micro", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="part 1 at these micro-batches (comma-separated; default: each shape's own)")
+    ap.add_argument("--eager", action="store_true", help="part 1 with eager steps only")
     ap.add_argument("--chunked", action="store_true", help="also part 1b, the chunked loss as on CUDA")
     ap.add_argument("--skip-choice", action="store_true")
     args = ap.parse_args()
@@ -278,7 +305,7 @@ def main() -> None:
     print(f"machine: {machine.cpu_model}, {machine.physical_cores} cores, {machine.ram_total_bytes / GB:.1f} GiB RAM,"
           f" flags {' '.join(flags)}, torch {machine.backends.get('torch')}\n", flush=True)
     if not args.skip_accuracy:
-        accuracy(args.shape)
+        accuracy(args.shape, args.device, args.dtype, args.micro, (False,) if args.eager else (False, True))
     if args.chunked:
         chunked_accuracy()
     if not args.skip_choice:

@@ -2,9 +2,13 @@
 # Every check that needs an NVIDIA GPU, in one command from the repository root:
 #   1. install localtrain (editable, no downloads) and the wheels in .whl/ (if any) under /tmp;
 #   2. print the GPU (nvidia-smi) and the library versions;
-#   3. the training-step benchmark: localtrain beside the GPT-2 baseline on gpt2-124m (bench_train.py);
-#   4. MLX's compiled step beside torch's on the same GPU (bench_train.py --backend mlx);
-#   5. the tests marked requires_cuda.
+#   3. the tests marked requires_cuda;
+#   4. the tuner on gpt2-124m from empty caches: what it costs, and each candidate's peak
+#      beside the memory model's prediction (bench_tune.py);
+#   5. the training-step benchmark: localtrain beside the GPT-2 baseline on the same shape (bench_train.py);
+#   6. MLX's compiled step beside torch's on the same GPU (bench_train.py --backend mlx), where
+#      MLX's wheels are in .whl/.
+# GPU_CHECK_BENCH_ARGS: more arguments for step 5's bench_train.py (e.g. --models localtrain).
 # Everything printed also goes to $OUT/gpu_check.log, with each stage's own log and JSON
 # beside it. The stages share a time budget (GPU_CHECK_BUDGET_S, 470 s): each gets at most
 # what is left, so the whole script ends within the budget and keeps what it measured.
@@ -74,25 +78,8 @@ except Exception as exc:  # the MLX stage reports its own failure
     print(f"mlx: {type(exc).__name__}: {exc}")
 EOF
 
-stage "training-step benchmark, $SHAPE, localtrain beside the GPT-2 baseline"
-cap=$(remaining 260)
-# No new row after 200 s (or what the budget leaves); the timeout stops a row that runs long.
-# Rows run in order of need: compiled (localtrain, then the baseline), then eager.
-timeout "$cap" $PY scripts/bench_train.py --device "$DEVICE" --shape "$SHAPE" --budget-s $(( cap - 60 )) --row-s 6 \
-    --out "$OUT/bench_torch.json" 2>&1 | tee "$OUT/bench_torch.log"
-echo "benchmark exit status: $?"
-
-stage "MLX beside torch, $SHAPE, micro-batch 12"
-cap=$(remaining 100)
-if [ "$cap" -gt 40 ]; then
-    PYTHONPATH=$MLX_PATH timeout "$cap" $PY scripts/bench_train.py --device "$DEVICE" --shape "$SHAPE" --backend mlx --micro 12 \
-        --out "$OUT/bench_mlx.json" 2>&1 | tee "$OUT/bench_mlx.log"
-    echo "MLX benchmark exit status: $?"
-else
-    echo "skipped: the time budget is spent"
-fi
 stage "tests marked requires_cuda"
-cap=$(remaining 110)
+cap=$(remaining 130)
 if [ "$cap" -gt 30 ]; then
     # Only the files that carry the mark are collected: the rest of the suite's imports are not needed here.
     files=$(grep -rl --include='test_*.py' 'requires_cuda' tests)
@@ -103,6 +90,38 @@ else
     echo "skipped: the time budget is spent"
 fi
 
+stage "the tuner on $SHAPE from empty caches"
+cap=$(remaining 200)
+if [ "$cap" -gt 60 ]; then
+    timeout "$cap" $PY scripts/bench_tune.py --preset "$SHAPE" --out "$OUT/tune.json" 2>&1 | tee "$OUT/tune.log"
+    echo "tuner benchmark exit status: $?"
+else
+    echo "skipped: the time budget is spent"
+fi
+
+stage "training-step benchmark, $SHAPE, localtrain beside the GPT-2 baseline"
+cap=$(remaining 260)
+if [ "$cap" -gt 70 ]; then
+    # No new row after cap - 60 s; the timeout stops a row that runs long.
+    # Rows run in order of need: compiled (localtrain, then the baseline), then eager.
+    timeout "$cap" $PY scripts/bench_train.py --device "$DEVICE" --shape "$SHAPE" --budget-s $(( cap - 60 )) --row-s 6 \
+        --out "$OUT/bench_torch.json" ${GPU_CHECK_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_torch.log"
+    echo "benchmark exit status: $?"
+else
+    echo "skipped: the time budget is spent"
+fi
+
+stage "MLX beside torch, $SHAPE, micro-batch 12"
+cap=$(remaining 100)
+if ! ls .whl/mlx*.whl >/dev/null 2>&1 && [ "$DEVICE" = cuda ]; then
+    echo "skipped: no MLX wheels in .whl/"
+elif [ "$cap" -gt 40 ]; then
+    PYTHONPATH=$MLX_PATH timeout "$cap" $PY scripts/bench_train.py --device "$DEVICE" --shape "$SHAPE" --backend mlx --micro 12 \
+        --out "$OUT/bench_mlx.json" 2>&1 | tee "$OUT/bench_mlx.log"
+    echo "MLX benchmark exit status: $?"
+else
+    echo "skipped: the time budget is spent"
+fi
 stage "summary"
 OUT="$OUT" $PY - <<'EOF'
 import json, os
@@ -134,6 +153,10 @@ if bench:
     for mode, f in bench.get("memory_fit", {}).items():
         print(f"{mode:8} memory: measured {f['fixed'] / 2**30:.2f} GiB + {f['per_sample'] / 2**20:.0f} MiB a"
               f" sequence, planner {f['planner_fixed'] / 2**30:.2f} GiB + {f['planner_per_sample'] / 2**20:.0f} MiB")
+tune = load("tune.json")
+if tune:
+    print(f"tuner: {len(tune['rows'])} candidates in {tune['tuning_s']:.0f} s, picked {tune['pick']}; peak against the"
+          " memory model: " + ", ".join(f"{r['error']:+.1%}" for r in tune["rows"] if r["error"] is not None))
 mlx = load("bench_mlx.json")
 if mlx and "ratio" in mlx:
     print(f"MLX / torch at micro-batch {mlx['micro']}: {mlx['ratio']:.2f}x"

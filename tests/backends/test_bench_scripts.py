@@ -103,3 +103,26 @@ def test_a_row_that_runs_out_of_memory_is_retried_with_the_micro_batch_split(mon
     # 8 and 4 ran out of memory; 4 x 2 fitted, and every timed step fed all 8 sequences.
     assert [s[0] for s in fake.seen[:3]] == [8, 4, 2] and fake.seen[-1] == [2, 2, 2, 2]
     assert row["micro"] == 8 and row["accum"] == 4 and row["tok_s"] == pytest.approx(8 * 16 / (row["ms"] / 1e3))
+
+
+def test_the_tuning_benchmark_reports_each_candidate_beside_its_predicted_peak(tmp_path: Path) -> None:
+    shape = tmp_path / "tiny.toml"
+    shape.write_text(SHAPE)
+    out = tmp_path / "tune.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "bench_tune.py"), "--preset", str(shape), "--vocab", "300",
+         "--set", "run.compile=off", "--out", str(out)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(out.read_text())
+    assert report["device"] == "cpu" and report["tuning_s"] > 0
+    rows = report["rows"]
+    assert rows and all(not r["compile"] for r in rows)  # compile was set off: eager candidates alone
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert ok and all(r["peak_bytes"] > 0 and r["predicted_bytes"] > 0 for r in ok)
+    for r in ok:
+        assert r["error"] == pytest.approx(r["predicted_bytes"] / r["peak_bytes"] - 1)
+    labels = [f"{r['dtype']} eager, micro-batch {r['micro_batch_size']}" for r in rows]
+    assert report["pick"] in labels and report["pick"] in proc.stdout
+    assert f"tuning took {report['tuning_s']:.1f} s ({len(rows)} candidates)" in proc.stdout

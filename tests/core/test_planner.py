@@ -270,3 +270,30 @@ def test_on_cuda_the_logits_term_is_one_chunk_of_the_chunked_loss() -> None:
     # one chunk too.
     compiled = [memory_estimate(m, 50257, mb, "bfloat16", "cuda", compiled=True).terms["logits"] for mb in (32, 64)]
     assert abs(compiled[1] - compiled[0] - 32 * 1024 * (3.4 * 50304 + 4 * 768)) < 1024
+
+
+# Peaks measured on NVIDIA GPUs (torch.cuda.max_memory_allocated, GiB; torch 2.11, bf16 unless
+# said, context 1024, 768 wide): (layers, vocabulary, dtype, compiled, micro-batch, measured).
+# The H100's: scripts/bench_planner.py --device cuda (each in a process of its own) and
+# scripts/bench_train.py --device cuda; the H200's: bench_train.py. BENCHMARKS.md holds them.
+GPU_PEAKS = [
+    (4, 8192, "bfloat16", False, 16, 3.537), (4, 8192, "bfloat16", False, 32, 6.535),
+    (4, 8192, "bfloat16", False, 48, 9.532), (12, 8192, "bfloat16", False, 16, 8.539),
+    (12, 8192, "bfloat16", False, 32, 15.795), (12, 8192, "bfloat16", False, 48, 23.046),
+    (4, 50257, "bfloat16", False, 16, 5.644), (4, 50257, "bfloat16", False, 32, 7.914),
+    (4, 50257, "bfloat16", False, 48, 10.185), (12, 50257, "bfloat16", False, 16, 10.646),
+    (12, 50257, "bfloat16", False, 32, 17.175), (12, 50257, "bfloat16", False, 48, 23.699),
+    (12, 50257, "bfloat16", False, 12, 9.00), (12, 50257, "bfloat16", False, 120, 53.06),
+    (12, 50257, "bfloat16", False, 240, 102.01),  # H200
+    (12, 50257, "float32", False, 32, 26.826), (12, 50257, "float32", False, 96, 73.929),
+    (12, 50257, "bfloat16", True, 12, 7.49), (12, 50257, "bfloat16", True, 32, 17.16),
+    (12, 50257, "bfloat16", True, 120, 57.77), (12, 50257, "bfloat16", True, 240, 113.16),  # 240: H200
+]
+
+
+@pytest.mark.parametrize("layers, vocab, dtype, compiled, micro, measured", GPU_PEAKS)
+def test_the_cuda_prediction_is_within_5_percent_of_the_peaks_measured_on_gpus(
+        layers: int, vocab: int, dtype: str, compiled: bool, micro: int, measured: float) -> None:
+    model = cfg.ModelConfig(n_layer=layers, n_head=12, n_embd=768, seq_len=1024)
+    predicted = memory_estimate(model, vocab, micro, dtype, "cuda", compiled=compiled).tensors / 2**30
+    assert abs(predicted / measured - 1) <= 0.05, (predicted, measured)
