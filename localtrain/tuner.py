@@ -58,7 +58,11 @@ def cached(config: Config, machine: Machine, vocab_size: int, cache_dir: Path, w
            local_world_size: int = 1) -> Tuned | None:
     """Earlier measurements of this shape on this machine, if there are any."""
     choices = candidates(config, machine, vocab_size, world_size, local_world_size)
-    entry = read_table(cache_dir / CACHE_FILE).get(cache_key(config, machine, vocab_size, world_size, choices))
+    return _kept(read_table(cache_dir / CACHE_FILE).get(cache_key(config, machine, vocab_size, world_size, choices)))
+
+
+def _kept(entry: object) -> Tuned | None:
+    """A cache entry's measurements (None: no entry, or one this version cannot read)."""
     try:
         return Tuned(tuple(Measured.from_dict(m) for m in entry["measured"]), cached=True) if entry else None
     except (KeyError, TypeError, ValueError):
@@ -158,7 +162,7 @@ def tune(config: Config, machine: Machine, vocab_size: int, cache_dir: Path, emi
     choices = candidates(config, machine, vocab_size, world_size, local_world_size)
     key = cache_key(config, machine, vocab_size, world_size, choices)
     table = read_table(cache_dir / CACHE_FILE)
-    found = cached(config, machine, vocab_size, cache_dir, world_size, local_world_size)
+    found = _kept(table.get(key))
     if found is not None:
         emit(ev.Tune(stage="cached", message=f"Using {len(found.measured)} measurements of this shape from"
                      f" {cache_dir / CACHE_FILE}."))
