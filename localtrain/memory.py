@@ -93,6 +93,11 @@ class MemoryEstimate:
         backend's own overhead and the compiler's generated code."""
         return self.total - self.terms["overhead"] - self.terms["compiler"]
 
+    def measured_as(self, device: str) -> int:
+        """The part of the prediction a backend's measured peak counts on `device`: on CUDA the
+        allocator's tensors (max_memory_allocated), elsewhere the process's whole (its resident peak)."""
+        return self.tensors if device == "cuda" else self.total
+
 
 def memory_estimate(
     model: ModelConfig,

@@ -119,7 +119,7 @@ def main() -> None:
         parallel = mode if (mode == "fsdp" or args.nproc > 1) else "none"
         est = memory_estimate(model, args.vocab, args.micro, args.dtype, args.device, parallel=parallel,
                               world_size=args.nproc)
-        total = est.tensors if args.device == "cuda" else est.total
+        total = est.measured_as(args.device)
         predicted[mode] = total
         ranks = launch(args, mode)
         for r in ranks:

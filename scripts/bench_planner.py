@@ -103,7 +103,7 @@ def accuracy(labels: list[str], device: str = "cpu", dtype: str = "float32", mic
                     print(f"{label:22} {mb:5} {step:>8}  {m.status}: {m.detail}", flush=True)
                     continue
                 est = memory_estimate(config.model, vocab, mb, dtype, device, compiled=compiled)
-                predicted = est.total if device == "cpu" else est.tensors
+                predicted = est.measured_as(device)
                 err = (predicted - m.peak_bytes) / m.peak_bytes
                 errors.append(abs(err))
                 print(f"{label:22} {mb:5} {step:>8} {predicted / GB:9.3f}G {m.peak_bytes / GB:9.3f}G {err:+7.1%}",

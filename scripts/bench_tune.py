@@ -57,17 +57,15 @@ def main() -> None:
         seconds = time.perf_counter() - start
     p = plan(config, machine, vocab, tuned=tuned)
     shape = Shape(config, vocab, p.device, 0)
-    cuda = p.device == "cuda"
     tokens = config.train.batch_size * config.model.seq_len
-    print(f"{args.preset} on {p.device} ({', '.join(g.name for g in machine.gpus) or machine.cpu_model}), vocab {vocab},"
-          f" {tokens:,} tokens an optimizer step, {p.total_steps:,} steps; tuning took {seconds:.1f} s"
-          f" ({len(tuned.measured)} candidates)")
+    where = ", ".join(g.name for g in machine.gpus) or machine.cpu_model
+    print(f"{args.preset} on {p.device} ({where}), vocab {vocab}, {tokens:,} tokens an optimizer step,"
+          f" {p.total_steps:,} steps; tuning took {seconds:.1f} s ({len(tuned.measured)} candidates)")
     print(f"{'candidate':44} {'status':7} {'ms/step':>9} {'tok/s':>11} {'warm-up':>8} {'measured':>9}"
           f" {'predicted':>9} {'error':>7}")
     rows = []
     for m in tuned.measured:
-        est = shape.peak(m.choice)
-        predicted = est.tensors if cuda else est.total
+        predicted = shape.peak(m.choice).measured_as(p.device)
         ran = m.status in ("ok", "slower")
         err = predicted / m.peak_bytes - 1 if ran and m.peak_bytes else None
         rows.append({**m.to_dict(), "predicted_bytes": predicted, "error": err})
