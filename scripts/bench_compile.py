@@ -10,8 +10,10 @@ on a machine that never compiled), then again in a new process that finds that c
   (torch.compiler.nested_compile_region);
 - regional: each block compiled on its own, the embedding, head and loss eager.
 
-Each row prints the first step's seconds (the compile included), the median of the next
-steps, the kernels the compiler built (shared objects in its cache) and the cold compile
+Each row prints the first step's seconds (the compile included) and the part of them the
+compiler spends checking which vector instruction sets it can build and load here (a test
+program a set, compiled once per cache and loaded in a new process every time), the median
+of the next steps, the kernels the compiler built (shared objects in its cache) and the cold compile
 over the run's steps: how many steps of the eager step's time it costs. The eager step is
 timed the same way, for the comparison.
 
@@ -59,6 +61,13 @@ def child(way: str, preset: str, dtype: str, steps: int, vocab: int) -> dict:
     data = np.random.default_rng(0).integers(0, vocab, (micro, seq + 1)).astype(np.int64)
     batch = [(data[:, :-1], data[:, 1:])]
     start = time.perf_counter()
+    if way != "eager":
+        # The compiler's check of which vector instruction sets this machine's C++ compiler can build
+        # and load: a test program a set, built once per cache, then loaded in a new process each run.
+        from torch._inductor.cpu_vec_isa import valid_vec_isa_list
+
+        valid_vec_isa_list()
+    isa = time.perf_counter() - start
     b.train_step(batch, 1e-4)
     first = time.perf_counter() - start
     b.train_step(batch, 1e-4)
@@ -67,7 +76,7 @@ def child(way: str, preset: str, dtype: str, steps: int, vocab: int) -> dict:
         start = time.perf_counter()
         b.train_step(batch, 1e-4)
         times.append(time.perf_counter() - start)
-    return {"first_s": first, "step_s": statistics.median(times)}
+    return {"first_s": first, "isa_s": isa, "step_s": statistics.median(times)}
 
 
 def measure(way: str, preset: str, dtype: str, steps: int, vocab: int, tmp: Path) -> dict:
@@ -97,7 +106,8 @@ def main() -> None:
 
     run_steps = cfg.resolve(args.preset).train.max_steps
     print(f"{args.preset}, {args.dtype}, micro-batch = the preset's batch, {run_steps} steps a run")
-    print(f"{'way':<9} {'cold first s':>12} {'warm first s':>12} {'step ms':>8} {'kernels':>7} {'cold / eager steps':>18}")
+    print(f"{'way':<9} {'cold first s':>12} {'of it ISA s':>11} {'warm first s':>12} {'of it ISA s':>11}"
+          f" {'step ms':>8} {'kernels':>7} {'cold / eager steps':>18}")
     eager_s = None
     for way in args.ways:
         with tempfile.TemporaryDirectory() as d:
@@ -109,7 +119,8 @@ def main() -> None:
         if way == "eager":
             eager_s = step
         ratio = f"{cold['first_s'] / eager_s:,.0f}" if eager_s and way != "eager" else "-"
-        print(f"{way:<9} {cold['first_s']:>12.2f} {warm['first_s']:>12.2f} {step * 1000:>8.2f} {kernels:>7} {ratio:>18}")
+        print(f"{way:<9} {cold['first_s']:>12.2f} {cold['isa_s']:>11.2f} {warm['first_s']:>12.2f} {warm['isa_s']:>11.2f}"
+              f" {step * 1000:>8.2f} {kernels:>7} {ratio:>18}")
         sys.stdout.flush()
 
 
