@@ -218,7 +218,7 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
                 speed = p["tokens_per_step"] / p["world_size"] / c["step_s"] if c["step_s"] else 0
                 wall = human_time(c["predicted_wall_s"]) if c["predicted_wall_s"] is not None else "-"
                 found.add_row(label + (" [green](chosen)[/]" if c["chosen"] else ""), c["status"],
-                              f"{speed:,.0f}" if speed else "-", f"{c['peak_bytes'] / GB:.2f} GiB",
+                              f"{speed:,.0f}" if speed else "-", f"{(c.get('whole_peak_bytes') or c['peak_bytes']) / GB:.2f} GiB",
                               f"{c['warmup_s']:.1f} s", wall)
             console.print(found)
         console.print(f"decided by: {p['decided_by']} ({p['why']})")

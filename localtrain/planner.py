@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from localtrain.batch import check_world, micro_batch_candidates, next_smaller_micro, tokens_per_step, total_steps
 from localtrain.config import Config
@@ -133,6 +133,13 @@ class Shape:
     def fits(self, choice: Choice) -> bool:
         return self.peak(choice).total <= self.usable
 
+    def whole(self, measured: Measured) -> int:
+        """A candidate's measured peak as the whole process's: on CUDA the allocator counts only the
+        tensors, so the terms it leaves out (the framework's context, the compiled code) are added
+        from the model; elsewhere the measurement is the process's resident peak already."""
+        est = self.peak(measured.choice)
+        return measured.peak_bytes + est.total - est.measured_as(self.device)
+
 
 def fitted_micro(shape: Shape, rank_batch: int, dtype: str, compile_: bool) -> tuple[int, bool] | None:
     """The largest micro-batch that fits (without, then with activation checkpointing)."""
@@ -171,11 +178,12 @@ def candidates(config: Config, machine: Machine, vocab_size: int, world_size: in
     return out
 
 
-def pick(measured: list[Measured], steps: int, usable: int | None = None) -> tuple[Measured, str]:
+def pick(measured: list[Measured], steps: int, usable: int | None = None,
+         whole: Callable[[Measured], int] = lambda m: m.peak_bytes) -> tuple[Measured, str]:
     """The measured candidate with the least predicted wall time for `steps` steps; one within 3%
-    of it that needs less memory wins the tie. A candidate whose measured peak exceeds `usable`
-    bytes is not eligible. Returns it with the reason, in words."""
-    ok = [m for m in measured if m.status == "ok" and (usable is None or m.peak_bytes <= usable)]
+    of it that needs less memory wins the tie. A candidate whose measured peak (as the whole
+    process's: `whole`) exceeds `usable` bytes is not eligible. Returns it with the reason, in words."""
+    ok = [m for m in measured if m.status == "ok" and (usable is None or whole(m) <= usable)]
     if not ok:
         raise LocaltrainError("No candidate could be measured: " + "; ".join(
             f"{m.choice.label}: {m.status} ({m.detail})" for m in measured) + ". Set train.dtype, run.compile and"
@@ -206,10 +214,11 @@ def _decide(config: Config, machine: Machine, shape: Shape, backend: str, rank_b
             base = dataclasses.replace(base, compile=backend == "mlx" or shape.device == "cuda")
         decided_by, why = "resumed", "the choices the run was started with, from its checkpoint"
     elif tuned is not None:
-        best, why = pick(list(tuned.measured), steps, shape.usable)
+        best, why = pick(list(tuned.measured), steps, shape.usable, shape.whole)
         base, step_s = best.choice, best.step_s
         decided_by = "measured (cached)" if tuned.cached else "measured"
         rows = [{**m.to_dict(), "predicted_wall_s": m.wall_s(steps) if m.status == "ok" else None,
+                 "whole_peak_bytes": shape.whole(m) if m.status == "ok" else None,
                  "chosen": m is best} for m in tuned.measured]
     else:
         dtype = default_dtype(machine, shape.device)
@@ -332,8 +341,9 @@ def _sharing(shape: Shape, machine: Machine, world_size: int, resumed: Mapping[s
 
 def _predicted_peak(est: MemoryEstimate, rows_measured: list[dict[str, Any]], choice: Choice, shape: Shape,
                     notes: list[str]) -> int:
-    """The chosen candidate's measured peak where the tuner measured it, else the model's; with notes."""
-    measured = next((r["peak_bytes"] for r in rows_measured if r["chosen"]), 0)
+    """The chosen candidate's measured peak (the whole process's) where the tuner measured it, else
+    the model's; with notes."""
+    measured = next((r["whole_peak_bytes"] for r in rows_measured if r["chosen"]), 0)
     predicted = int(measured) if measured else est.total
     if choice.activation_checkpointing:
         notes.append("Activation checkpointing is on: the micro-batch does not fit without it.")

@@ -161,6 +161,29 @@ def test_precedence_explicit_then_resumed_then_measured_then_defaults() -> None:
     assert p.micro_batch_size == 6 and p.grad_accum_steps == 1
 
 
+def test_a_peak_measured_on_cuda_counts_what_its_allocator_leaves_out() -> None:
+    # On CUDA the tuner measures the allocator's tensors (max_memory_allocated); the CUDA context and
+    # the compiled code come on top. The plan's peak, and whether a candidate fits, are the whole.
+    config = cfg.resolve("tiny-shakespeare", ["run.memory_budget=2GB"])
+    cuda = machine(gpus=[GPU(0, "RTX 4090", 24 * GB, 23 * GB, "8.9", True)])
+    left_out = {c: memory_estimate(config.model, 68, 12, "bfloat16", "cuda", compiled=c) for c in (False, True)}
+    left_out = {c: e.total - e.tensors for c, e in left_out.items()}
+    assert left_out[False] > 0 and left_out[True] > left_out[False]  # the context; with it the compiled code
+    usable = plan(config, cuda, 68).budget_bytes * 0.9
+    eager = Measured(Choice("bfloat16", False, 12), "ok", 0.03, int(usable - left_out[False] - MB), 0.0)
+    p = plan(config, cuda, 68, tuned=Tuned((eager,)))
+    assert p.predicted_peak_bytes == eager.peak_bytes + left_out[False] <= usable
+    assert p.candidates[0]["whole_peak_bytes"] == p.predicted_peak_bytes and p.fits
+    # Faster, and its tensors alone would fit; with what the allocator does not count, it does not.
+    compiled = Measured(Choice("bfloat16", True, 12), "ok", 0.02, int(usable - left_out[True] / 2), 1.0)
+    p = plan(config, cuda, 68, tuned=Tuned((compiled, eager)))
+    assert compiled.peak_bytes < usable < compiled.peak_bytes + left_out[True]
+    assert (p.compile, [c["chosen"] for c in p.candidates]) == (False, [False, True])
+    # Elsewhere the measurement is the process's resident peak: nothing is added.
+    cpu = plan(config, machine(), 68, tuned=Tuned((eager,)))
+    assert cpu.predicted_peak_bytes == eager.peak_bytes == cpu.candidates[0]["whole_peak_bytes"]
+
+
 def test_live_samples_decode_in_the_dtype_timed_fastest_a_token() -> None:
     config = cfg.resolve("tiny-shakespeare")
     bf16 = dataclasses.replace(measured("bfloat16", True, 12, 0.02, 0.3), decode_s=0.003)
