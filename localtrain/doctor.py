@@ -216,7 +216,7 @@ def print_report(machine: Machine, checks: list[Check], rows: list[dict[str, Any
             for c in p["candidates"]:
                 label = f"{c['dtype']} {'compiled' if c['compile'] else 'eager'}, micro {c['micro_batch_size']}"
                 speed = p["tokens_per_step"] / p["world_size"] / c["step_s"] if c["step_s"] else 0
-                peak = c.get("whole_peak_bytes") or c["peak_bytes"]  # the whole process's (older plans: as measured)
+                peak = c["whole_peak_bytes"] or c["peak_bytes"]  # the whole process's; as measured where it failed
                 wall = human_time(c["predicted_wall_s"]) if c["predicted_wall_s"] is not None else "-"
                 found.add_row(label + (" [green](chosen)[/]" if c["chosen"] else ""), c["status"],
                               f"{speed:,.0f}" if speed else "-", f"{peak / GB:.2f} GiB",

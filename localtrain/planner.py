@@ -181,8 +181,9 @@ def candidates(config: Config, machine: Machine, vocab_size: int, world_size: in
 def pick(measured: list[Measured], steps: int, usable: int | None = None,
          whole: Callable[[Measured], int] = lambda m: m.peak_bytes) -> tuple[Measured, str]:
     """The measured candidate with the least predicted wall time for `steps` steps; one within 3%
-    of it that needs less memory wins the tie. A candidate whose measured peak (as the whole
-    process's: `whole`) exceeds `usable` bytes is not eligible. Returns it with the reason, in words."""
+    of it that needs less memory wins the tie. Memory is a candidate's measured peak as the whole
+    process's (`whole`); one whose peak exceeds `usable` bytes is not eligible. Returns it with
+    the reason, in words."""
     ok = [m for m in measured if m.status == "ok" and (usable is None or whole(m) <= usable)]
     if not ok:
         raise LocaltrainError("No candidate could be measured: " + "; ".join(
@@ -190,13 +191,13 @@ def pick(measured: list[Measured], steps: int, usable: int | None = None,
             " train.micro_batch_size yourself, or run with --set run.autotune=off.")
     fastest = min(ok, key=lambda m: m.wall_s(steps))
     close = [m for m in ok if m.wall_s(steps) <= 1.03 * fastest.wall_s(steps)]
-    best = min(close, key=lambda m: (m.peak_bytes, m.wall_s(steps)))
+    best = min(close, key=lambda m: (whole(m), m.wall_s(steps)))
     why = (f"{best.choice.label}: {steps} steps at {best.step_s * 1000:.1f} ms"
            + (f" after {best.warmup_s:.1f} s of warm-up" if best.warmup_s >= 0.05 else "")
            + f" = {best.wall_s(steps):.0f} s predicted, the least of {len(ok)} measured")
     if best is not fastest:
         why += (f" within 3% of {fastest.choice.label} ({fastest.wall_s(steps):.0f} s), with less memory"
-                f" ({best.peak_bytes / GB:.2f} against {fastest.peak_bytes / GB:.2f} GiB)")
+                f" ({whole(best) / GB:.2f} against {whole(fastest) / GB:.2f} GiB)")
     return best, why
 
 

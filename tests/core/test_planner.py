@@ -179,6 +179,13 @@ def test_a_peak_measured_on_cuda_counts_what_its_allocator_leaves_out() -> None:
     p = plan(config, cuda, 68, tuned=Tuned((compiled, eager)))
     assert compiled.peak_bytes < usable < compiled.peak_bytes + left_out[True]
     assert (p.compile, [c["chosen"] for c in p.candidates]) == (False, [False, True])
+    # Within 3% the one that needs less memory wins, counted the same way: the compiled one's
+    # tensors are fewer, but with its code it needs more.
+    small = Measured(Choice("bfloat16", False, 12), "ok", 0.03, int(0.5 * GB), 0.0)
+    lean = Measured(Choice("bfloat16", True, 12), "ok", 0.03, small.peak_bytes - MB, 0.0)
+    assert small.peak_bytes + left_out[False] < lean.peak_bytes + left_out[True] <= usable
+    p = plan(config, cuda, 68, tuned=Tuned((lean, small)))
+    assert not p.compile and "with less memory" in p.why
     # Elsewhere the measurement is the process's resident peak: nothing is added.
     cpu = plan(config, machine(), 68, tuned=Tuned((eager,)))
     assert cpu.predicted_peak_bytes == eager.peak_bytes == cpu.candidates[0]["whole_peak_bytes"]
